@@ -1,0 +1,150 @@
+"""Modulated deformable convolution (DCNv2) behind one function, with backends.
+
+Layout (shared by mmcv, torchvision and TensorRT): for deformable group g and kernel tap
+k = i * kw + j, offset channel g * 2K + 2k is dy and g * 2K + 2k + 1 is dx; mask channel
+g * K + k. Samples outside the image read zeros (bilinear, like grid_sample padding "zeros").
+
+Backends:
+- "torch": plain PyTorch, bilinear gather + one matmul. Runs everywhere, any float dtype;
+  sampling coordinates and bilinear weights are always computed in fp32.
+- "mmcv": mmcv.ops.modulated_deform_conv2d, when mmcv is installed.
+- "torchvision": torchvision.ops.deform_conv2d, when it imports and works.
+"auto" takes the first of mmcv, torchvision, torch that works for the device and dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("torch", "torchvision", "mmcv")
+AUTO_ORDER = ("mmcv", "torchvision", "torch")
+
+
+def modulated_deform_conv2d(
+    x: Tensor,  # (n, c_in, h, w)
+    offset: Tensor,  # (n, groups * 2 * kh * kw, h_out, w_out)
+    mask: Tensor,  # (n, groups * kh * kw, h_out, w_out)
+    weight: Tensor,  # (c_out, c_in, kh, kw)
+    bias: Tensor | None,
+    padding: int = 1,
+    backend: str = "auto",
+) -> Tensor:  # (n, c_out, h_out, w_out); stride 1, dilation 1
+    name = resolve_backend(backend, x.device, x.dtype)
+    return _IMPLEMENTATIONS[name](x, offset, mask, weight, bias, padding)
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The concrete backend that `backend` ("auto" or a name) means for this device and dtype."""
+    if backend == "auto":
+        for name in AUTO_ORDER:
+            if backend_works(name, device.type, dtype):
+                return name
+        return "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown deformable-conv backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    if not backend_works(backend, device.type, dtype):
+        raise RuntimeError(f"deformable-conv backend {backend!r} is not usable on {device.type} with {dtype}")
+    return backend
+
+
+def available_backends(device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+    return [name for name in BACKENDS if backend_works(name, device, dtype)]
+
+
+@functools.cache
+def backend_works(name: str, device_type: str, dtype: torch.dtype) -> bool:
+    """Import the backend and check it against the plain one on a tiny problem, once."""
+    if name == "torch":
+        return True
+    try:
+        implementation = _IMPLEMENTATIONS[name]
+        generator = torch.Generator().manual_seed(0)
+        x, offset, mask, weight, bias = (
+            t.to(device_type, dtype) for t in _probe_problem(generator)
+        )
+        got = implementation(x, offset, mask, weight, bias, 1).float()
+        want = _torch_deform_conv2d(x, offset, mask, weight, bias, 1).float()
+    except Exception:  # an import error, a missing kernel, a build for another torch
+        return False
+    tolerance = 1e-3 if dtype == torch.float32 else 5e-2
+    if not torch.allclose(got, want, atol=tolerance, rtol=tolerance):
+        warnings.warn(f"deformable-conv backend {name!r} disagrees with the reference; not using it")
+        return False
+    return True
+
+
+def _probe_problem(generator: torch.Generator) -> tuple[Tensor, ...]:
+    n, c, h, w, groups = 1, 4, 6, 5, 2
+    x = torch.rand(n, c, h, w, generator=generator)
+    offset = 3 * torch.randn(n, groups * 18, h, w, generator=generator)
+    mask = torch.rand(n, groups * 9, h, w, generator=generator)
+    weight = torch.randn(3, c, 3, 3, generator=generator)
+    bias = torch.randn(3, generator=generator)
+    return x, offset, mask, weight, bias
+
+
+def _torch_deform_conv2d(x, offset, mask, weight, bias, padding):
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    taps = kh * kw
+    h_out, w_out = offset.shape[-2:]
+    groups = offset.shape[1] // (2 * taps)
+    group_channels = c_in // groups
+
+    # Sampling positions in fp32 whatever the feature dtype: (n, h_out, w_out, groups, taps).
+    offset = offset.float().view(n, groups, taps, 2, h_out, w_out).permute(0, 4, 5, 1, 2, 3).contiguous()
+    tap_y = torch.arange(kh, device=x.device).repeat_interleave(kw).float()
+    tap_x = torch.arange(kw, device=x.device).repeat(kh).float()
+    base_y = torch.arange(h_out, device=x.device).float().view(1, h_out, 1, 1, 1) - padding
+    base_x = torch.arange(w_out, device=x.device).float().view(1, 1, w_out, 1, 1) - padding
+    pos_y = base_y + tap_y + offset[..., 0]
+    pos_x = base_x + tap_x + offset[..., 1]
+    modulation = mask.float().view(n, groups, taps, h_out, w_out).permute(0, 3, 4, 1, 2).contiguous()
+
+    # Rows of (n * groups * h * w, group_channels): one gathered row per bilinear corner.
+    rows = x.view(n, groups, group_channels, h, w).permute(0, 1, 3, 4, 2).reshape(-1, group_channels)
+    image = (torch.arange(n, device=x.device).view(n, 1, 1, 1, 1) * groups
+             + torch.arange(groups, device=x.device).view(1, 1, 1, groups, 1)) * (h * w)
+
+    y0, x0 = pos_y.floor(), pos_x.floor()
+    frac_y, frac_x = pos_y - y0, pos_x - x0
+    y0, x0 = y0.long(), x0.long()
+    columns = None
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        cy, cx = y0 + dy, x0 + dx
+        inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+        corner_weight = (frac_y if dy else 1 - frac_y) * (frac_x if dx else 1 - frac_x)
+        corner_weight = corner_weight * modulation * inside
+        index = image + cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)
+        sampled = rows[index] * corner_weight.to(x.dtype).unsqueeze(-1)
+        columns = sampled if columns is None else columns + sampled
+    # columns: (n, h_out, w_out, groups, taps, group_channels); match the weight to that order.
+    columns = columns.view(n * h_out * w_out, groups * taps * group_channels)
+    kernel = weight.view(c_out, groups, group_channels, taps).transpose(2, 3).reshape(c_out, -1)
+    out = F.linear(columns, kernel, bias).view(n, h_out, w_out, c_out)
+    return out.permute(0, 3, 1, 2)
+
+
+def _mmcv_deform_conv2d(x, offset, mask, weight, bias, padding):
+    from mmcv.ops import modulated_deform_conv2d as mmcv_dcn
+
+    groups = offset.shape[1] // (2 * weight.shape[2] * weight.shape[3])
+    return mmcv_dcn(x, offset.to(x.dtype), mask.to(x.dtype), weight, bias, 1, padding, 1, 1, groups)
+
+
+def _torchvision_deform_conv2d(x, offset, mask, weight, bias, padding):
+    from torchvision.ops import deform_conv2d
+
+    return deform_conv2d(x, offset.to(x.dtype), weight, bias, padding=padding, mask=mask.to(x.dtype))
+
+
+_IMPLEMENTATIONS = {
+    "torch": _torch_deform_conv2d,
+    "mmcv": _mmcv_deform_conv2d,
+    "torchvision": _torchvision_deform_conv2d,
+}
