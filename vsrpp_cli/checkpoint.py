@@ -150,20 +150,27 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        what = f" (it asks for {found.group(1)})" if found else ""
+        if not found:  # not a pickle the weights-only reader understands: damaged or not torch
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint (damaged, or another kind of file); download it again"
+            ) from error
         raise CheckpointError(
-            f"{path}: refused: loading it would run code{what}; use a checkpoint that holds only "
-            "tensors, or re-save the weights with torch.save(model.state_dict())"
+            f"{path}: refused: loading it would run code (it asks for {found.group(1)}); use a checkpoint "
+            "that holds only tensors, or re-save the weights with torch.save(model.state_dict())"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(error)}); "
-                              "the file may be truncated: download it again") from error
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({_first_line(error)}); "
+            "the file may be truncated: download it again"
+        ) from error
 
 
 # BasicSR names its BasicVSR++ pieces differently (basicsr/archs/basicvsrpp_arch.py, spynet_arch.py).
 _BASICSR_RENAMES = [
-    (re.compile(r"^spynet\.basic_module\.(\d)\.basic_module\.([02468])\."),
-     lambda m: f"spynet.basic_module.{m.group(1)}.basic_module.{int(m.group(2)) // 2}.conv."),
+    (
+        re.compile(r"^spynet\.basic_module\.(\d)\.basic_module\.([02468])\."),
+        lambda m: f"spynet.basic_module.{m.group(1)}.basic_module.{int(m.group(2)) // 2}.conv.",
+    ),
     (re.compile(r"^upconv1\."), lambda m: "upsample1.upsample_conv."),
     (re.compile(r"^upconv2\."), lambda m: "upsample2.upsample_conv."),
 ]

@@ -64,16 +64,14 @@ def backend_works(name: str, device_type: str, dtype: torch.dtype) -> bool:
     try:
         implementation = _IMPLEMENTATIONS[name]
         generator = torch.Generator().manual_seed(0)
-        x, offset, mask, weight, bias = (
-            t.to(device_type, dtype) for t in _probe_problem(generator)
-        )
+        x, offset, mask, weight, bias = (t.to(device_type, dtype) for t in _probe_problem(generator))
         got = implementation(x, offset, mask, weight, bias, 1).float()
         want = _torch_deform_conv2d(x, offset, mask, weight, bias, 1).float()
     except Exception:  # an import error, a missing kernel, a build for another torch
         return False
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
     if not torch.allclose(got, want, atol=tolerance, rtol=tolerance):
-        warnings.warn(f"deformable-conv backend {name!r} disagrees with the reference; not using it")
+        warnings.warn(f"deformable-conv backend {name!r} disagrees with the reference; not using it", stacklevel=2)
         return False
     return True
 
@@ -108,8 +106,10 @@ def _torch_deform_conv2d(x, offset, mask, weight, bias, padding):
 
     # Rows of (n * groups * h * w, group_channels): one gathered row per bilinear corner.
     rows = x.view(n, groups, group_channels, h, w).permute(0, 1, 3, 4, 2).reshape(-1, group_channels)
-    image = (torch.arange(n, device=x.device).view(n, 1, 1, 1, 1) * groups
-             + torch.arange(groups, device=x.device).view(1, 1, 1, groups, 1)) * (h * w)
+    image = (
+        torch.arange(n, device=x.device).view(n, 1, 1, 1, 1) * groups
+        + torch.arange(groups, device=x.device).view(1, 1, 1, groups, 1)
+    ) * (h * w)
 
     y0, x0 = pos_y.floor(), pos_x.floor()
     frac_y, frac_x = pos_y - y0, pos_x - x0

@@ -13,7 +13,7 @@ def flow_warp(x: Tensor, flow: Tensor, padding_mode: str = "zeros") -> Tensor:
     Bilinear with align_corners=True, as upstream. The grid is built on x's device and kept in
     fp32: in fp16 a normalised coordinate is off by up to a quarter pixel at 960 wide.
     """
-    n, _, h, w = x.shape
+    h, w = x.shape[2:]
     ys = torch.arange(h, device=x.device, dtype=torch.float32).view(1, h, 1)
     xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, w)
     flow = flow.float()

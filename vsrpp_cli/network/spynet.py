@@ -6,6 +6,7 @@ convs, ImageNet-normalised inputs resized to multiples of 32, coarse-to-fine res
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -36,9 +37,7 @@ class SPyNetLevel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         widths = (8, 32, 64, 32, 16, 2)
-        self.basic_module = nn.Sequential(
-            *(ConvReLU(a, b, relu=b != 2) for a, b in zip(widths[:-1], widths[1:]))
-        )
+        self.basic_module = nn.Sequential(*(ConvReLU(a, b, relu=b != 2) for a, b in itertools.pairwise(widths)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.basic_module(x)
@@ -68,7 +67,7 @@ class SPyNet(nn.Module):
             supps.append(F.avg_pool2d(supps[-1], 2, 2, count_include_pad=False))
         n, _, h, w = refs[-1].shape
         flow = ref.new_zeros(n, 2, h, w)  # coarsest level: h_up / 32, w_up / 32
-        for level, (ref_l, supp_l) in enumerate(zip(refs[::-1], supps[::-1])):
+        for level, (ref_l, supp_l) in enumerate(zip(refs[::-1], supps[::-1], strict=True)):
             if level > 0:
                 flow = 2 * F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True)
             warped = flow_warp(supp_l, flow, padding_mode="border")

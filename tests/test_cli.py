@@ -1,0 +1,63 @@
+"""The `vsrpp` command as users run it: a real subprocess, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+from reference import random_official_checkpoint
+
+import vsrpp_cli
+
+
+def vsrpp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vsrpp_cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_and_version():
+    result = vsrpp("--help")
+    assert result.returncode == 0
+    assert "info" in result.stdout
+    result = vsrpp("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"vsrpp {vsrpp_cli.__version__}"
+
+
+def test_info_describes_an_official_checkpoint(tmp_path):
+    path = tmp_path / "basicvsr_plusplus_c64n7_8x1_600k_reds4_test.pth"
+    torch.save(random_official_checkpoint(), path, _use_new_zipfile_serialization=False)
+    result = vsrpp("info", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["parameters"] == 7_322_927
+    assert (facts["mid_channels"], facts["num_blocks"], facts["scale"]) == (64, 7, 4)
+    assert facts["layout"] == "official"
+    assert facts["also_in_file"] == ["step_counter"]
+    assert facts["meta"]["iter"] == 600000
+    assert len(facts["sha256"]) == 64
+
+    text = vsrpp("info", str(path))
+    assert text.returncode == 0
+    assert "7,322,927" in text.stdout and "C64/N7" in text.stdout and "super-resolution" in text.stdout
+
+
+def test_info_on_a_bad_file_is_one_line_without_traceback(tmp_path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"\x80\x02not really")
+    result = vsrpp("info", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "not a readable torch checkpoint" in result.stderr
+
+    debug = vsrpp("--debug", "info", str(path))
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr
+
+
+def test_missing_checkpoint(tmp_path):
+    result = vsrpp("info", str(tmp_path / "nothing.pth"))
+    assert result.returncode == 2
+    assert "no such checkpoint file" in result.stderr
