@@ -126,3 +126,17 @@ def test_reference_checkpoint_moves_offsets_outside_the_image(official_checkpoin
     with torch.no_grad():
         residue = 10 * torch.tanh(head(cond)[:, :288])
     assert residue.abs().max() > 8
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_matches_cpu(official_checkpoint, video_clip, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    path, _ = official_checkpoint(64, 7, True)
+    clip = video_clip(5, 64, 64)
+    want = run(load_model(path), clip)
+    got = run(load_model(path, device="cuda", dtype=dtype), clip.cuda().to(dtype)).float().cpu()
+    assert torch.isfinite(got).all()
+    tolerance = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    assert (got - want).abs().max() <= tolerance
