@@ -13,7 +13,10 @@ from rich.table import Table
 
 from . import __version__
 from .checkpoint import CheckpointError, infer_architecture, load_strict, read_checkpoint, sha256_of
+from .decode import InputError
+from .encode import OutputError
 from .network import BasicVSRPlusPlus
+from .resume import ResumeError
 
 app = typer.Typer(
     name="vsrpp",
@@ -21,11 +24,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 stdout = Console()
 stderr = Console(stderr=True)
-USER_ERRORS = (CheckpointError,)
+USER_ERRORS = (CheckpointError, InputError, OutputError, ResumeError, ValueError)
 _state = {"debug": False}
 
 
@@ -71,6 +75,107 @@ def info(
             value = f"{value:,}"
         table.add_row(key.replace("_", " "), str(value))
     stdout.print(table)
+
+
+def _option(help: str, panel: str | None = None, *names: str) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel)
+
+
+MODEL, WINDOWS, ENCODING = "Model", "Windows and tiles", "Encoding"
+
+
+@app.command()
+def upscale(
+    input: Annotated[Path, typer.Argument(help="A video file (anything FFmpeg reads) or a folder of PNG/JPEG frames.")],
+    output: Annotated[Path, typer.Argument(help="A video (.mp4 .mkv .mov .webm), or a folder for PNG frames.")],
+    weights: Annotated[Path | None, _option("A BasicVSR++ checkpoint (.pth).", MODEL)] = None,
+    device: Annotated[str, _option("auto, cpu, cuda or cuda:N.", MODEL)] = "auto",
+    precision: Annotated[str, _option("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", MODEL)] = "auto",
+    chunk_frames: Annotated[int, _option("Frames kept per window; 0 sizes windows to the device.", WINDOWS)] = 0,
+    chunk_overlap: Annotated[int, _option("Context frames run on each side of a window, then dropped.", WINDOWS)] = 8,
+    tile: Annotated[int, _option("Tile size in input pixels; 0 = whole frames.", WINDOWS)] = 0,
+    tile_overlap: Annotated[int, _option("Input pixels neighbouring tiles share, blended.", WINDOWS)] = 16,
+    codec: Annotated[
+        str | None, _option("libx264 (default), libx265, libsvtav1, libvpx-vp9, ffv1, ...", ENCODING)
+    ] = None,
+    crf: Annotated[int | None, _option("Constant quality (lower is better).", ENCODING)] = None,
+    preset: Annotated[str | None, _option("Encoder preset, e.g. slow, medium, fast.", ENCODING)] = None,
+    pix_fmt: Annotated[
+        str | None, _option("Output pixel format (default 4:2:0 at the input's depth).", ENCODING)
+    ] = None,
+    overwrite: Annotated[bool, _option("Replace OUTPUT if it exists.")] = False,
+    resume: Annotated[bool, _option("Continue an interrupted run of the same OUTPUT.")] = False,
+    quiet: Annotated[bool, _option("No progress bar or notices.", None, "--quiet", "-q")] = False,
+    as_json: Annotated[bool, _option("Print the summary as JSON on stdout.", None, "--json")] = False,
+) -> None:
+    """Upscale a video 4x with BasicVSR++, keeping every frame, its timestamp, the audio and the colours.
+
+    Long videos stream through windows of --chunk-frames frames with --chunk-overlap frames of
+    context each side; large frames can go through in tiles. An interrupted run keeps its finished
+    windows: run the same command with --resume to continue.
+
+    Example: vsrpp upscale --weights basicvsr_plusplus_reds4.pth in.mp4 out.mp4
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .upscale import Options
+    from .upscale import upscale as run_upscale
+
+    if weights is None:
+        raise ValueError("give the network with --weights PATH (an official BasicVSR++ .pth checkpoint)")
+    if tile and tile <= 2 * tile_overlap:
+        raise ValueError(f"--tile {tile} must be larger than twice --tile-overlap ({tile_overlap})")
+    options = Options(
+        weights,
+        device,
+        precision,
+        chunk_frames,
+        chunk_overlap,
+        tile,
+        tile_overlap,
+        codec,
+        crf,
+        preset,
+        pix_fmt,
+        overwrite,
+        resume,
+    )
+    progress = Progress(
+        TextColumn("[bold]upscaling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:.2f} fps"),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=quiet,
+        transient=True,
+    )
+    started = [0.0]
+    with progress:
+        task = progress.add_task("upscale", total=None, fps=0.0)
+
+        def on_progress(done: int, total: int | None) -> None:
+            import time
+
+            started[0] = started[0] or time.perf_counter()
+            elapsed = time.perf_counter() - started[0]
+            progress.update(task, completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
+
+        def notice(message: str) -> None:
+            if not quiet:
+                stderr.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+
+        summary = run_upscale(input, output, options, on_progress, notice)
+    if as_json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    elif not quiet:
+        stderr.print(
+            f"{summary.frames} frames in {summary.seconds:.1f}s ({summary.fps:.2f} fps) -> {output} "
+            f"({summary.output_bytes / 1e6:.1f} MB)",
+            highlight=False,
+        )
+    for lost in summary.lost:
+        stderr.print(f"[red]lost:[/] {lost}", highlight=False, soft_wrap=True)
 
 
 def describe_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""Test media made with PyAV: real encodes with known content, motion, audio and colour tags."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from av.video.reformatter import ColorRange, Colorspace
+
+TAGS = {"bt709": (Colorspace.ITU709, 1), "bt601": (Colorspace.ITU601, 6)}
+
+
+def moving_scene(frames: int, height: int, width: int, motion=(2, 1), seed=0) -> np.ndarray:
+    """(t, h, w, 3) uint8: a textured scene panned by `motion` (dx, dy) pixels per frame."""
+    rng = np.random.default_rng(seed)
+    margin = max(abs(motion[0]), abs(motion[1])) * frames + 8
+    big_h, big_w = height + 2 * margin, width + 2 * margin
+    coarse = rng.random((big_h // 8 + 2, big_w // 8 + 2, 3))
+    texture = np.kron(coarse, np.ones((8, 8, 1)))[:big_h, :big_w]
+    yy, xx = np.mgrid[:big_h, :big_w]
+    texture = 0.6 * texture + 0.4 * (0.5 + 0.5 * np.sin(xx / 3.0 + yy / 5.0))[..., None]
+    clip = []
+    for i in range(frames):
+        top, left = margin + i * motion[1], margin + i * motion[0]
+        clip.append(texture[top : top + height, left : left + width])
+    return (np.stack(clip) * 255).round().astype(np.uint8)
+
+
+def encode_video(
+    path: Path,
+    frames: np.ndarray,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    fps: int = 25,
+    pts: list[int] | None = None,
+    time_base: Fraction | None = None,
+    matrix: str | None = None,  # tag and convert with this matrix (limited range)
+    audio_channels: int = 0,
+    container_format: str | None = None,
+) -> Path:
+    """Encode RGB frames (uint8, or uint16 for 10-bit formats); optionally with a sine-wave AAC
+    track of `audio_channels` channels lasting as long as the video."""
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        if time_base is not None:
+            stream.time_base = time_base
+        if codec == "libx264":
+            stream.options = {"crf": "12"}
+        if matrix:
+            stream.codec_context.colorspace = TAGS[matrix][1]
+            stream.codec_context.color_range = ColorRange.MPEG
+            stream.codec_context.color_primaries = TAGS[matrix][1]
+            stream.codec_context.color_trc = TAGS[matrix][1]
+        audio = None
+        if audio_channels:
+            audio = container.add_stream("aac", rate=48000)
+            audio.layout = {1: "mono", 2: "stereo", 6: "5.1"}[audio_channels]
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
+            if matrix:
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=TAGS[matrix][0], dst_color_range=ColorRange.MPEG)
+            if pts is not None:
+                frame.pts = pts[i]
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+        if audio is not None:
+            end = (pts[-1] + (pts[-1] - pts[-2]) if pts else len(frames)) * (time_base or Fraction(1, fps))
+            total = int(float(end) * 48000)
+            t = np.arange(total) / 48000
+            samples = np.stack([0.2 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(audio_channels)])
+            for start in range(0, total, 1024):
+                chunk = samples[:, start : start + 1024].astype(np.float32)
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=audio.layout.name)
+                frame.sample_rate = 48000
+                frame.pts = start
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode())
+    return path
+
+
+def decode_video(path: Path) -> torch.Tensor:
+    """(1, t, 3, h, w) float32 in [0, 1]."""
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255).unsqueeze(0)
+
+
+def probe(path: Path) -> dict:
+    """What a player sees: frame times, sizes, colour tags, audio streams and their sample counts."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        ctx = video.codec_context
+        facts = {
+            "width": ctx.width,
+            "height": ctx.height,
+            "pix_fmt": ctx.pix_fmt,
+            "colorspace": int(ctx.colorspace),
+            "color_range": int(ctx.color_range),
+            "primaries": int(ctx.color_primaries),
+            "transfer": int(ctx.color_trc),
+            "audio": [(s.codec_context.name, s.channels, s.sample_rate) for s in container.streams.audio],
+        }
+        times = [f.time for f in container.decode(video=0)]
+        container.seek(0)
+        samples = [0] * len(container.streams.audio)
+        for i, stream in enumerate(container.streams.audio):
+            container.seek(0)
+            samples[i] = sum(f.samples for f in container.decode(stream))
+    facts["times"] = times
+    facts["audio_samples"] = samples
+    return facts
+
+
+def decode_rgb(path: Path) -> list[np.ndarray]:
+    """Frames as a player would show them: converted with the file's own colour tags."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        space = {1: Colorspace.ITU709, 5: Colorspace.ITU601, 6: Colorspace.ITU601}.get(
+            int(stream.codec_context.colorspace), Colorspace.ITU601
+        )
+        full = int(stream.codec_context.color_range) == 2
+        return [
+            f.reformat(
+                format="rgb24",
+                src_colorspace=space,
+                src_color_range=ColorRange.JPEG if full else ColorRange.MPEG,
+                dst_color_range=ColorRange.JPEG,
+            ).to_ndarray()
+            for f in container.decode(stream)
+        ]

@@ -1,0 +1,205 @@
+"""Decoding: a video file (anything FFmpeg reads, through PyAV) or a folder of frames, to RGB arrays.
+
+YUV is turned into RGB with the matrix and range the input declares; untagged video is taken
+as BT.709 from 720 lines up and BT.601 below (the convention players follow), limited range
+unless the pixel format says full (yuvj*). Sources deeper than 8 bits come out as uint16.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from av.video.reformatter import ColorRange, Colorspace, Interpolation
+
+FRAME_EXTENSIONS = {".png", ".jpg", ".jpeg"}
+# AVColorSpace values (libavutil/pixfmt.h) to the matrices swscale knows.
+MATRICES = {1: "bt709", 5: "bt601", 6: "bt601", 4: "fcc", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
+SWS_COLORSPACE = {
+    "bt709": Colorspace.ITU709,
+    "bt601": Colorspace.ITU601,
+    "fcc": Colorspace.FCC,
+    "smpte240m": Colorspace.SMPTE240M,
+    "bt2020": Colorspace.BT2020,
+}
+CONVERSION = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+
+
+class InputError(Exception):
+    """An input that cannot be read; the message says why and what to do."""
+
+
+@dataclass
+class VideoInfo:
+    width: int
+    height: int
+    time_base: Fraction  # of the timestamps below
+    frame_rate: Fraction | None  # average; None for a folder of frames without one
+    frame_count: int | None  # from the container, may be an estimate
+    bit_depth: int  # 8, 10, 12 or 16
+    matrix: str  # "bt709", "bt601", "bt2020", ...
+    full_range: bool
+    primaries: int = 2  # AVColorPrimaries, 2 = unspecified
+    transfer: int = 2  # AVColorTransferCharacteristic
+    codec: str = ""
+    container_metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Frame:
+    index: int
+    pts: int | None  # in info.time_base
+    rgb: np.ndarray  # (h, w, 3) uint8, or uint16 for deeper sources
+
+
+@dataclass
+class DecodeReport:
+    lost: list[str] = field(default_factory=list)  # what could not be decoded, by time
+
+
+class Source:
+    """One input. `frames()` streams; nothing is held beyond the frame being converted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.report = DecodeReport()
+        if path.is_dir():
+            self.files = frame_files(path)
+            self.info = self._folder_info()
+        else:
+            self.files = []
+            self.info = self._video_info()
+
+    def frames(self) -> Iterator[Frame]:
+        return self._folder_frames() if self.files else self._video_frames()
+
+    # --------------------------------------------------------------------- frame folders
+    def _folder_info(self) -> VideoInfo:
+        first = read_image(self.files[0])
+        h, w = first.shape[:2]
+        depth = 16 if first.dtype == np.uint16 else 8
+        return VideoInfo(w, h, Fraction(1, 25), Fraction(25), len(self.files), depth, "bt709", True)
+
+    def _folder_frames(self) -> Iterator[Frame]:
+        for index, file in enumerate(self.files):
+            rgb = read_image(file)
+            if rgb.shape[:2] != (self.info.height, self.info.width):
+                raise InputError(
+                    f"{file.name} is {rgb.shape[1]}x{rgb.shape[0]}, but {self.files[0].name} is "
+                    f"{self.info.width}x{self.info.height}: every frame of a folder must be the same size"
+                )
+            yield Frame(index, index, rgb)
+
+    # --------------------------------------------------------------------- video files
+    def _open(self) -> av.container.InputContainer:
+        try:
+            container = av.open(str(self.path))
+        except FileNotFoundError:
+            raise InputError(f"{self.path}: no such file") from None
+        except (av.error.InvalidDataError, av.error.FFmpegError) as error:
+            raise InputError(f"{self.path}: not a video FFmpeg can read ({error.strerror or error})") from None
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+            container.close()
+            raise InputError(f"{self.path}: has no video stream (it holds {kinds}); give a video file")
+        return container
+
+    def _video_info(self) -> VideoInfo:
+        with self._open() as container:
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            if not ctx.width or not ctx.height:
+                raise InputError(f"{self.path}: the video stream has no frame size; the file may be damaged")
+            pix_fmt = av.VideoFormat(ctx.pix_fmt) if ctx.pix_fmt else None
+            depth = max((c.bits for c in pix_fmt.components), default=8) if pix_fmt else 8
+            matrix = MATRICES.get(ctx.colorspace) or ("bt709" if ctx.height >= 720 else "bt601")
+            full = ctx.color_range == ColorRange.JPEG or (ctx.pix_fmt or "").startswith("yuvj")
+            if pix_fmt is not None and pix_fmt.is_rgb:
+                full = True
+            rate = stream.average_rate or stream.guessed_rate
+            return VideoInfo(
+                width=ctx.width,
+                height=ctx.height,
+                time_base=stream.time_base or Fraction(1, 90000),
+                frame_rate=Fraction(rate) if rate else None,
+                frame_count=stream.frames or None,
+                bit_depth=depth,
+                matrix=matrix,
+                full_range=full,
+                primaries=ctx.color_primaries,
+                transfer=ctx.color_trc,
+                codec=ctx.name,
+                container_metadata=dict(container.metadata),
+            )
+
+    def _video_frames(self) -> Iterator[Frame]:
+        info = self.info
+        out_format = "rgb48le" if info.bit_depth > 8 else "rgb24"
+        index = 0
+        with self._open() as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for packet in container.demux(stream):
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError:
+                    self.report.lost.append(f"the packet {_when(packet.pts, info.time_base)} could not be decoded")
+                    continue
+                for frame in decoded:
+                    rgb = frame.reformat(
+                        format=out_format,
+                        src_colorspace=SWS_COLORSPACE[info.matrix],
+                        src_color_range=ColorRange.JPEG if info.full_range else ColorRange.MPEG,
+                        dst_color_range=ColorRange.JPEG,
+                        interpolation=CONVERSION,
+                    ).to_ndarray()
+                    if frame.is_corrupt:
+                        self.report.lost.append(
+                            f"the frame {_when(frame.pts, info.time_base)} is damaged (kept as decoded)"
+                        )
+                    yield Frame(index, frame.pts, rgb)
+                    index += 1
+        if index == 0:
+            raise InputError(f"{self.path}: no frame could be decoded; the file is damaged or empty")
+        if info.frame_count and index < info.frame_count:
+            missing = info.frame_count - index
+            self.report.lost.append(f"{missing} of {info.frame_count} frames are missing: the file ends early")
+
+
+def open_source(path: str | Path) -> Source:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    return Source(path)
+
+
+def frame_files(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()]
+    if not files:
+        raise InputError(f"{folder}: no PNG or JPEG frames in this folder")
+    return sorted(files, key=natural_key)
+
+
+def natural_key(path: Path) -> list:
+    """frame2.png before frame10.png."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(h, w, 3) RGB, uint8 or uint16 (16-bit PNG), through FFmpeg's image decoders."""
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+    except (av.error.FFmpegError, StopIteration):
+        raise InputError(f"{path}: not a readable image") from None
+    deep = any(c.bits > 8 for c in frame.format.components)
+    return frame.to_ndarray(format="rgb48le" if deep else "rgb24")
+
+
+def _when(pts: int | None, time_base: Fraction) -> str:
+    return "at an unknown time" if pts is None else f"at {float(pts * time_base):.3f}s"

@@ -1,0 +1,283 @@
+"""`vsrpp upscale`: decode -> windows -> network -> encode, streamed through bounded queues.
+
+Decoding runs in one thread, encoding in another, the network in the caller's: they overlap,
+and no stage holds more than a window (chunk + 2 * overlap frames) plus two short queues, so
+memory does not grow with the video. The output is written beside its final path under a
+temporary name and moved into place at the end; finished windows are kept (resume.py) until then.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .checkpoint import load_model, sha256_of
+from .decode import Frame, InputError, open_source
+from .encode import FrameFolderSink, OutputError, VideoSink, container_for
+from .engine import Engine, pick_device, pick_dtype
+from .resume import WindowStore
+from .windows import temporal_windows
+
+QUEUE_FRAMES = 8  # decoded frames waiting for the network, and upscaled ones waiting for the encoder
+
+
+@dataclass
+class Options:
+    weights: Path
+    device: str = "auto"
+    precision: str = "auto"
+    chunk_frames: int = 0  # 0: sized to the device
+    chunk_overlap: int = 8
+    tile: int = 0
+    tile_overlap: int = 16
+    codec: str | None = None
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+
+
+@dataclass
+class Summary:
+    input: str
+    output: str
+    frames: int = 0
+    seconds: float = 0.0
+    output_bytes: int = 0
+    device: str = ""
+    precision: str = ""
+    chunk_frames: int = 0
+    chunk_overlap: int = 0
+    tile: int = 0
+    windows_resumed: int = 0
+    fp32_fallbacks: int = 0
+    lost: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "fps": round(self.fps, 3), "seconds": round(self.seconds, 3)}
+
+
+def upscale(
+    source_path: Path,
+    output: Path,
+    options: Options,
+    on_progress: Callable[[int, int | None], None] = lambda done, total: None,
+    notice: Callable[[str], None] = lambda message: None,
+) -> Summary:
+    started = time.perf_counter()
+    container_format = container_for(output)
+    check_output(output, options.overwrite)
+    source = open_source(source_path)
+    info = source.info
+    device = pick_device(options.device)
+    dtype = pick_dtype(options.precision, device)
+    precision_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    summary = Summary(str(source_path), str(output), device=str(device), precision=precision_name)
+
+    def tell(message: str) -> None:
+        summary.notices.append(message)
+        notice(message)
+
+    model = load_model(options.weights)
+    engine = Engine(model, device, dtype, options.tile, options.tile_overlap, warn=tell)
+    chunk = options.chunk_frames or default_chunk(device, info.width, info.height, model.mid_channels)
+    summary.chunk_frames, summary.chunk_overlap = chunk, options.chunk_overlap
+
+    fingerprint = {
+        "input": str(source_path.resolve()),
+        "input_bytes": source_path.stat().st_size if source_path.is_file() else len(source.files),
+        "input_mtime_ns": source_path.stat().st_mtime_ns,
+        "weights_sha256": sha256_of(options.weights),
+        "chunk_frames": chunk,
+        "chunk_overlap": options.chunk_overlap,
+        "tile": options.tile,
+        "tile_overlap": options.tile_overlap,
+        "precision": precision_name,
+        "device": device.type,
+        "vsrpp": __version__,
+    }
+    store = WindowStore.open(partial_folder(output), fingerprint, options.resume, options.overwrite)
+    temporary = temporary_path(output)
+    size = (info.width * engine.scale, info.height * engine.scale)
+    if container_format is None:
+        sink = FrameFolderSink(temporary)
+    else:
+        audio_from = source_path if source_path.is_file() else None
+        sink = VideoSink(
+            temporary,
+            container_format,
+            info,
+            size,
+            audio_from,
+            options.codec,
+            options.crf,
+            options.preset,
+            options.pix_fmt,
+            tell,
+        )
+    writer = BackgroundWriter(sink)
+    try:
+        for window in temporal_windows(in_background(source.frames()), chunk, options.chunk_overlap):
+            kept: list[Frame] = window.items[window.keep]
+            if store.has(window.index):
+                upscaled = store.load(window.index)
+                summary.windows_resumed += 1
+            else:
+                upscaled = engine.upscale([f.rgb for f in window.items], window.keep, info.bit_depth)
+                store.save(window.index, upscaled)
+            for frame, rgb in zip(kept, upscaled, strict=True):
+                writer.put(rgb, frame.pts)
+            summary.frames += len(kept)
+            on_progress(summary.frames, info.frame_count)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        remove(temporary)
+        raise
+    finish(temporary, output, options.overwrite)
+    store.remove()
+    summary.lost = source.report.lost
+    summary.fp32_fallbacks = engine.fp32_fallbacks
+    summary.tile = engine.tile
+    summary.seconds = time.perf_counter() - started
+    summary.output_bytes = path_bytes(output)
+    return summary
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise OutputError(f"{output} already exists; add --overwrite to replace it")
+    if not output.parent.exists():
+        raise OutputError(f"{output.parent}: no such folder for the output")
+
+
+def default_chunk(device: torch.device, width: int, height: int, mid_channels: int) -> int:
+    """Frames per window: 32 on CPU; on CUDA, what fits in 60% of the free memory (8 to 100)."""
+    if device.type != "cuda":
+        return 32
+    free, _ = torch.cuda.mem_get_info(device)
+    pixels = width * height
+    per_frame = pixels * (mid_channels * 6 * 2 + 16) + pixels * 16 * 3 * 4  # features, flows, fp32 output
+    scratch = pixels * mid_channels * 2 * 60  # one frame's DCN columns and reconstruction at 4x
+    return int(max(8, min(100, (0.6 * free - scratch) // per_frame)))
+
+
+def partial_folder(output: Path) -> Path:
+    return output.with_name(f".{output.name}.vsrpp-partial")
+
+
+def temporary_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.vsrpp-tmp")
+
+
+def finish(temporary: Path, output: Path, overwrite: bool) -> None:
+    if output.exists() and overwrite and output.is_dir() and not temporary.is_dir():
+        shutil.rmtree(output)
+    if temporary.is_dir() and output.exists():
+        remove(output)
+    os.replace(temporary, output)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def path_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir())
+    return path.stat().st_size
+
+
+# ----------------------------------------------------------------------------- threads
+_DONE = object()
+
+
+def in_background(items: Iterable, maxsize: int = QUEUE_FRAMES) -> Iterator:
+    """Produce `items` in a thread, `maxsize` ahead at most; its exceptions surface here."""
+    channel: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        channel.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            channel.put(_DONE)
+        except BaseException as error:  # handed to the consumer
+            channel.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True, name="vsrpp-decode")
+    thread.start()
+    try:
+        while (item := channel.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class BackgroundWriter:
+    """Encodes in a thread; an encoder error is raised at the next put or at close."""
+
+    def __init__(self, sink, maxsize: int = QUEUE_FRAMES) -> None:
+        self.sink = sink
+        self.channel: queue.Queue = queue.Queue(maxsize)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._consume, daemon=True, name="vsrpp-encode")
+        self.thread.start()
+
+    def _consume(self) -> None:
+        while (item := self.channel.get()) is not _DONE:
+            if self.error is None:
+                try:
+                    self.sink.write(*item)
+                except BaseException as error:
+                    self.error = error
+
+    def put(self, rgb, pts) -> None:
+        if self.error:
+            raise self.error
+        self.channel.put((rgb, pts))
+
+    def close(self) -> None:
+        self.channel.put(_DONE)
+        self.thread.join()
+        if self.error:
+            raise self.error
+        self.sink.close()
+
+    def abort(self) -> None:
+        if self.thread.is_alive():
+            self.channel.put(_DONE)
+            self.thread.join()
+        if hasattr(self.sink, "abort"):
+            self.sink.abort()
+
+
+__all__ = ["InputError", "Options", "OutputError", "Summary", "upscale"]

@@ -1,0 +1,111 @@
+"""Temporal windows with overlapping context, and spatial tiles blended without seams.
+
+A window keeps `chunk` frames and reads up to `overlap` more on each side, which go through the
+network for their propagation and are then thrown away: memory holds chunk + 2 * overlap frames
+whatever the video's length, and with overlap >= the video's length every window sees the whole
+video, so the output equals one whole-sequence pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+@dataclass
+class Window(Generic[T]):
+    index: int
+    start: int  # video index of items[0]
+    items: list[T]  # context before, kept frames, context after
+    keep: slice  # the kept frames, as positions in items
+
+    @property
+    def kept_range(self) -> range:
+        return range(self.start + self.keep.start, self.start + self.keep.stop)
+
+
+def temporal_windows(items: Iterable[T], chunk: int, overlap: int) -> Iterator[Window[T]]:
+    """Windows over a stream, read lazily: at most chunk + 2 * overlap items are held."""
+    if chunk < 1 or overlap < 0:
+        raise ValueError("chunk must be at least 1 and overlap at least 0")
+    source = iter(items)
+    buffer: deque[T] = deque()
+    buffer_start = 0  # video index of buffer[0]
+    read = 0  # items read so far
+    exhausted = False
+    keep_start = 0
+    index = 0
+    while True:
+        while not exhausted and read < keep_start + chunk + overlap:
+            try:
+                buffer.append(next(source))
+                read += 1
+            except StopIteration:
+                exhausted = True
+        if keep_start >= read:
+            return
+        keep_stop = min(keep_start + chunk, read)
+        start = max(0, keep_start - overlap)
+        stop = min(read, keep_stop + overlap)
+        while buffer_start < start:
+            buffer.popleft()
+            buffer_start += 1
+        window_items = [buffer[i - buffer_start] for i in range(start, stop)]
+        yield Window(index, start, window_items, slice(keep_start - start, keep_stop - start))
+        keep_start = keep_stop
+        index += 1
+
+
+def tile_spans(size: int, tile: int) -> list[tuple[int, int]]:
+    """Split [0, size) into the fewest cores of at most `tile`, as even as possible."""
+    count = max(1, math.ceil(size / tile))
+    bounds = [round(k * size / count) for k in range(count + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def run_tiled(run: Callable[[Tensor], Tensor], clip: Tensor, tile: int, overlap: int, scale: int) -> Tensor:
+    """Run `run` on (1, t, 3, h, w) tiles of at most tile + 2 * overlap pixels and blend the
+    outputs with linear ramps across the overlaps (weights sum to one), so no seam shows."""
+    h, w = clip.shape[-2:]
+    if tile <= 0 or (h <= tile and w <= tile):
+        return run(clip)
+    out = weight_sum = None
+    for y0, y1 in tile_spans(h, tile):
+        for x0, x1 in tile_spans(w, tile):
+            iy0, iy1 = max(0, y0 - overlap), min(h, y1 + overlap)
+            ix0, ix1 = max(0, x0 - overlap), min(w, x1 + overlap)
+            part = run(clip[..., iy0:iy1, ix0:ix1]).float()
+            if out is None:
+                out = part.new_zeros(*part.shape[:-2], h * scale, w * scale)
+                weight_sum = part.new_zeros(h * scale, w * scale)
+            ramp_y = _ramp(iy1 - iy0, iy0 > 0, iy1 < h, overlap, scale, part.device)
+            ramp_x = _ramp(ix1 - ix0, ix0 > 0, ix1 < w, overlap, scale, part.device)
+            weight = ramp_y[:, None] * ramp_x[None, :]
+            out[..., iy0 * scale : iy1 * scale, ix0 * scale : ix1 * scale] += part * weight
+            weight_sum[iy0 * scale : iy1 * scale, ix0 * scale : ix1 * scale] += weight
+    return out / weight_sum
+
+
+def _ramp(length: int, fade_in: bool, fade_out: bool, overlap: int, scale: int, device) -> Tensor:
+    """Weights along one axis of a tile's output: rising over the 2 * overlap pixels it shares
+    with the tile before, falling over those it shares with the tile after."""
+    n = length * scale
+    position = torch.arange(n, device=device, dtype=torch.float32) + 0.5
+    ramp = torch.ones(n, device=device)
+    width = 2 * overlap * scale
+    if width == 0:
+        return ramp
+    if fade_in:
+        ramp = torch.minimum(ramp, position / width)
+    if fade_out:
+        ramp = torch.minimum(ramp, (n - position) / width)
+    return ramp.clamp(min=0)
