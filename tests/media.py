@@ -49,6 +49,7 @@ def encode_video(
         stream.pix_fmt = pix_fmt
         if time_base is not None:
             stream.time_base = time_base
+            stream.codec_context.time_base = time_base
         if codec == "libx264":
             stream.options = {"crf": "12"}
         if matrix:
@@ -66,6 +67,7 @@ def encode_video(
                 frame = frame.reformat(format=pix_fmt, dst_colorspace=TAGS[matrix][0], dst_color_range=ColorRange.MPEG)
             if pts is not None:
                 frame.pts = pts[i]
+                frame.time_base = time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
         if audio is not None:

@@ -143,7 +143,9 @@ class Source:
         index = 0
         with self._open() as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            # Frame threading drops the frames it holds when a packet fails (a truncated file loses
+            # its last good frames silently); slice threading keeps every frame that decodes.
+            stream.thread_type = "SLICE"
             for packet in container.demux(stream):
                 try:
                     decoded = packet.decode()

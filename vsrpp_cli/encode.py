@@ -92,7 +92,10 @@ class VideoSink:
         notice: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.info, self.notice = info, notice
-        self.container = av.open(str(path), "w", format=container_format)
+        # Matroska would otherwise shift every stream so that AAC priming (negative audio
+        # timestamps copied from MP4) starts at zero, moving the video's timestamps with it.
+        options = {"avoid_negative_ts": "disabled"} if container_format in ("matroska", "webm") else {}
+        self.container = av.open(str(path), "w", format=container_format, options=options)
         self.container_format = container_format
         codec = codec or DEFAULT_CODEC[container_format]
         try:
@@ -100,16 +103,19 @@ class VideoSink:
         except (av.error.FFmpegError, ValueError) as error:
             raise OutputError(f"--codec {codec}: not an encoder this FFmpeg has ({error})") from None
         self.pix_fmt = pix_fmt or choose_pix_fmt(codec, info.bit_depth, notice)
-        # 4:2:0 and 4:2:2 need even sizes: pad by repeating the last row or column.
-        needs_even = av.VideoFormat(self.pix_fmt).chroma_width(1) != 1 if self.pix_fmt.startswith("yuv") else False
+        # Subsampled chroma (4:2:0, 4:2:2) needs even sizes: repeat the last row or column.
+        layout = av.VideoFormat(self.pix_fmt)
         self.width, self.height = size
-        if needs_even and (self.width % 2 or self.height % 2):
+        pad_w = self.width % 2 if layout.chroma_width(2) != 2 else 0
+        pad_h = self.height % 2 if layout.chroma_height(2) != 2 else 0
+        if pad_w or pad_h:
             notice(f"{self.pix_fmt} needs even sizes: the last row/column is repeated to make it even")
-            self.width += self.width % 2
-            self.height += self.height % 2
+            self.width, self.height = self.width + pad_w, self.height + pad_h
         self.stream.width, self.stream.height = self.width, self.height
         self.stream.pix_fmt = self.pix_fmt
+        # The encoder works in the input's time base, so every timestamp survives as it was.
         self.stream.time_base = info.time_base
+        self.stream.codec_context.time_base = info.time_base
         self._tag_colour()
         options = {}
         if crf is not None:

@@ -76,5 +76,9 @@ class WindowStore:
             container.mux(stream.encode())
         partial.replace(self._path(index))
 
+    def remove_if_empty(self) -> None:
+        if not any(self.folder.glob("window_*.mkv")):
+            self.remove()
+
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -149,6 +149,7 @@ def upscale(
     except BaseException:
         writer.abort()
         remove(temporary)
+        store.remove_if_empty()  # finished windows stay for --resume
         raise
     finish(temporary, output, options.overwrite)
     store.remove()

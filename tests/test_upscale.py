@@ -1,0 +1,325 @@
+"""`vsrpp upscale` end to end on videos the tests encode: frames, timestamps, audio, colour,
+windows, tiles, resume, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from media import decode_rgb, encode_video, moving_scene, probe
+from reference import random_official_checkpoint
+
+from vsrpp_cli.upscale import Options, upscale
+
+VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192]  # in 1/12800 s
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "small.pth"
+    torch.save(random_official_checkpoint(16, 2, True, seed=5), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bilinear_weights(tmp_path_factory) -> Path:
+    """A network whose output is exactly the bilinear x4 of its input (conv_last is zero)."""
+    checkpoint = random_official_checkpoint(16, 2, True, seed=6)
+    for key in ("generator.conv_last.weight", "generator.conv_last.bias"):
+        checkpoint["state_dict"][key].zero_()
+    path = tmp_path_factory.mktemp("weights") / "bilinear.pth"
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vfr_video(tmp_path_factory) -> Path:
+    """12 frames at irregular times with 5.1 AAC audio."""
+    path = tmp_path_factory.mktemp("media") / "vfr.mp4"
+    return encode_video(path, moving_scene(12, 48, 64), pts=VFR_PTS, time_base=Fraction(1, 12800), audio_channels=6)
+
+
+def read_frames(path: Path) -> np.ndarray:
+    if path.is_dir():
+        return np.stack(
+            [av.open(str(p)).decode(video=0).__next__().to_ndarray(format="rgb24") for p in sorted(path.iterdir())]
+        )
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = ((a.astype(float) - b.astype(float)) ** 2).mean()
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def vsrpp(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vsrpp_cli", *args], capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+# ----------------------------------------------------------------------------- nothing lost
+@pytest.mark.parametrize("extension", [".mp4", ".mkv", ".mov"])
+def test_every_frame_timestamp_and_audio_kept(tmp_path, weights, vfr_video, extension):
+    output = tmp_path / f"out{extension}"
+    summary = upscale(vfr_video, output, Options(weights, chunk_frames=5, chunk_overlap=2))
+    before, after = probe(vfr_video), probe(output)
+    assert summary.frames == 12
+    assert after["times"] == before["times"]  # variable frame rate kept, to the tick
+    assert (after["width"], after["height"]) == (256, 192)
+    assert after["audio"] == before["audio"] == [("aac", 6, 48000)]
+    if extension != ".mkv":  # MP4/MOV trim the AAC priming through the edit list; Matroska keeps it
+        assert after["audio_samples"] == before["audio_samples"]
+    assert not list(tmp_path.glob(".*"))  # no temporary file or partial run left
+
+
+def test_webm_transcodes_audio_it_cannot_hold(tmp_path, weights, vfr_video):
+    notices = []
+    upscale(vfr_video, tmp_path / "out.webm", Options(weights, chunk_frames=12), notice=notices.append)
+    after = probe(tmp_path / "out.webm")
+    assert after["times"] == probe(vfr_video)["times"]
+    assert after["audio"] == [("opus", 6, 48000)]
+    assert any("transcoded to libopus" in n for n in notices)
+
+
+def test_ten_bit_in_ten_bit_out(tmp_path, weights):
+    scene = moving_scene(6, 48, 64).astype(np.uint16) * 257
+    source = encode_video(tmp_path / "deep.mkv", scene, pix_fmt="yuv420p10le")
+    upscale(source, tmp_path / "out.mkv", Options(weights, chunk_frames=6))
+    assert probe(tmp_path / "out.mkv")["pix_fmt"] == "yuv420p10le"
+    upscale(source, tmp_path / "frames", Options(weights, chunk_frames=6))
+    with av.open(str(tmp_path / "frames" / "00000000.png")) as png:
+        assert png.streams.video[0].codec_context.pix_fmt == "rgb48be"  # 16-bit PNG
+
+
+# ----------------------------------------------------------------------------- colour
+def colour_patches(height: int, width: int, frames: int = 4) -> np.ndarray:
+    """Six saturated flat patches, where a BT.601/709 or range slip moves colours by 10+ levels."""
+    colours = np.array([[200, 40, 40], [40, 180, 60], [50, 60, 210], [220, 200, 40], [30, 190, 200], [128, 128, 128]])
+    image = np.zeros((height, width, 3), np.uint8)
+    for i, colour in enumerate(colours):
+        row, col = divmod(i, 3)
+        image[row * height // 2 : (row + 1) * height // 2, col * width // 3 : (col + 1) * width // 3] = colour
+    return np.repeat(image[None], frames, axis=0), colours
+
+
+@pytest.mark.parametrize("matrix", ["bt601", "bt709", None])
+def test_colours_survive(tmp_path, bilinear_weights, matrix):
+    scene, colours = colour_patches(96, 144)
+    source = encode_video(tmp_path / "in.mp4", scene, matrix=matrix)  # None: untagged (PyAV's BT.601)
+    upscale(source, tmp_path / "out.mp4", Options(bilinear_weights, chunk_frames=4))
+    facts = probe(tmp_path / "out.mp4")
+    expected = {"bt709": 1, "bt601": 6, None: 6}[matrix]  # untagged below 720 lines reads as BT.601
+    assert (facts["colorspace"], facts["primaries"], facts["transfer"], facts["color_range"]) == (
+        expected,
+        expected,
+        expected,
+        1,
+    )
+    shown = decode_rgb(tmp_path / "out.mp4")[0].astype(int)
+    for i, colour in enumerate(colours):
+        row, col = divmod(i, 3)
+        centre = shown[(2 * row + 1) * 96, (2 * col + 1) * 96]  # patch centres in the 4x output
+        assert np.abs(centre - colour).max() <= 3, (i, centre, colour)
+
+
+def test_odd_output_sizes_are_made_even_for_420(tmp_path, tmp_path_factory):
+    checkpoint = random_official_checkpoint(16, 1, False, seed=7)
+    weights = tmp_path / "same.pth"
+    torch.save(checkpoint, weights)
+    source = encode_video(tmp_path / "odd.mkv", moving_scene(3, 45, 37), codec="ffv1", pix_fmt="yuv444p")
+    notices = []
+    upscale(source, tmp_path / "out.mp4", Options(weights, chunk_frames=3), notice=notices.append)
+    facts = probe(tmp_path / "out.mp4")
+    assert (facts["width"], facts["height"]) == (38, 46)
+    assert any("even" in n for n in notices)
+    upscale(source, tmp_path / "out444.mkv", Options(weights, chunk_frames=3, pix_fmt="yuv444p"))
+    assert (probe(tmp_path / "out444.mkv")["width"], probe(tmp_path / "out444.mkv")["height"]) == (37, 45)
+
+
+# ----------------------------------------------------------------------------- windows and tiles
+@pytest.fixture(scope="module")
+def whole_sequence(tmp_path_factory, weights, vfr_video) -> np.ndarray:
+    output = tmp_path_factory.mktemp("whole") / "frames"
+    upscale(vfr_video, output, Options(weights, chunk_frames=12, chunk_overlap=0))
+    return read_frames(output)
+
+
+def test_windows_with_full_overlap_equal_the_whole_sequence(tmp_path, weights, vfr_video, whole_sequence):
+    upscale(vfr_video, tmp_path / "frames", Options(weights, chunk_frames=3, chunk_overlap=12))
+    assert np.array_equal(read_frames(tmp_path / "frames"), whole_sequence)
+
+
+def test_short_overlap_is_close_and_more_overlap_is_closer(tmp_path, weights, vfr_video, whole_sequence):
+    scores = []
+    for overlap in (0, 2, 4):
+        output = tmp_path / f"frames{overlap}"
+        upscale(vfr_video, output, Options(weights, chunk_frames=4, chunk_overlap=overlap))
+        scores.append(psnr(read_frames(output), whole_sequence))
+    assert scores[0] < scores[1] < scores[2] < float("inf")
+
+
+def test_tiles_come_closer_to_whole_frames_with_overlap(tmp_path, weights, vfr_video, whole_sequence):
+    """The random test network reaches far (offsets up to 10 px), so tiles never match it
+    exactly; blending wider overlaps must still bring them closer. test_windows.py pins the
+    blending itself."""
+    scores = []
+    for overlap in (0, 8, 15):
+        output = tmp_path / f"tiled{overlap}"
+        upscale(vfr_video, output, Options(weights, chunk_frames=12, tile=32, tile_overlap=overlap))
+        scores.append(psnr(read_frames(output), whole_sequence))
+    assert scores[0] < scores[1] < scores[2]
+    upscale(vfr_video, tmp_path / "one_tile", Options(weights, chunk_frames=12, tile=64, tile_overlap=8))
+    assert np.array_equal(read_frames(tmp_path / "one_tile"), whole_sequence)  # a tile that covers all
+
+
+# ----------------------------------------------------------------------------- folders
+def test_frame_folder_in_natural_order(tmp_path, weights):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    scene = moving_scene(11, 48, 64)
+    for i, rgb in enumerate(scene):  # frame2.png must come before frame10.png
+        with av.open(str(folder / f"frame{i}.png"), "w", format="image2") as container:
+            stream = container.add_stream("png", rate=1)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            container.mux(stream.encode())
+    upscale(folder, tmp_path / "out", Options(weights, chunk_frames=11))
+    reference = tmp_path / "ref"
+    source = encode_video(tmp_path / "lossless.mkv", scene, codec="ffv1", pix_fmt="bgr0")
+    upscale(source, reference, Options(weights, chunk_frames=11))
+    assert np.array_equal(read_frames(tmp_path / "out"), read_frames(reference))
+    upscale(folder, tmp_path / "out.mp4", Options(weights, chunk_frames=11))
+    assert len(probe(tmp_path / "out.mp4")["times"]) == 11
+
+
+# ----------------------------------------------------------------------------- resume
+def test_killed_run_resumed_equals_uninterrupted(tmp_path, weights):
+    source = encode_video(tmp_path / "long.mp4", moving_scene(24, 48, 64), audio_channels=2)
+    args = ["upscale", str(source), "--weights", str(weights), "--chunk-frames", "2", "--chunk-overlap", "2", "-q"]
+    full = vsrpp(*args, str(tmp_path / "full.mp4"))
+    assert full.returncode == 0, full.stderr
+
+    output = tmp_path / "out.mp4"
+    partial = tmp_path / ".out.mp4.vsrpp-partial"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vsrpp_cli", *args, str(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not (partial / "window_000003.mkv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = len(list(partial.glob("window_*.mkv")))
+    assert 4 <= done_before < 12, "the run must be killed part-way"
+    assert not output.exists()  # nothing broken at the final path
+
+    again = vsrpp(*args, str(output))
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    resumed = vsrpp(*args, str(output), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["windows_resumed"] >= done_before - 1
+    assert np.array_equal(read_frames(output), read_frames(tmp_path / "full.mp4"))
+    assert probe(output) == probe(tmp_path / "full.mp4")
+    assert not partial.exists()
+
+
+def test_resume_refuses_other_settings(tmp_path, weights):
+    source = encode_video(tmp_path / "in.mp4", moving_scene(4, 48, 64))
+    partial = tmp_path / ".out.mp4.vsrpp-partial"
+    partial.mkdir()
+    (partial / "run.json").write_text(json.dumps({"chunk_frames": 99}))
+    result = vsrpp("upscale", str(source), str(tmp_path / "out.mp4"), "--weights", str(weights), "--resume")
+    assert result.returncode == 2
+    assert "different" in result.stderr and "chunk_frames" in result.stderr
+
+
+# ----------------------------------------------------------------------------- bad input
+def assert_clean_failure(result: subprocess.CompletedProcess, message: str, folder: Path, before: set) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr, result.stderr
+    assert set(folder.iterdir()) == before  # nothing written, nothing left behind
+
+
+def test_bad_inputs(tmp_path, weights):
+    good = encode_video(tmp_path / "good.mp4", moving_scene(3, 48, 64))
+    text = tmp_path / "notes.mp4"
+    text.write_text("hello")
+    audio_only = tmp_path / "audio.m4a"
+    with av.open(str(audio_only), "w") as container:
+        stream = container.add_stream("aac", rate=48000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 48000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name, size in (("a.png", (48, 64)), ("b.png", (50, 64))):
+        with av.open(str(mixed / name), "w", format="image2") as container:
+            stream = container.add_stream("png", rate=1)
+            stream.height, stream.width = size
+            stream.pix_fmt = "rgb24"
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((*size, 3), np.uint8), format="rgb24")))
+            container.mux(stream.encode())
+    corrupt_weights = tmp_path / "corrupt.pth"
+    corrupt_weights.write_bytes(weights.read_bytes()[:1000])
+    other_weights = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, other_weights)
+    existing = tmp_path / "exists.mp4"
+    existing.write_bytes(b"precious")
+
+    w = ["--weights", str(weights)]
+    cases = [
+        ([str(tmp_path / "absent.mp4"), str(tmp_path / "o.mp4"), *w], "no such file"),
+        ([str(text), str(tmp_path / "o.mp4"), *w], "not a video FFmpeg can read"),
+        ([str(audio_only), str(tmp_path / "o.mp4"), *w], "has no video stream"),
+        ([str(empty), str(tmp_path / "o.mp4"), *w], "no PNG or JPEG frames"),
+        ([str(mixed), str(tmp_path / "o.mp4"), *w], "must be the same size"),
+        ([str(good), str(tmp_path / "o.avi"), *w], "unknown output extension '.avi'"),
+        ([str(good), str(existing), *w], "already exists; add --overwrite"),
+        ([str(good), str(tmp_path / "o.mp4")], "give the network with --weights"),
+        ([str(good), str(tmp_path / "o.mp4"), "--weights", str(tmp_path / "none.pth")], "no such checkpoint file"),
+        ([str(good), str(tmp_path / "o.mp4"), "--weights", str(corrupt_weights)], "not a readable torch checkpoint"),
+        ([str(good), str(tmp_path / "o.mp4"), "--weights", str(other_weights)], "not a BasicVSR++ state_dict"),
+    ]
+    for args, message in cases:
+        before = set(tmp_path.iterdir())
+        assert_clean_failure(vsrpp("upscale", *args), message, tmp_path, before)
+    assert existing.read_bytes() == b"precious"
+
+
+def test_truncated_video_is_decoded_as_far_as_it_goes(tmp_path, weights):
+    source = tmp_path / "cut.mp4"
+    with av.open(str(source), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for rgb in moving_scene(20, 48, 64):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    source.write_bytes(source.read_bytes()[: int(source.stat().st_size * 0.6)])
+    result = vsrpp("upscale", str(source), str(tmp_path / "out.mp4"), "--weights", str(weights), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert 0 < summary["frames"] < 20
+    assert summary["lost"] and "missing" in summary["lost"][-1]
+    assert "lost:" in result.stderr
+    assert len(probe(tmp_path / "out.mp4")["times"]) == summary["frames"]

@@ -1,0 +1,55 @@
+"""Temporal windows and spatial tiles, on their own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vsrpp_cli.windows import run_tiled, temporal_windows, tile_spans
+
+
+@pytest.mark.parametrize("length, chunk, overlap", [(10, 3, 2), (10, 4, 0), (7, 10, 3), (1, 1, 1), (12, 4, 12)])
+def test_windows_cover_every_frame_once_with_context(length, chunk, overlap):
+    windows = list(temporal_windows(range(length), chunk, overlap))
+    kept = [i for w in windows for i in w.kept_range]
+    assert kept == list(range(length))
+    for w in windows:
+        assert w.items == list(range(w.start, w.start + len(w.items)))
+        assert [w.items[i] for i in range(w.keep.start, w.keep.stop)] == list(w.kept_range)
+        first, last = w.kept_range[0], w.kept_range[-1]
+        assert w.start == max(0, first - overlap)
+        assert w.start + len(w.items) == min(length, last + 1 + overlap)
+
+
+def test_windows_read_lazily():
+    read = []
+
+    def frames():
+        for i in range(100):
+            read.append(i)
+            yield i
+
+    windows = temporal_windows(frames(), chunk=5, overlap=2)
+    next(windows)
+    assert len(read) == 7  # the first window's 5 frames and 2 of context after
+    next(windows)
+    assert len(read) == 12
+
+
+def test_tile_spans_are_even_and_cover():
+    assert tile_spans(100, 40) == [(0, 33), (33, 67), (67, 100)]
+    assert tile_spans(30, 40) == [(0, 30)]
+
+
+@pytest.mark.parametrize("tile, overlap", [(16, 4), (20, 0), (25, 8)])
+def test_tiles_blend_to_the_whole_for_a_pointwise_network(tile, overlap):
+    """With a network that looks at each pixel alone, tiling must give back exactly the whole."""
+    clip = torch.rand(1, 2, 3, 45, 61)
+
+    def network(x):  # x4 nearest upscaling, per pixel
+        n, t, c, h, w = x.shape
+        return F.interpolate(x.view(n * t, c, h, w), scale_factor=4, mode="nearest").view(n, t, c, 4 * h, 4 * w)
+
+    tiled = run_tiled(network, clip, tile, overlap, scale=4)
+    assert torch.allclose(tiled, network(clip), atol=1e-6)
