@@ -323,3 +323,28 @@ def test_truncated_video_is_decoded_as_far_as_it_goes(tmp_path, weights):
     assert summary["lost"] and "missing" in summary["lost"][-1]
     assert "lost:" in result.stderr
     assert len(probe(tmp_path / "out.mp4")["times"]) == summary["frames"]
+
+
+# ----------------------------------------------------------------------------- batches
+def test_several_inputs_into_a_folder(tmp_path, weights):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_video(videos / "a.mp4", moving_scene(3, 48, 64))
+    encode_video(videos / "b.mkv", moving_scene(4, 48, 64, seed=1))
+    extra = encode_video(tmp_path / "c.mov", moving_scene(2, 48, 64, seed=2))
+    broken = tmp_path / "d.mp4"
+    broken.write_text("not a video")
+    out = tmp_path / "out"
+    result = vsrpp("upscale", str(videos), str(extra), str(broken), str(out), "--weights", str(weights), "--json")
+    assert result.returncode == 2  # one file failed; the others are done
+    assert "d.mp4" in result.stderr and "not a video FFmpeg can read" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mkv", "c.mov"]
+    assert [len(probe(out / name)["times"]) for name in ("a.mp4", "b.mkv", "c.mov")] == [3, 4, 2]
+    summaries = json.loads(result.stdout)
+    assert [s and s["frames"] for s in summaries] == [3, 4, 2, None]
+
+
+def test_several_inputs_need_a_folder(tmp_path, weights):
+    a = encode_video(tmp_path / "a.mp4", moving_scene(2, 48, 64))
+    result = vsrpp("upscale", str(a), str(a), str(tmp_path / "out.mp4"), "--weights", str(weights))
+    assert result.returncode == 2 and "need an output folder" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -86,11 +87,19 @@ MODEL, WINDOWS, ENCODING = "Model", "Windows and tiles", "Encoding"
 
 @app.command()
 def upscale(
-    input: Annotated[Path, typer.Argument(help="A video file (anything FFmpeg reads) or a folder of PNG/JPEG frames.")],
-    output: Annotated[Path, typer.Argument(help="A video (.mp4 .mkv .mov .webm), or a folder for PNG frames.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="INPUT... OUTPUT. Inputs: video files (anything FFmpeg reads), folders of PNG/JPEG frames, or "
+            "folders of videos. Output: a video (.mp4 .mkv .mov .webm), a folder for PNG frames, or, for "
+            "several inputs, the folder to write them into.",
+            show_default=False,
+        ),
+    ],
     weights: Annotated[Path | None, _option("A BasicVSR++ checkpoint (.pth).", MODEL)] = None,
     device: Annotated[str, _option("auto, cpu, cuda or cuda:N.", MODEL)] = "auto",
     precision: Annotated[str, _option("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", MODEL)] = "auto",
+    gpus: Annotated[int, _option("Spread several inputs over this many GPUs.", MODEL)] = 1,
     chunk_frames: Annotated[int, _option("Frames kept per window; 0 sizes windows to the device.", WINDOWS)] = 0,
     chunk_overlap: Annotated[int, _option("Context frames run on each side of a window, then dropped.", WINDOWS)] = 8,
     tile: Annotated[int, _option("Tile size in input pixels; 0 = whole frames.", WINDOWS)] = 0,
@@ -108,7 +117,7 @@ def upscale(
     quiet: Annotated[bool, _option("No progress bar or notices.", None, "--quiet", "-q")] = False,
     as_json: Annotated[bool, _option("Print the summary as JSON on stdout.", None, "--json")] = False,
 ) -> None:
-    """Upscale a video 4x with BasicVSR++, keeping every frame, its timestamp, the audio and the colours.
+    """Upscale video 4x with BasicVSR++, keeping every frame, its timestamp, the audio and the colours.
 
     Long videos stream through windows of --chunk-frames frames with --chunk-overlap frames of
     context each side; large frames can go through in tiles. An interrupted run keeps its finished
@@ -116,15 +125,16 @@ def upscale(
 
     Example: vsrpp upscale --weights basicvsr_plusplus_reds4.pth in.mp4 out.mp4
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from .upscale import Options, plan_jobs, run_jobs
 
-    from .upscale import Options
-    from .upscale import upscale as run_upscale
-
+    if len(paths) < 2:
+        raise ValueError("give an INPUT and an OUTPUT, e.g. vsrpp upscale in.mp4 out.mp4")
     if weights is None:
         raise ValueError("give the network with --weights PATH (an official BasicVSR++ .pth checkpoint)")
     if tile and tile <= 2 * tile_overlap:
         raise ValueError(f"--tile {tile} must be larger than twice --tile-overlap ({tile_overlap})")
+    *inputs, output = paths
+    jobs = plan_jobs(inputs, output)
     options = Options(
         weights,
         device,
@@ -140,42 +150,72 @@ def upscale(
         overwrite,
         resume,
     )
-    progress = Progress(
-        TextColumn("[bold]upscaling"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]:.2f} fps"),
-        TimeRemainingColumn(),
-        console=stderr,
-        disable=quiet,
-        transient=True,
-    )
-    started = [0.0]
-    with progress:
-        task = progress.add_task("upscale", total=None, fps=0.0)
 
-        def on_progress(done: int, total: int | None) -> None:
-            import time
+    def notice(message: str) -> None:
+        if not quiet:
+            stderr.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
 
-            started[0] = started[0] or time.perf_counter()
-            elapsed = time.perf_counter() - started[0]
-            progress.update(task, completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
+    with UpscaleProgress([source.name for source, _ in jobs], disabled=quiet) as progress:
+        results = run_jobs(jobs, options, gpus, progress.update, notice)
 
-        def notice(message: str) -> None:
-            if not quiet:
-                stderr.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
-
-        summary = run_upscale(input, output, options, on_progress, notice)
+    summaries = [r.as_dict() if not isinstance(r, Exception) else None for r in results]
     if as_json:
-        print(json.dumps(summary.as_dict(), indent=2))
-    elif not quiet:
-        stderr.print(
-            f"{summary.frames} frames in {summary.seconds:.1f}s ({summary.fps:.2f} fps) -> {output} "
-            f"({summary.output_bytes / 1e6:.1f} MB)",
-            highlight=False,
+        print(json.dumps(summaries[0] if len(jobs) == 1 else summaries, indent=2))
+    failures = [(source, r) for (source, _), r in zip(jobs, results, strict=True) if isinstance(r, Exception)]
+    for result in results:
+        if isinstance(result, Exception):
+            continue
+        if not quiet and not as_json:
+            stderr.print(
+                f"{result.frames} frames in {result.seconds:.1f}s ({result.fps:.2f} fps) -> {result.output} "
+                f"({result.output_bytes / 1e6:.1f} MB)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        for lost in result.lost:
+            stderr.print(f"[red]lost:[/] {lost}", highlight=False, soft_wrap=True)
+    if len(jobs) == 1 and failures:
+        raise failures[0][1]
+    for source, error in failures:
+        stderr.print(f"[bold red]error:[/] {source}: {error}", highlight=False, soft_wrap=True)
+    if failures:
+        sys.exit(2)
+
+
+class UpscaleProgress:
+    """One rich progress bar per file on stderr: frames, frames/s, time left."""
+
+    def __init__(self, names: list[str], disabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]:.2f} fps"),
+            TimeRemainingColumn(),
+            console=stderr,
+            disable=disabled,
+            transient=True,
         )
-    for lost in summary.lost:
-        stderr.print(f"[red]lost:[/] {lost}", highlight=False, soft_wrap=True)
+        self.names = names
+        self.tasks: dict[int, Any] = {}
+        self.started: dict[int, float] = {}
+
+    def __enter__(self) -> UpscaleProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, job: int, done: int, total: int | None) -> None:
+        now = time.perf_counter()
+        if job not in self.tasks:
+            self.tasks[job] = self.progress.add_task(self.names[job], total=total, fps=0.0)
+            self.started[job] = now
+        elapsed = now - self.started[job]
+        self.progress.update(self.tasks[job], completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
 
 
 def describe_checkpoint(path: Path) -> dict[str, Any]:

@@ -8,12 +8,14 @@ temporary name and moved into place at the end; finished windows are kept (resum
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,30 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import load_model, sha256_of
-from .decode import Frame, InputError, open_source
-from .encode import FrameFolderSink, OutputError, VideoSink, container_for
+from .checkpoint import CheckpointError, load_model, sha256_of
+from .decode import FRAME_EXTENSIONS, Frame, InputError, open_source
+from .encode import CONTAINERS, FrameFolderSink, OutputError, VideoSink, container_for
 from .engine import Engine, pick_device, pick_dtype
-from .resume import WindowStore
+from .resume import ResumeError, WindowStore
 from .windows import temporal_windows
 
+VIDEO_EXTENSIONS = {
+    ".mp4",
+    ".mkv",
+    ".mov",
+    ".webm",
+    ".avi",
+    ".m4v",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".flv",
+    ".wmv",
+    ".mpg",
+    ".mpeg",
+    ".y4m",
+    ".3gp",
+}
 QUEUE_FRAMES = 8  # decoded frames waiting for the network, and upscaled ones waiting for the encoder
 
 
@@ -81,6 +100,8 @@ def upscale(
     notice: Callable[[str], None] = lambda message: None,
 ) -> Summary:
     started = time.perf_counter()
+    if output.exists() and source_path.exists() and output.resolve() == source_path.resolve():
+        raise OutputError(f"{output} is the input itself; choose another output")
     container_format = container_for(output)
     check_output(output, options.overwrite)
     source = open_source(source_path)
@@ -161,11 +182,82 @@ def upscale(
     return summary
 
 
+def run_jobs(
+    jobs: list[tuple[Path, Path]],
+    options: Options,
+    gpus: int = 1,
+    on_progress: Callable[[int, int, int | None], None] = lambda job, done, total: None,
+    notice: Callable[[str], None] = lambda message: None,
+) -> list[Summary | Exception]:
+    """Run every job; with gpus > 1, one worker thread per GPU takes the next file (the network
+    releases the GIL while it runs). A failing file is reported and the others go on."""
+    if gpus > 1:
+        available = torch.cuda.device_count()
+        if available < gpus:
+            raise ValueError(f"--gpus {gpus}: only {available} CUDA device(s) here")
+    devices: queue.Queue = queue.Queue()
+    for index in range(max(gpus, 1)):
+        devices.put(f"cuda:{index}" if gpus > 1 else options.device)
+
+    def run_one(number: int) -> Summary | Exception:
+        source, target = jobs[number]
+        device = devices.get()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            job_options = dataclasses.replace(options, device=device)
+            on_progress(number, 0, None)
+            return upscale(source, target, job_options, lambda d, t: on_progress(number, d, t), notice)
+        except (InputError, OutputError, ResumeError, CheckpointError, ValueError) as error:
+            return error
+        finally:
+            devices.put(device)
+
+    if gpus <= 1 or len(jobs) == 1:
+        return [run_one(number) for number in range(len(jobs))]
+    with ThreadPoolExecutor(max_workers=gpus, thread_name_prefix="vsrpp-gpu") as pool:
+        return list(pool.map(run_one, range(len(jobs))))
+
+
+def plan_jobs(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs. One video or frame folder goes to OUTPUT itself; several inputs, or
+    a folder of videos, go into OUTPUT as a folder, each under its own name."""
+    if len(inputs) == 1 and not is_video_folder(inputs[0]):
+        return [(inputs[0], output)]
+    if output.suffix:
+        raise OutputError(f"{output}: several inputs need an output folder (a path without an extension)")
+    sources: list[Path] = []
+    for path in inputs:
+        sources.extend(sorted(p for p in path.iterdir() if is_video_file(p)) if is_video_folder(path) else [path])
+    jobs = []
+    for source in sources:
+        suffix = source.suffix.lower() if source.suffix.lower() in CONTAINERS else ".mkv"
+        jobs.append((source, output / (source.stem + suffix if source.is_file() else source.name)))
+    names = [target for _, target in jobs]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate is not None:
+        raise OutputError(f"two inputs would both be written to {duplicate}; rename one of them")
+    return jobs
+
+
+def is_video_folder(path: Path) -> bool:
+    """A folder that holds video files rather than frames."""
+    if not path.is_dir():
+        return False
+    entries = [p for p in path.iterdir() if p.is_file()]
+    return not any(p.suffix.lower() in FRAME_EXTENSIONS for p in entries) and any(map(is_video_file, entries))
+
+
+def is_video_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
+
+
 def check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not overwrite:
         raise OutputError(f"{output} already exists; add --overwrite to replace it")
     if not output.parent.exists():
         raise OutputError(f"{output.parent}: no such folder for the output")
+    if output.exists() and output.is_dir() != (container_for(output) is None):
+        raise OutputError(f"{output} exists and is {'a folder' if output.is_dir() else 'a file'}; choose another name")
 
 
 def default_chunk(device: torch.device, width: int, height: int, mid_channels: int) -> int:
