@@ -114,11 +114,20 @@ def colour_patches(height: int, width: int, frames: int = 4) -> np.ndarray:
     return np.repeat(image[None], frames, axis=0), colours
 
 
-@pytest.mark.parametrize("matrix", ["bt601", "bt709", None])
-def test_colours_survive(tmp_path, bilinear_weights, matrix):
+@pytest.mark.parametrize(
+    "matrix, windows",
+    [
+        ("bt601", {"chunk_frames": 4}),
+        ("bt709", {"chunk_frames": 4}),
+        (None, {"chunk_frames": 4}),  # untagged: PyAV's default conversion, BT.601
+        ("bt709", {"chunk_frames": 1, "chunk_overlap": 1, "tile": 40, "tile_overlap": 8}),
+    ],
+    ids=["bt601", "bt709", "untagged", "bt709-tiles-short-windows"],
+)
+def test_colours_survive(tmp_path, bilinear_weights, matrix, windows):
     scene, colours = colour_patches(96, 144)
-    source = encode_video(tmp_path / "in.mp4", scene, matrix=matrix)  # None: untagged (PyAV's BT.601)
-    upscale(source, tmp_path / "out.mp4", Options(bilinear_weights, chunk_frames=4))
+    source = encode_video(tmp_path / "in.mp4", scene, matrix=matrix)
+    upscale(source, tmp_path / "out.mp4", Options(bilinear_weights, **windows))
     facts = probe(tmp_path / "out.mp4")
     expected = {"bt709": 1, "bt601": 6, None: 6}[matrix]  # untagged below 720 lines reads as BT.601
     assert (facts["colorspace"], facts["primaries"], facts["transfer"], facts["color_range"]) == (
@@ -348,3 +357,20 @@ def test_several_inputs_need_a_folder(tmp_path, weights):
     a = encode_video(tmp_path / "a.mp4", moving_scene(2, 48, 64))
     result = vsrpp("upscale", str(a), str(a), str(tmp_path / "out.mp4"), "--weights", str(weights))
     assert result.returncode == 2 and "need an output folder" in result.stderr
+
+
+# ----------------------------------------------------------------------------- precision
+def test_fp16_overflow_is_recomputed_in_fp32(tmp_path):
+    """A red channel pushed past fp16's range (65504) makes inf in fp16: that window must be
+    recomputed in fp32 and match an fp32 run exactly, never a black or broken frame."""
+    checkpoint = random_official_checkpoint(8, 1, True, seed=5)
+    checkpoint["state_dict"]["generator.conv_last.bias"][0] = 1e5
+    weights = tmp_path / "overflow.pth"
+    torch.save(checkpoint, weights)
+    source = encode_video(tmp_path / "two.mp4", moving_scene(2, 48, 64))  # fp16 convs are slow on CPU
+    notices = []
+    options = Options(weights, precision="fp16", chunk_frames=1, chunk_overlap=0)
+    summary = upscale(source, tmp_path / "fp16", options, notice=notices.append)
+    assert summary.fp32_fallbacks == 2 and any("recomputed in fp32" in n for n in notices)
+    upscale(source, tmp_path / "fp32", Options(weights, precision="fp32", chunk_frames=1, chunk_overlap=0))
+    assert np.array_equal(read_frames(tmp_path / "fp16"), read_frames(tmp_path / "fp32"))

@@ -46,6 +46,8 @@ class Engine:
         tile_overlap: int = 16,
         warn: Callable[[str], None] = lambda message: None,
     ) -> None:
+        # Full-precision weights stay on the host for windows that must be recomputed in fp32.
+        self.fp32_state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = device, dtype
         self.tile, self.tile_overlap = tile, tile_overlap
@@ -58,12 +60,11 @@ class Engine:
 
     def upscale(self, frames: list[np.ndarray], keep: slice, bit_depth: int) -> list[np.ndarray]:
         """Run the whole window, return only its kept frames, quantised on the device."""
-        clip = frames_to_tensor(frames, self.device, self.dtype)
-        out = self._run_fitting_memory(clip)
+        out = self._run_fitting_memory(frames_to_tensor(frames, self.device, self.dtype))
         if not torch.isfinite(out).all() and self.dtype != torch.float32:
             self.fp32_fallbacks += 1
             self.warn("non-finite values in reduced precision; this window was recomputed in fp32")
-            out = self._in_fp32(clip.float())
+            out = self._in_fp32(frames_to_tensor(frames, self.device, torch.float32))
         return tensor_to_frames(out[:, keep], bit_depth)
 
     def _run_fitting_memory(self, clip: Tensor) -> Tensor:
@@ -90,7 +91,7 @@ class Engine:
         return run_tiled(self.model, clip, self.tile, self.tile_overlap, self.scale)
 
     def _in_fp32(self, clip: Tensor) -> Tensor:
-        self.model.float()
+        self.model.float().load_state_dict(self.fp32_state)
         try:
             return self._run_fitting_memory(clip)
         finally:
