@@ -374,3 +374,19 @@ def test_fp16_overflow_is_recomputed_in_fp32(tmp_path):
     assert summary.fp32_fallbacks == 2 and any("recomputed in fp32" in n for n in notices)
     upscale(source, tmp_path / "fp32", Options(weights, precision="fp32", chunk_frames=1, chunk_overlap=0))
     assert np.array_equal(read_frames(tmp_path / "fp16"), read_frames(tmp_path / "fp32"))
+
+
+def test_rotation_is_carried(tmp_path, weights):
+    """A phone video stores its frames sideways with a display matrix; the output must too."""
+    import struct
+
+    source = encode_video(tmp_path / "in.mp4", moving_scene(3, 48, 64))
+    data = bytearray(source.read_bytes())
+    matrix_at = data.index(b"tkhd") + 4 + 4 + 4 * 5 + 8 + 8  # ISO/IEC 14496-12 TrackHeaderBox, version 0
+    data[matrix_at : matrix_at + 36] = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30)  # 90 degrees
+    source.write_bytes(bytes(data))
+    with av.open(str(source)) as container:
+        assert next(container.decode(video=0)).rotation == -90
+    upscale(source, tmp_path / "out.mp4", Options(weights, chunk_frames=3))
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert next(container.decode(video=0)).rotation == -90

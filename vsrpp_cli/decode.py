@@ -46,6 +46,8 @@ class VideoInfo:
     full_range: bool
     primaries: int = 2  # AVColorPrimaries, 2 = unspecified
     transfer: int = 2  # AVColorTransferCharacteristic
+    rotation: int = 0  # degrees counter-clockwise, from the display matrix
+    sample_aspect_ratio: Fraction | None = None  # non-square pixels (anamorphic video)
     codec: str = ""
     container_metadata: dict[str, str] = field(default_factory=dict)
 
@@ -133,6 +135,8 @@ class Source:
                 full_range=full,
                 primaries=ctx.color_primaries,
                 transfer=ctx.color_trc,
+                rotation=first_frame_rotation(container, stream),
+                sample_aspect_ratio=stream.sample_aspect_ratio,
                 codec=ctx.name,
                 container_metadata=dict(container.metadata),
             )
@@ -171,6 +175,15 @@ class Source:
         if info.frame_count and index < info.frame_count:
             missing = info.frame_count - index
             self.report.lost.append(f"{missing} of {info.frame_count} frames are missing: the file ends early")
+
+
+def first_frame_rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """The display rotation FFmpeg attaches to decoded frames (from the container's matrix)."""
+    try:
+        frame = next(container.decode(stream), None)
+    except av.error.FFmpegError:
+        return 0
+    return round(frame.rotation) if frame is not None and frame.rotation else 0
 
 
 def open_source(path: str | Path) -> Source:

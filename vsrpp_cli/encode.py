@@ -117,6 +117,10 @@ class VideoSink:
         self.stream.time_base = info.time_base
         self.stream.codec_context.time_base = info.time_base
         self._tag_colour()
+        if info.rotation:
+            self.stream.set_display_rotation(info.rotation)
+        if info.sample_aspect_ratio:
+            self.stream.codec_context.sample_aspect_ratio = info.sample_aspect_ratio
         options = {}
         if crf is not None:
             options["crf"] = str(crf)
