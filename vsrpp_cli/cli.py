@@ -12,12 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, zoo
 from .checkpoint import CheckpointError, infer_architecture, load_strict, read_checkpoint, sha256_of
 from .decode import InputError
 from .encode import OutputError
 from .network import BasicVSRPlusPlus
 from .resume import ResumeError
+from .zoo import ZooError
 
 app = typer.Typer(
     name="vsrpp",
@@ -30,7 +31,7 @@ app = typer.Typer(
 )
 stdout = Console()
 stderr = Console(stderr=True)
-USER_ERRORS = (CheckpointError, InputError, OutputError, ResumeError, ValueError)
+USER_ERRORS = (CheckpointError, InputError, OutputError, ResumeError, ZooError, ValueError)
 _state = {"debug": False}
 
 
@@ -96,7 +97,10 @@ def upscale(
             show_default=False,
         ),
     ],
-    weights: Annotated[Path | None, _option("A BasicVSR++ checkpoint (.pth).", MODEL)] = None,
+    model: Annotated[
+        str | None, _option("A model of the zoo (`vsrpp weights list`); fetched on first use. Default: reds4.", MODEL)
+    ] = None,
+    weights: Annotated[Path | None, _option("A local BasicVSR++ checkpoint (.pth) instead of the zoo.", MODEL)] = None,
     device: Annotated[str, _option("auto, cpu, cuda or cuda:N.", MODEL)] = "auto",
     precision: Annotated[str, _option("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", MODEL)] = "auto",
     gpus: Annotated[int, _option("Spread several inputs over this many GPUs.", MODEL)] = 1,
@@ -123,14 +127,16 @@ def upscale(
     context each side; large frames can go through in tiles. An interrupted run keeps its finished
     windows: run the same command with --resume to continue.
 
-    Example: vsrpp upscale --weights basicvsr_plusplus_reds4.pth in.mp4 out.mp4
+    Example: vsrpp upscale in.mp4 out.mp4   (the reds4 model, downloaded once)
     """
     from .upscale import Options, plan_jobs, run_jobs
 
     if len(paths) < 2:
         raise ValueError("give an INPUT and an OUTPUT, e.g. vsrpp upscale in.mp4 out.mp4")
+    if weights is not None and model is not None:
+        raise ValueError("give either --model NAME or --weights PATH, not both")
     if weights is None:
-        raise ValueError("give the network with --weights PATH (an official BasicVSR++ .pth checkpoint)")
+        weights = zoo.ensure(model or zoo.DEFAULT_MODEL, progress=not quiet, notice=lambda m: stderr.print(m))
     if tile and tile <= 2 * tile_overlap:
         raise ValueError(f"--tile {tile} must be larger than twice --tile-overlap ({tile_overlap})")
     *inputs, output = paths
@@ -218,23 +224,97 @@ class UpscaleProgress:
         self.progress.update(self.tasks[job], completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
 
 
+weights_app = typer.Typer(
+    help="The model zoo: list, download, locate and verify official checkpoints.", no_args_is_help=True
+)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list")
+def weights_list(as_json: Annotated[bool, _option("Print the zoo as JSON on stdout.", None, "--json")] = False) -> None:
+    """Every model of the zoo: task, scale, size, and whether it is on this machine."""
+    models = zoo.models().values()
+    if as_json:
+        print(json.dumps([zoo.describe(m) for m in models], indent=2))
+        return
+    table = Table(title=f"BasicVSR++ models (stored in {zoo.weights_dir()})", title_justify="left")
+    for column in ("name", "task", "scale", "size", "here"):
+        table.add_column(column, overflow="fold")
+    for m in models:
+        here = "yes" if zoo.path_of(m).is_file() else ("no" if m.url() else "by hand")
+        name = f"{m.name}*" if m.name == zoo.DEFAULT_MODEL else m.name
+        table.add_row(name, m.task, f"x{m.scale}", f"{zoo.parameter_count(m) / 1e6:.1f}M", here)
+    table.caption = "* the default. `vsrpp weights list --json` has URLs, checksums, training data and scores."
+    stdout.print(table)
+
+
+@weights_app.command("download")
+def weights_download(
+    name: Annotated[str, typer.Argument(help="A model name from `vsrpp weights list`, or `all`.")],
+    quiet: Annotated[bool, _option("No progress bar.", None, "--quiet", "-q")] = False,
+) -> None:
+    """Fetch a model (or all of them), verify its checksum, and keep it for later runs."""
+    names = list(zoo.models()) if name == "all" else [zoo.get(name).name]
+    failures = []
+    for each in names:
+        try:
+            path = zoo.ensure(each, progress=not quiet, notice=lambda m: stderr.print(m))
+            stderr.print(f"{each}: {path}", highlight=False)
+        except ZooError as error:
+            if len(names) == 1:
+                raise
+            failures.append(f"{each}: {error}")
+    for failure in failures:
+        stderr.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
+    if failures:
+        sys.exit(2)
+
+
+@weights_app.command("path")
+def weights_path(name: Annotated[str, typer.Argument(help="A model name from `vsrpp weights list`.")]) -> None:
+    """Where a model's file lives (or will, once downloaded)."""
+    model = zoo.get(name)
+    print(zoo.path_of(model))
+    if not zoo.path_of(model).is_file():
+        stderr.print(f"(not downloaded yet: vsrpp weights download {name})", highlight=False)
+
+
+@weights_app.command("verify")
+def weights_verify() -> None:
+    """Re-hash every downloaded model against the checksum in its name."""
+    bad = []
+    for model in zoo.models().values():
+        if zoo.path_of(model).is_file():
+            intact = zoo.is_intact(model)
+            stdout.print(f"{model.name}: {'ok' if intact else 'DAMAGED'}", highlight=False)
+            if not intact:
+                bad.append(model.name)
+    if bad:
+        raise ZooError(f"{', '.join(bad)} damaged; fetch again with `vsrpp weights download NAME`")
+
+
 def describe_checkpoint(path: Path) -> dict[str, Any]:
     checkpoint = read_checkpoint(path)
     arch = infer_architecture(checkpoint.state_dict)
     model = BasicVSRPlusPlus(**arch)
     load_strict(model, checkpoint.state_dict, path)  # a file that will not load is reported, not described
     x4 = arch["is_low_res_input"]
+    sha256 = sha256_of(path)
+    known = next((m for m in zoo.models().values() if sha256.startswith(m.sha256_prefix)), None)
     return {
         "file": str(path),
         "size_bytes": path.stat().st_size,
-        "sha256": sha256_of(path),
+        "sha256": sha256,
+        "zoo_model": known.name if known else None,
         "architecture": f"BasicVSR++ C{arch['mid_channels']}/N{arch['num_blocks']}, "
         + ("4x upscaling" if x4 else "same-size output"),
         "mid_channels": arch["mid_channels"],
         "num_blocks": arch["num_blocks"],
         "scale": 4 if x4 else 1,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "task": "video super-resolution (4x)" if x4 else "video restoration (deblurring, denoising or decompression)",
+        "task": known.task
+        if known
+        else ("video super-resolution (4x)" if x4 else "video restoration (deblurring, denoising or decompression)"),
         "layout": checkpoint.layout,
         "also_in_file": checkpoint.extras,
         "meta": checkpoint.meta,
