@@ -390,3 +390,16 @@ def test_rotation_is_carried(tmp_path, weights):
     upscale(source, tmp_path / "out.mp4", Options(weights, chunk_frames=3))
     with av.open(str(tmp_path / "out.mp4")) as container:
         assert next(container.decode(video=0)).rotation == -90
+
+
+def test_overwrite_replaces_a_file_or_a_folder(tmp_path, weights):
+    source = encode_video(tmp_path / "in.mp4", moving_scene(2, 48, 64))
+    existing = tmp_path / "out.mp4"
+    existing.write_bytes(b"old")
+    upscale(source, existing, Options(weights, overwrite=True))
+    assert len(probe(existing)["times"]) == 2
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "stale.png").write_bytes(b"old")
+    upscale(source, folder, Options(weights, overwrite=True))
+    assert sorted(p.name for p in folder.iterdir()) == ["00000000.png", "00000001.png"]

@@ -142,19 +142,19 @@ def upscale(
     *inputs, output = paths
     jobs = plan_jobs(inputs, output)
     options = Options(
-        weights,
-        device,
-        precision,
-        chunk_frames,
-        chunk_overlap,
-        tile,
-        tile_overlap,
-        codec,
-        crf,
-        preset,
-        pix_fmt,
-        overwrite,
-        resume,
+        weights=weights,
+        device=device,
+        precision=precision,
+        chunk_frames=chunk_frames,
+        chunk_overlap=chunk_overlap,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        codec=codec,
+        crf=crf,
+        preset=preset,
+        pix_fmt=pix_fmt,
+        overwrite=overwrite,
+        resume=resume,
     )
 
     def notice(message: str) -> None:

@@ -122,7 +122,7 @@ def upscale(
 
     fingerprint = {
         "input": str(source_path.resolve()),
-        "input_bytes": source_path.stat().st_size if source_path.is_file() else len(source.files),
+        "input_size": source_path.stat().st_size if source_path.is_file() else len(source.files),
         "input_mtime_ns": source_path.stat().st_mtime_ns,
         "weights_sha256": sha256_of(options.weights),
         "chunk_frames": chunk,
@@ -172,7 +172,7 @@ def upscale(
         remove(temporary)
         store.remove_if_empty()  # finished windows stay for --resume
         raise
-    finish(temporary, output, options.overwrite)
+    finish(temporary, output)
     store.remove()
     summary.lost = source.report.lost
     summary.fp32_fallbacks = engine.fp32_fallbacks
@@ -279,11 +279,9 @@ def temporary_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.vsrpp-tmp")
 
 
-def finish(temporary: Path, output: Path, overwrite: bool) -> None:
-    if output.exists() and overwrite and output.is_dir() and not temporary.is_dir():
+def finish(temporary: Path, output: Path) -> None:
+    if output.is_dir():  # only with --overwrite: a folder cannot be replaced in one step
         shutil.rmtree(output)
-    if temporary.is_dir() and output.exists():
-        remove(output)
     os.replace(temporary, output)
 
 
