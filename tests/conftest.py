@@ -10,6 +10,15 @@ from media import decode_video, encode_video, moving_scene
 from reference import random_official_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def no_network_and_own_weights_folder(tmp_path_factory, monkeypatch):
+    """No test reaches the real model host or the checkout's weights/ folder: downloads go to
+    a closed local port unless a test serves its own, and files to a folder of the test's."""
+    monkeypatch.setenv("VSRPP_WEIGHTS_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("VSRPP_HOME", str(tmp_path_factory.mktemp("vsrpp_home")))
+    monkeypatch.delenv("VSRPP_MODELS", raising=False)
+
+
 @pytest.fixture(scope="session")
 def video_clip(tmp_path_factory):
     """Real decoded frames of an H.264 clip: call with (frames, height, width)."""
