@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from . import __version__, zoo
 from .checkpoint import CheckpointError, infer_architecture, load_strict, read_checkpoint, sha256_of
 from .decode import InputError
 from .encode import OutputError
+from .evaluate import EvalError
 from .network import BasicVSRPlusPlus
 from .resume import ResumeError
 from .zoo import ZooError
@@ -31,7 +33,7 @@ app = typer.Typer(
 )
 stdout = Console()
 stderr = Console(stderr=True)
-USER_ERRORS = (CheckpointError, InputError, OutputError, ResumeError, ZooError, ValueError)
+USER_ERRORS = (CheckpointError, EvalError, InputError, OutputError, ResumeError, ZooError, ValueError)
 _state = {"debug": False}
 
 
@@ -222,6 +224,140 @@ class UpscaleProgress:
             self.started[job] = now
         elapsed = now - self.started[job]
         self.progress.update(self.tasks[job], completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
+
+
+@app.command("eval")
+def eval_command(
+    dataset: Annotated[
+        str | None, _option("REDS4, Vid4-BI, Vid4-BD, UDM10-BD, Vimeo-90K-T-BI or Vimeo-90K-T-BD.", "Data")
+    ] = None,
+    data_root: Annotated[
+        Path | None, _option("The dataset's folder (default: data/REDS, data/Vid4, ...).", "Data")
+    ] = None,
+    lq: Annotated[Path | None, _option("Low-quality clips (folders of frames) for a custom pair.", "Data")] = None,
+    gt: Annotated[Path | None, _option("Ground-truth clips matching --lq by name.", "Data")] = None,
+    y_channel: Annotated[bool, _option("Score BT.601 luma instead of RGB (for --lq/--gt).", "Data")] = False,
+    crop_border: Annotated[int, _option("Pixels cropped from each edge before scoring.", "Data")] = 0,
+    model: Annotated[str | None, _option("A model of the zoo (default reds4).", MODEL)] = None,
+    weights: Annotated[Path | None, _option("A local checkpoint instead of the zoo.", MODEL)] = None,
+    device: Annotated[str, _option("auto, cpu, cuda or cuda:N.", MODEL)] = "auto",
+    precision: Annotated[str, _option("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", MODEL)] = "auto",
+    chunk_frames: Annotated[int, _option("Frames per window; 0 = each clip as one sequence.", WINDOWS)] = 0,
+    chunk_overlap: Annotated[int, _option("Context frames each side of a window.", WINDOWS)] = 0,
+    tile: Annotated[int, _option("Tile size in input pixels; 0 = whole frames.", WINDOWS)] = 0,
+    tile_overlap: Annotated[int, _option("Input pixels neighbouring tiles share, blended.", WINDOWS)] = 16,
+    json_file: Annotated[
+        Path | None, _option("Write the results as JSON to this file (- for stdout).", None, "--json")
+    ] = None,
+    csv_file: Annotated[Path | None, _option("Write per-clip results as CSV to this file.", None, "--csv")] = None,
+    quiet: Annotated[bool, _option("No table on the terminal.", None, "--quiet", "-q")] = False,
+) -> None:
+    """Score a model on a standard test set under the official protocol, beside the published number.
+
+    Each clip runs as one sequence; outputs are rounded to 8 bits; PSNR and SSIM are averaged per
+    clip, then over clips (REDS4 on RGB, the others on the Y channel). --precision, --chunk-frames
+    and --tile show what each costs in dB.
+
+    Example: vsrpp eval --dataset REDS4 --data-root data/REDS --model reds4
+    """
+    from .checkpoint import load_model
+    from .engine import Engine, pick_device, pick_dtype
+    from .evaluate import dataset_clips, evaluate, get_dataset, paired_clips
+
+    if (dataset is None) == (lq is None and gt is None):
+        raise ValueError("give either --dataset NAME or --lq DIR --gt DIR")
+    if weights is not None and model is not None:
+        raise ValueError("give either --model NAME or --weights PATH, not both")
+    if dataset is not None:
+        spec = get_dataset(dataset)
+        clips = dataset_clips(spec, data_root or Path(spec.default_root))
+        name, y, centre = spec.name, spec.y_channel, spec.centre_frame_only
+    else:
+        if lq is None or gt is None:
+            raise ValueError("--lq and --gt go together")
+        clips, name, y, centre, spec = paired_clips(lq, gt), f"{lq} vs {gt}", y_channel, False, None
+    weights = weights or zoo.ensure(model or zoo.DEFAULT_MODEL, progress=not quiet, notice=lambda m: stderr.print(m))
+    sha256 = sha256_of(weights)
+    known = next((m for m in zoo.models().values() if sha256.startswith(m.sha256_prefix)), None)
+    torch_device = pick_device(device)
+    engine = Engine(
+        load_model(weights),
+        torch_device,
+        pick_dtype(precision, torch_device),
+        tile,
+        tile_overlap,
+        warn=lambda m: stderr.print(f"[yellow]note:[/] {m}", highlight=False),
+    )
+    with ClipProgress(len(clips), quiet) as advance:
+        report = evaluate(
+            clips, engine, name, y, centre, chunk_frames, chunk_overlap, crop_border, on_clip=lambda score: advance()
+        )
+    if spec is not None and known is not None:
+        report.published = known.scores.get(spec.score_key)
+    facts = report.as_dict()
+    facts.update(
+        weights=str(weights),
+        zoo_model=known.name if known else None,
+        device=str(torch_device),
+        precision=precision,
+        chunk_frames=chunk_frames,
+        chunk_overlap=chunk_overlap,
+        tile=tile,
+    )
+    if json_file is not None:
+        text = json.dumps(facts, indent=2)
+        if str(json_file) == "-":
+            print(text)
+        else:
+            json_file.write_text(text + "\n")
+    if csv_file is not None:
+        rows = ["clip,frames,psnr,ssim"] + [f"{c.clip},{c.frames},{c.psnr:.4f},{c.ssim:.4f}" for c in report.clips]
+        csv_file.write_text("\n".join(rows) + "\n")
+    if not quiet:
+        show_report(report, facts)
+
+
+def show_report(report: Any, facts: dict) -> None:
+    table = Table(
+        title=f"{report.dataset} ({'Y' if report.y_channel else 'RGB'}, crop border 0 unless set)", title_justify="left"
+    )
+    for column in ("clip", "frames", "PSNR", "SSIM"):
+        table.add_column(column, justify="left" if column == "clip" else "right")
+    for c in report.clips:
+        table.add_row(c.clip, str(c.frames), f"{c.psnr:.4f}", f"{c.ssim:.4f}")
+    table.add_section()
+    table.add_row("average", str(sum(c.frames for c in report.clips)), f"{report.psnr:.4f}", f"{report.ssim:.4f}")
+    if "published_psnr" in facts:
+        table.add_row(
+            f"published ({facts['zoo_model']})", "", f"{facts['published_psnr']:.4f}", f"{facts['published_ssim']:.4f}"
+        )
+        table.add_row("difference", "", f"{facts['psnr_difference']:+.4f}", f"{facts['ssim_difference']:+.4f}")
+    stderr.print(table)
+
+
+class ClipProgress:
+    """A clips progress bar on stderr; the context gives a function that advances it by one."""
+
+    def __init__(self, total: int, disabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]evaluating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            disable=disabled,
+            transient=True,
+        )
+        self.task = self.progress.add_task("clips", total=total)
+
+    def __enter__(self) -> Callable[[], None]:
+        self.progress.__enter__()
+        return lambda: self.progress.advance(self.task)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
 
 
 weights_app = typer.Typer(

@@ -60,12 +60,16 @@ class Engine:
 
     def upscale(self, frames: list[np.ndarray], keep: slice, bit_depth: int) -> list[np.ndarray]:
         """Run the whole window, return only its kept frames, quantised on the device."""
+        return tensor_to_frames(self.infer(frames)[:, keep], bit_depth)
+
+    def infer(self, frames: list[np.ndarray]) -> Tensor:
+        """The network's output (1, t, 3, sh, sw) for a window, unclamped, always finite."""
         out = self._run_fitting_memory(frames_to_tensor(frames, self.device, self.dtype))
         if not torch.isfinite(out).all() and self.dtype != torch.float32:
             self.fp32_fallbacks += 1
             self.warn("non-finite values in reduced precision; this window was recomputed in fp32")
             out = self._in_fp32(frames_to_tensor(frames, self.device, torch.float32))
-        return tensor_to_frames(out[:, keep], bit_depth)
+        return out
 
     def _run_fitting_memory(self, clip: Tensor) -> Tensor:
         while True:

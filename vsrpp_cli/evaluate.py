@@ -1,0 +1,204 @@
+"""`vsrpp eval`: the standard test sets under the official protocol (REFERENCE.md section 4).
+
+Each clip runs as one sequence (unless windows or tiles are asked for, to measure what they
+cost), outputs are clamped and rounded to 8 bits as saved images would be, PSNR and SSIM are
+taken per frame, averaged per clip, then over clips. Folder layouts follow mmagic's dataset
+configs (data/REDS, data/Vid4, data/UDM10, data/vimeo90k).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .decode import InputError, frame_files, read_image
+from .engine import Engine
+from .metrics import psnr, ssim
+from .tensors import tensor_to_frames
+from .windows import temporal_windows
+
+
+class EvalError(Exception):
+    """A data root that lacks what the dataset needs; the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    score_key: str  # the column of the published scores (zoo.SCORE_SETS)
+    default_root: str
+    lq: str  # sub-folders of the data root
+    gt: str
+    y_channel: bool
+    clips: tuple[str, ...] = ()  # fixed clip list; empty: every clip found
+    centre_frame_only: bool = False  # Vimeo-90K-T: 7 frames in, the 4th scored, mirror-extended
+
+
+DATASETS = {
+    d.name.lower(): d
+    for d in (
+        Dataset(
+            "REDS4", "REDS4", "data/REDS", "train_sharp_bicubic/X4", "train_sharp", False, ("000", "011", "015", "020")
+        ),
+        Dataset("Vid4-BI", "Vid4 BI", "data/Vid4", "BIx4", "GT", True),
+        Dataset("Vid4-BD", "Vid4 BD", "data/Vid4", "BDx4", "GT", True),
+        Dataset("UDM10-BD", "UDM10 BD", "data/UDM10", "BDx4", "GT", True),
+        Dataset("Vimeo-90K-T-BI", "Vimeo-90K-T BI", "data/vimeo90k", "BIx4", "GT", True, centre_frame_only=True),
+        Dataset("Vimeo-90K-T-BD", "Vimeo-90K-T BD", "data/vimeo90k", "BDx4", "GT", True, centre_frame_only=True),
+    )
+}
+VIMEO_LIST = "meta_info_Vimeo90K_test_GT.txt"
+
+
+@dataclass
+class ClipScore:
+    clip: str
+    frames: int
+    psnr: float
+    ssim: float
+
+
+@dataclass
+class Report:
+    dataset: str
+    y_channel: bool
+    clips: list[ClipScore] = field(default_factory=list)
+    published: str | None = None  # "PSNR/SSIM" of the model's paper row, when known
+
+    @property
+    def psnr(self) -> float:
+        return float(np.mean([c.psnr for c in self.clips]))
+
+    @property
+    def ssim(self) -> float:
+        return float(np.mean([c.ssim for c in self.clips]))
+
+    def as_dict(self) -> dict:
+        facts = {
+            "dataset": self.dataset,
+            "channel": "Y" if self.y_channel else "RGB",
+            "psnr": self.psnr,
+            "ssim": self.ssim,
+            "clips": [c.__dict__ for c in self.clips],
+        }
+        if self.published:
+            published_psnr, published_ssim = (float(v) for v in self.published.split("/"))
+            facts.update(
+                published_psnr=published_psnr,
+                published_ssim=published_ssim,
+                psnr_difference=self.psnr - published_psnr,
+                ssim_difference=self.ssim - published_ssim,
+            )
+        return facts
+
+
+def get_dataset(name: str) -> Dataset:
+    if name.lower() not in DATASETS:
+        names = ", ".join(d.name for d in DATASETS.values())
+        raise EvalError(f"no dataset named {name!r}; choose one of {names}, or give --lq DIR --gt DIR")
+    return DATASETS[name.lower()]
+
+
+def dataset_clips(dataset: Dataset, root: Path) -> list[tuple[str, Path, Path]]:
+    """(name, LQ folder, GT folder) for every clip, after checking they are all there."""
+    lq_root, gt_root = root / dataset.lq, root / dataset.gt
+    missing = [str(p) for p in (lq_root, gt_root) if not p.is_dir()]
+    if missing:
+        raise EvalError(f"{dataset.name} needs {' and '.join(missing)}; check --data-root (layout as mmagic's)")
+    if dataset.clips:
+        names = list(dataset.clips)
+    elif dataset.centre_frame_only and (root / VIMEO_LIST).is_file():
+        names = [line.split()[0] for line in (root / VIMEO_LIST).read_text().splitlines() if line.strip()]
+    elif dataset.centre_frame_only:
+        names = sorted(f"{a.name}/{b.name}" for a in gt_root.iterdir() if a.is_dir() for b in a.iterdir() if b.is_dir())
+    else:
+        names = sorted(p.name for p in gt_root.iterdir() if p.is_dir())
+    clips = [(name, lq_root / name, gt_root / name) for name in names]
+    absent = [str(folder) for _, lq, gt in clips for folder in (lq, gt) if not folder.is_dir()]
+    if absent:
+        more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+        raise EvalError(f"{dataset.name} needs {', '.join(absent[:3])}{more}")
+    if not clips:
+        raise EvalError(f"{gt_root}: no clips (sub-folders of frames) found")
+    return clips
+
+
+def paired_clips(lq_root: Path, gt_root: Path) -> list[tuple[str, Path, Path]]:
+    """--lq/--gt: folders of clip folders, matched by name, or two folders of frames."""
+    for folder in (lq_root, gt_root):
+        if not folder.is_dir():
+            raise EvalError(f"{folder}: no such folder")
+    subfolders = sorted(p.name for p in lq_root.iterdir() if p.is_dir())
+    if not subfolders:
+        return [(lq_root.name, lq_root, gt_root)]
+    absent = [name for name in subfolders if not (gt_root / name).is_dir()]
+    if absent:
+        raise EvalError(f"{gt_root} lacks the clips {', '.join(absent[:3])} that {lq_root} has")
+    return [(name, lq_root / name, gt_root / name) for name in subfolders]
+
+
+def evaluate(
+    clips: list[tuple[str, Path, Path]],
+    engine: Engine,
+    name: str,
+    y_channel: bool,
+    centre_frame_only: bool = False,
+    chunk_frames: int = 0,
+    chunk_overlap: int = 0,
+    crop_border: int = 0,
+    on_clip: Callable[[ClipScore], None] = lambda score: None,
+) -> Report:
+    report = Report(name, y_channel)
+    for clip, lq_folder, gt_folder in clips:
+        lq, gt = load_frames(lq_folder), load_frames(gt_folder)
+        if centre_frame_only:
+            outputs, gt = [centre_output(engine, lq)], [gt[len(gt) // 2]]
+        else:
+            if len(lq) != len(gt):
+                raise EvalError(f"{clip}: {len(lq)} LQ frames but {len(gt)} GT frames")
+            outputs = run_clip(engine, lq, chunk_frames or len(lq), chunk_overlap)
+        for out, truth in zip(outputs, gt, strict=True):
+            if out.shape != truth.shape:
+                raise EvalError(
+                    f"{clip}: output is {out.shape[1]}x{out.shape[0]}, GT {truth.shape[1]}x{truth.shape[0]}"
+                    f"; is this the right model (x{engine.scale}) for the data?"
+                )
+        psnrs = [psnr(o, g, y_channel, crop_border) for o, g in zip(outputs, gt, strict=True)]
+        ssims = [ssim(o, g, y_channel, crop_border) for o, g in zip(outputs, gt, strict=True)]
+        score = ClipScore(clip, len(outputs), float(np.mean(psnrs)), float(np.mean(ssims)))
+        if math.isinf(score.psnr):
+            score.psnr = 100.0  # identical images: report a finite ceiling
+        report.clips.append(score)
+        on_clip(score)
+    return report
+
+
+def run_clip(engine: Engine, frames: list[np.ndarray], chunk: int, overlap: int) -> list[np.ndarray]:
+    outputs: list[np.ndarray] = []
+    for window in temporal_windows(frames, chunk, overlap):
+        outputs.extend(engine.upscale(window.items, window.keep, bit_depth=8))
+    return outputs
+
+
+def centre_output(engine: Engine, frames: list[np.ndarray]) -> np.ndarray:
+    """Vimeo-90K-T: the 7 frames mirror-extended to 14; the centre frame appears twice and its two
+    outputs are averaged before rounding (REFERENCE.md section 4)."""
+    out = engine.infer(frames + frames[::-1])
+    t = len(frames)
+    centre = t // 2
+    average = 0.5 * (out[:, centre] + out[:, 2 * t - 1 - centre])
+    return tensor_to_frames(average[:, None], bit_depth=8)[0]
+
+
+def load_frames(folder: Path) -> list[np.ndarray]:
+    try:
+        frames = [read_image(path) for path in frame_files(folder)]
+    except InputError as error:
+        raise EvalError(str(error)) from None
+    if any(f.dtype != np.uint8 for f in frames):
+        raise EvalError(f"{folder}: the protocol scores 8-bit frames; these are 16-bit")
+    return frames
