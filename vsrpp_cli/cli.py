@@ -303,6 +303,7 @@ def eval_command(
         chunk_frames=chunk_frames,
         chunk_overlap=chunk_overlap,
         tile=tile,
+        crop_border=crop_border,
     )
     if json_file is not None:
         text = json.dumps(facts, indent=2)
@@ -318,9 +319,9 @@ def eval_command(
 
 
 def show_report(report: Any, facts: dict) -> None:
-    table = Table(
-        title=f"{report.dataset} ({'Y' if report.y_channel else 'RGB'}, crop border 0 unless set)", title_justify="left"
-    )
+    channel = "Y" if report.y_channel else "RGB"
+    title = f"{report.dataset} ({channel}, crop border {facts['crop_border']})"
+    table = Table(title=title, title_justify="left")
     for column in ("clip", "frames", "PSNR", "SSIM"):
         table.add_column(column, justify="left" if column == "clip" else "right")
     for c in report.clips:
