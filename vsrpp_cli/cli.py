@@ -20,6 +20,7 @@ from .encode import OutputError
 from .evaluate import EvalError
 from .network import BasicVSRPlusPlus
 from .resume import ResumeError
+from .train.data import DataError
 from .zoo import ZooError
 
 app = typer.Typer(
@@ -33,7 +34,7 @@ app = typer.Typer(
 )
 stdout = Console()
 stderr = Console(stderr=True)
-USER_ERRORS = (CheckpointError, EvalError, InputError, OutputError, ResumeError, ZooError, ValueError)
+USER_ERRORS = (CheckpointError, EvalError, InputError, OutputError, ResumeError, ZooError, DataError, ValueError)
 _state = {"debug": False}
 
 
@@ -359,6 +360,85 @@ class ClipProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
+
+
+TRAIN, RECIPE, LAUNCH = "Data and output", "Recipe (defaults: the official REDS4 one)", "Processes and machines"
+
+
+def _training_options(config: Path | None, overrides: dict[str, Any], base: dict[str, Any] | None = None) -> Any:
+    from .train.config import TrainConfig
+
+    start = TrainConfig.load(config) if config else TrainConfig()
+    return start.updated({**(base or {}), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@app.command()
+def train(
+    data_root: Annotated[Path, _option("REDS: train_sharp/ and train_sharp_bicubic/X4/ inside.", TRAIN)] = Path(
+        "data/REDS"
+    ),
+    work_dir: Annotated[Path, _option("Checkpoints, logs and the resolved config go here.", TRAIN)] = Path(
+        "runs/reds4"
+    ),
+    config: Annotated[Path | None, _option("A JSON file of settings (flags override it).", TRAIN)] = None,
+    resume: Annotated[bool, _option("Continue the run in --work-dir from its latest checkpoint.", TRAIN)] = False,
+    iters: Annotated[int | None, _option("Iterations (600000).", RECIPE)] = None,
+    num_frames: Annotated[int | None, _option("Frames per clip (30).", RECIPE)] = None,
+    patch_size: Annotated[int | None, _option("Ground-truth crop (256; 64 on the low-res side).", RECIPE)] = None,
+    batch_size: Annotated[int | None, _option("Clips per process per iteration (1).", RECIPE)] = None,
+    lr: Annotated[float | None, _option("Adam learning rate (1e-4), cosine to 1e-7.", RECIPE)] = None,
+    fix_iter: Annotated[int | None, _option("Iterations with SPyNet frozen (5000).", RECIPE)] = None,
+    mid_channels: Annotated[int | None, _option("Channels C (64).", RECIPE)] = None,
+    num_blocks: Annotated[int | None, _option("Residual blocks per branch N (7).", RECIPE)] = None,
+    val_interval: Annotated[
+        int | None, _option("Validate on REDS4 every N iterations (5000; 0 = never).", RECIPE)
+    ] = None,
+    save_interval: Annotated[int | None, _option("Save a checkpoint every N iterations (5000).", RECIPE)] = None,
+    log_interval: Annotated[int | None, _option("Log every N iterations (100).", RECIPE)] = None,
+    seed: Annotated[int | None, _option("Seed of initial weights and samples (0).", RECIPE)] = None,
+    amp: Annotated[str | None, _option("Mixed precision: off, fp16 or bf16 (off).", RECIPE)] = None,
+    spynet: Annotated[Path | None, _option("SPyNet weights (default: the official one, fetched).", RECIPE)] = None,
+    workers: Annotated[int | None, _option("Data-loading processes per training process (4).", RECIPE)] = None,
+    stop_after: Annotated[int | None, _option("Stop after N iterations this run (resume later).", RECIPE)] = None,
+    gpus: Annotated[int | None, _option("Processes (GPUs) on this machine (default: every GPU).", LAUNCH)] = None,
+    device: Annotated[str, _option("auto, cuda or cpu (gloo; with --nproc).", LAUNCH)] = "auto",
+    nproc: Annotated[int | None, _option("Processes on this machine (same as --gpus; for CPU runs).", LAUNCH)] = None,
+    nnodes: Annotated[int, _option("Machines taking part.", LAUNCH)] = 1,
+    node_rank: Annotated[int, _option("This machine's rank (0 for the first).", LAUNCH)] = 0,
+    master_addr: Annotated[str | None, _option("Address of the first machine.", LAUNCH)] = None,
+    master_port: Annotated[int | None, _option("Port on the first machine.", LAUNCH)] = None,
+    rdzv_endpoint: Annotated[str | None, _option("host:port of a c10d rendezvous instead.", LAUNCH)] = None,
+) -> None:
+    """Train BasicVSR++ on REDS with the official recipe, on N GPUs (or CPU processes).
+
+    Example: vsrpp train --data-root data/REDS --gpus 8 --work-dir runs/reds4
+    """
+    from .train.launch import default_nproc, launch
+
+    overrides = dict(
+        iters=iters,
+        num_frames=num_frames,
+        patch_size=patch_size,
+        batch_size=batch_size,
+        lr=lr,
+        fix_iter=fix_iter,
+        mid_channels=mid_channels,
+        num_blocks=num_blocks,
+        val_interval=val_interval,
+        save_interval=save_interval,
+        log_interval=log_interval,
+        seed=seed,
+        amp=amp,
+        spynet=str(spynet) if spynet else None,
+        workers=workers,
+        stop_after=stop_after,
+        device=device,
+        data_root=str(data_root),
+        work_dir=str(work_dir),
+    )
+    settings = _training_options(config, overrides)
+    processes = nproc or gpus or default_nproc(device)
+    launch(settings, processes, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, resume)
 
 
 weights_app = typer.Typer(

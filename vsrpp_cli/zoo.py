@@ -185,6 +185,19 @@ BUILT_IN = [
 ]
 
 
+# The flow network BasicVSR++ training starts from (REFERENCE.md section 3).
+SPYNET = Model(
+    "spynet",
+    "spynet_20210409-c6c1bd09.pth",
+    0,
+    0,
+    0,
+    "optical flow (SPyNet), for training",
+    "",
+    base_url="https://download.openmmlab.com/mmediting/restorers/basicvsr/",
+)
+
+
 def models() -> dict[str, Model]:
     """The built-in zoo, plus (or overridden by) the entries of $VSRPP_MODELS."""
     zoo = {model.name: model for model in BUILT_IN}
@@ -234,7 +247,10 @@ def sha256_hex(path: Path) -> str:
 
 def ensure(name: str, progress: bool = True, notice=lambda message: None) -> Path:
     """The verified local file of a model, downloading it first when missing or damaged."""
-    model = get(name)
+    return ensure_model(get(name), progress, notice)
+
+
+def ensure_model(model: Model, progress: bool = True, notice=lambda message: None) -> Path:
     path = path_of(model)
     if path.is_file():
         if is_intact(model):

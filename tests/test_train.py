@@ -1,0 +1,160 @@
+"""`vsrpp train` with real torch.distributed processes (gloo, 2 on the CPU) on a tiny REDS tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from media import encode_video, moving_scene
+from test_eval import downsample, write_png
+
+from vsrpp_cli.network import SPyNet
+
+
+@pytest.fixture(scope="module")
+def reds(tmp_path_factory) -> Path:
+    """REDS layout; the low-resolution side is darker than the GT, a gap a net can learn fast."""
+    root = tmp_path_factory.mktemp("REDS")
+    for seed, clip in enumerate(("000", "011", "015", "020", "001", "002")):
+        for i, gt in enumerate(moving_scene(4, 256, 256, seed=seed)):
+            write_png(root / "train_sharp" / clip / f"{i:08d}.png", gt)
+            write_png(
+                root / "train_sharp_bicubic" / "X4" / clip / f"{i:08d}.png", (downsample(gt) * 0.7).astype(np.uint8)
+            )
+    return root
+
+
+@pytest.fixture(scope="module")
+def spynet(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spynet") / "spynet.pth"
+    torch.manual_seed(0)
+    torch.save({"state_dict": SPyNet().state_dict()}, path)
+    return path
+
+
+def train(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [
+        "train",
+        "--data-root",
+        str(reds),
+        "--work-dir",
+        str(work_dir),
+        "--device",
+        "cpu",
+        "--nproc",
+        "2",
+        "--num-frames",
+        "3",
+        "--mid-channels",
+        "8",
+        "--num-blocks",
+        "1",
+        "--workers",
+        "0",
+        "--log-interval",
+        "1",
+        "--spynet",
+        str(spynet),
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "vsrpp_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def losses(work_dir: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (work_dir / "train_log.jsonl").read_text().splitlines()]
+    return [(r["iter"], r["loss"]) for r in records if "loss" in r]
+
+
+def test_two_processes_learn_and_write_official_checkpoints(tmp_path, reds, spynet):
+    run = tmp_path / "run"
+    result = train(
+        reds,
+        spynet,
+        run,
+        "--iters",
+        "12",
+        "--lr",
+        "2e-3",
+        "--fix-iter",
+        "2",
+        "--val-interval",
+        "6",
+        "--save-interval",
+        "6",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["world_size"] == 2 for r in records)
+    assert all({"iter", "loss", "lr"} <= set(r) for r in records if "val_psnr" not in r)
+    curve = [loss for _, loss in losses(run)]
+    assert len(curve) == 12
+    assert np.mean(curve[-3:]) < 0.8 * np.mean(curve[:3])  # it learns
+    assert [r["iter"] for r in records if "val_psnr" in r] == [6, 12]
+    assert {p.name for p in run.iterdir()} >= {
+        "iter_6.pth",
+        "iter_12.pth",
+        "latest.pth",
+        "best.pth",
+        "latest.state.pth",
+        "config.json",
+        "train_log.jsonl",
+    }
+    config = json.loads((run / "config.json").read_text())
+    assert config["iters"] == 12 and config["betas"] == [0.9, 0.99] and config["patch_size"] == 256
+
+    checkpoint = torch.load(run / "latest.pth", weights_only=True)  # the official layout
+    assert set(checkpoint) == {"meta", "state_dict"}
+    assert checkpoint["state_dict"]["step_counter"].tolist() == [12.0]
+    assert all(k.startswith("generator.") for k in checkpoint["state_dict"] if k != "step_counter")
+
+    video = encode_video(tmp_path / "in.mp4", moving_scene(3, 48, 64))
+    upscaled = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vsrpp_cli",
+            "upscale",
+            str(video),
+            str(tmp_path / "out.mp4"),
+            "--weights",
+            str(run / "latest.pth"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert upscaled.returncode == 0, upscaled.stderr
+
+
+def test_resumed_run_continues_the_same_curve(tmp_path, reds, spynet):
+    common = ("--iters", "5", "--fix-iter", "2", "--val-interval", "0", "--save-interval", "100", "--lr", "1e-3")
+    whole = tmp_path / "whole"
+    assert train(reds, spynet, whole, *common).returncode == 0
+    parts = tmp_path / "parts"
+    first = train(reds, spynet, parts, *common, "--stop-after", "3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert [i for i, _ in losses(parts)] == [1, 2, 3]
+    again = train(reds, spynet, parts, *common)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    second = train(reds, spynet, parts, *common, "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert losses(parts) == losses(whole)  # to the last bit
+
+
+def test_broken_data_root_fails_clearly(tmp_path, reds, spynet):
+    result = train(tmp_path / "nothing", spynet, tmp_path / "run", "--iters", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train_sharp" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,1 @@
+"""Training and finetuning BasicVSR++ with torch.distributed."""
