@@ -14,6 +14,7 @@ import torch
 from media import encode_video, moving_scene
 from test_eval import downsample, write_png
 
+from vsrpp_cli import read_checkpoint
 from vsrpp_cli.network import SPyNet
 
 
@@ -158,3 +159,64 @@ def test_broken_data_root_fails_clearly(tmp_path, reds, spynet):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "train_sharp" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_finetune_on_own_videos(tmp_path, spynet):
+    from reference import random_official_checkpoint
+
+    start = tmp_path / "start.pth"
+    torch.save(random_official_checkpoint(8, 1, True, seed=3), start)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_video(videos / "holiday.mp4", moving_scene(6, 128, 128))
+    run = tmp_path / "run"
+    args = [
+        "finetune",
+        "--from",
+        str(start),
+        "--data",
+        str(videos),
+        "--work-dir",
+        str(run),
+        "--device",
+        "cpu",
+        "--nproc",
+        "1",
+        "--iters",
+        "3",
+        "--num-frames",
+        "3",
+        "--patch-size",
+        "128",
+        "--workers",
+        "0",
+        "--log-interval",
+        "1",
+        "--save-interval",
+        "3",
+        "--degradation",
+        "blur",
+    ]
+    result = subprocess.run([sys.executable, "-m", "vsrpp_cli", *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((run / "frames" / "holiday").iterdir())) == 6  # decoded once
+    assert [i for i, _ in losses(run)] == [1, 2, 3]
+    config = json.loads((run / "config.json").read_text())
+    assert config["init_from"] == str(start) and config["degradation"] == "blur" and config["fix_iter"] == 0
+    tuned, original = read_checkpoint(run / "latest.pth").state_dict, read_checkpoint(start).state_dict
+    assert not torch.equal(tuned["conv_last.weight"], original["conv_last.weight"])  # it moved from the start
+
+
+@pytest.mark.parametrize("degradation, size", [("bicubic", 16), ("blur", 16), ("compress", 64)])
+def test_degradations(degradation, size):
+    from vsrpp_cli.train.config import TrainConfig
+    from vsrpp_cli.train.data import degrade
+
+    gt = torch.from_numpy(moving_scene(3, 64, 64)).permute(0, 3, 1, 2).float() / 255
+    config = TrainConfig(degradation=degradation, is_low_res_input=degradation != "compress")
+    lq = degrade(gt, config, np.random.default_rng(0))
+    assert lq.shape == (3, 3, size, size)
+    assert torch.equal(lq, (lq * 255).round() / 255)  # 8-bit values
+    if degradation == "compress":
+        error = (lq - gt).abs().mean()
+        assert 0 < error < 0.1  # real artefacts, same picture

@@ -441,6 +441,71 @@ def train(
     launch(settings, processes, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, resume)
 
 
+@app.command()
+def finetune(
+    start: Annotated[str, _option("A zoo model name or a checkpoint path to start from.", TRAIN, "--from")],
+    data: Annotated[Path, _option("Your high-quality videos or folders of frames (or GT/ and LQ/ pairs).", TRAIN)],
+    work_dir: Annotated[Path, _option("Checkpoints, logs and the resolved config go here.", TRAIN)],
+    degradation: Annotated[
+        str | None, _option("How the low-quality side is made: bicubic, blur (x4) or compress (same size).", RECIPE)
+    ] = None,
+    codec: Annotated[str, _option("Encoder for --degradation compress.", RECIPE)] = "libx264",
+    crf: Annotated[int, _option("Quality for --degradation compress (higher = worse).", RECIPE)] = 32,
+    iters: Annotated[int, _option("Iterations.", RECIPE)] = 5000,
+    lr: Annotated[float, _option("Adam learning rate, cosine to 1e-7.", RECIPE)] = 2e-5,
+    num_frames: Annotated[int, _option("Frames per clip.", RECIPE)] = 15,
+    patch_size: Annotated[int, _option("High-quality crop size.", RECIPE)] = 256,
+    save_interval: Annotated[int, _option("Save every N iterations.", RECIPE)] = 500,
+    log_interval: Annotated[int, _option("Log every N iterations.", RECIPE)] = 50,
+    amp: Annotated[str, _option("Mixed precision: off, fp16 or bf16.", RECIPE)] = "off",
+    workers: Annotated[int, _option("Data-loading processes per training process.", RECIPE)] = 4,
+    stop_after: Annotated[int, _option("Stop after N iterations this run (resume later).", RECIPE)] = 0,
+    resume: Annotated[bool, _option("Continue the run in --work-dir.", TRAIN)] = False,
+    device: Annotated[str, _option("auto, cuda or cpu.", LAUNCH)] = "auto",
+    nproc: Annotated[int | None, _option("Processes (GPUs) on this machine (default: every GPU).", LAUNCH)] = None,
+) -> None:
+    """Adapt a checkpoint to your own footage: the low-quality side is made on the fly.
+
+    Videos in --data are decoded once into frames under --work-dir. x4 models learn from bicubic
+    (as REDS) or blur-and-downsample (as Vimeo BD); same-size models from a real encode at --crf.
+
+    Example: vsrpp finetune --from reds4 --data my_videos/ --work-dir runs/mine
+    """
+    from .checkpoint import infer_architecture
+    from .train.launch import default_nproc, frames_from_videos, launch
+
+    weights = Path(start) if Path(start).is_file() else zoo.ensure(start, notice=lambda m: stderr.print(m))
+    arch = infer_architecture(read_checkpoint(weights).state_dict)
+    x4 = arch["is_low_res_input"]
+    settings = _training_options(
+        None,
+        {},
+        base=dict(
+            dataset="folders",
+            data_root=str(frames_from_videos(data, work_dir)),
+            work_dir=str(work_dir),
+            init_from=str(weights),
+            degradation=degradation or ("bicubic" if x4 else "compress"),
+            compress_codec=codec,
+            compress_crf=crf,
+            iters=iters,
+            lr=lr,
+            num_frames=num_frames,
+            patch_size=patch_size,
+            save_interval=save_interval,
+            log_interval=log_interval,
+            amp=amp,
+            workers=workers,
+            stop_after=stop_after,
+            fix_iter=0,
+            val_interval=0,
+            device=device,
+            **arch,
+        ),
+    )
+    launch(settings, nproc or default_nproc(device), resume=resume)
+
+
 weights_app = typer.Typer(
     help="The model zoo: list, download, locate and verify official checkpoints.", no_args_is_help=True
 )

@@ -112,7 +112,8 @@ class ClipSamples(Dataset):
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
+    peak = 65535.0 if frames.dtype == np.uint16 else 255.0
+    return torch.from_numpy(np.ascontiguousarray(frames).astype(np.float32)).permute(0, 3, 1, 2) / peak
 
 
 def degrade(gt: torch.Tensor, config: TrainConfig, rng: np.random.Generator) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from .. import zoo
 from .config import TrainConfig
-from .data import folder_clips, reds_clips
+from .data import DataError, folder_clips, reds_clips
 from .worker import main as worker_main
 
 
@@ -60,6 +60,36 @@ def launch(
     )
     values = {**config.__dict__, "extra": {**config.extra, "resume": resume}}
     elastic_launch(launch_config, worker_main)(values)
+
+
+def frames_from_videos(data: Path, work_dir: Path) -> Path:
+    """Finetuning reads frames: videos in `data` are decoded once into work_dir/frames/<name>/."""
+    from ..decode import open_source
+    from ..encode import FrameFolderSink
+
+    if not data.exists():
+        raise DataError(f"{data}: no such file or folder")
+    videos = (
+        [data] if data.is_file() else sorted(p for p in data.iterdir() if p.is_file() and not p.name.startswith("."))
+    )
+    videos = [v for v in videos if v.suffix.lower() not in (".png", ".jpg", ".jpeg", ".txt", ".json")]
+    if not videos:
+        return data  # already folders of frames
+    target = work_dir / "frames"
+    for video in videos:
+        folder = target / video.stem
+        if folder.is_dir() and any(folder.iterdir()):
+            continue
+        partial = target / f".{video.stem}.partial"
+        sink = FrameFolderSink(partial)
+        for frame in open_source(video).frames():
+            sink.write(frame.rgb, frame.pts)
+        partial.replace(folder)
+    for folder in (p for p in data.iterdir() if p.is_dir()) if data.is_dir() else ():
+        link = target / folder.name
+        if not link.exists():
+            link.symlink_to(folder.resolve(), target_is_directory=True)
+    return target
 
 
 def default_nproc(device: str) -> int:
