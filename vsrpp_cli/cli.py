@@ -506,6 +506,70 @@ def finetune(
     launch(settings, nproc or default_nproc(device), resume=resume)
 
 
+@app.command()
+def bench(
+    size: Annotated[str, _option("Input size HxW (output is 4x).")] = "180x320",
+    frames: Annotated[int, _option("Frames per run.")] = 30,
+    precision: Annotated[list[str] | None, _option("fp32, fp16, bf16; repeat for several (default fp32).")] = None,
+    device: Annotated[str, _option("auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: Annotated[list[str] | None, _option("Deformable-conv backend(s): auto, torch, mmcv, torchvision.")] = None,
+    weights: Annotated[
+        Path | None, _option("A checkpoint (default: random weights; speed does not depend on them).")
+    ] = None,
+    baseline: Annotated[bool, _option("Also time the plain fp32 implementation.")] = True,
+    pipeline: Annotated[bool, _option("Also time the whole upscale pipeline (decode, encode).")] = True,
+    repeat: Annotated[int, _option("Timed runs after a warm-up; the best is kept.")] = 2,
+    as_json: Annotated[bool, _option("Print the rows as JSON on stdout.", None, "--json")] = False,
+) -> None:
+    """Frames per second, milliseconds per frame and peak memory, for the network alone and for
+    the whole upscale pipeline, with reduced precision checked against fp32.
+
+    Example: vsrpp bench --size 540x960 --frames 30 --precision fp16 --precision bf16
+    """
+    from dataclasses import asdict
+
+    from .bench import bench as run_bench
+
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {size}: give HxW, e.g. 180x320") from None
+    with stderr.status("benchmarking..."):
+        rows = run_bench(
+            (h, w),
+            frames,
+            precision or ["fp32"],
+            device,
+            tuple(backend or ["auto"]),
+            weights,
+            baseline,
+            pipeline,
+            repeat,
+        )
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    table = Table(title=f"vsrpp bench: {h}x{w} -> {4 * h}x{4 * w}, {frames} frames", title_justify="left")
+    for column in ("what", "precision", "backend", "device", "fps", "ms/frame", "GPU MiB", "RSS MiB", "vs fp32"):
+        table.add_column(column, justify="left" if column in ("what", "precision", "backend", "device") else "right")
+    for r in rows:
+        guard = "" if r.psnr_vs_fp32 is None else f"{r.psnr_vs_fp32:.1f} dB, max {r.max_diff_vs_fp32:.2g}"
+        if not r.finite:
+            guard = "NON-FINITE " + guard
+        table.add_row(
+            r.what,
+            r.precision,
+            r.backend,
+            r.device,
+            f"{r.fps:.3f}",
+            f"{r.ms_per_frame:.1f}",
+            "" if r.peak_gpu_mib is None else f"{r.peak_gpu_mib:.0f}",
+            f"{r.peak_rss_mib:.0f}",
+            guard,
+        )
+    stdout.print(table)
+
+
 weights_app = typer.Typer(
     help="The model zoo: list, download, locate and verify official checkpoints.", no_args_is_help=True
 )

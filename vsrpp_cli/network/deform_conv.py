@@ -5,10 +5,13 @@ k = i * kw + j, offset channel g * 2K + 2k is dy and g * 2K + 2k + 1 is dx; mask
 g * K + k. Samples outside the image read zeros (bilinear, like grid_sample padding "zeros").
 
 Backends:
-- "torch": plain PyTorch, bilinear gather + one matmul. Runs everywhere, any float dtype;
-  sampling coordinates and bilinear weights are always computed in fp32.
+- "torch": plain PyTorch. fp32: the plain algorithm below. fp16/bf16: per kernel tap a gather
+  of bilinear rows and a matmul into an fp32 accumulator (grid_sample would round the
+  coordinates to the feature dtype). Sampling coordinates and weights are always fp32.
 - "mmcv": mmcv.ops.modulated_deform_conv2d, when mmcv is installed.
 - "torchvision": torchvision.ops.deform_conv2d, when it imports and works.
+- "plain": the straightforward way, one grid_sample per tap; the baseline `vsrpp bench` compares
+  against, never picked by "auto".
 "auto" takes the first of mmcv, torchvision, torch that works for the device and dtype.
 """
 
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("torch", "torchvision", "mmcv")
+BACKENDS = ("torch", "torchvision", "mmcv", "plain")
 AUTO_ORDER = ("mmcv", "torchvision", "torch")
 
 
@@ -87,6 +90,18 @@ def _probe_problem(generator: torch.Generator) -> tuple[Tensor, ...]:
 
 
 def _torch_deform_conv2d(x, offset, mask, weight, bias, padding):
+    # In fp32 the straightforward way (grid_sample per tap, one matmul) was the fastest we
+    # measured on the CPU (`vsrpp bench`, benchmarks/RESULTS.md); grid_sample cannot keep fp32
+    # coordinates for fp16/bf16 features, so those gather rows instead.
+    if x.dtype == torch.float32:
+        return _plain_deform_conv2d(x, offset, mask, weight, bias, padding)
+    return _gather_deform_conv2d(x, offset, mask, weight, bias, padding)
+
+
+def _gather_deform_conv2d(x, offset, mask, weight, bias, padding):
+    """Reduced precision: per kernel tap, bilinear samples gathered as rows of a channels-last view (positions and
+    weights in fp32), then one matmul into an fp32 accumulator. One tap at a time keeps the
+    temporaries at 1/9 of a full im2col."""
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     taps = kh * kw
@@ -94,40 +109,38 @@ def _torch_deform_conv2d(x, offset, mask, weight, bias, padding):
     groups = offset.shape[1] // (2 * taps)
     group_channels = c_in // groups
 
-    # Sampling positions in fp32 whatever the feature dtype: (n, h_out, w_out, groups, taps).
-    offset = offset.float().view(n, groups, taps, 2, h_out, w_out).permute(0, 4, 5, 1, 2, 3).contiguous()
-    tap_y = torch.arange(kh, device=x.device).repeat_interleave(kw).float()
-    tap_x = torch.arange(kw, device=x.device).repeat(kh).float()
-    base_y = torch.arange(h_out, device=x.device).float().view(1, h_out, 1, 1, 1) - padding
-    base_x = torch.arange(w_out, device=x.device).float().view(1, 1, w_out, 1, 1) - padding
-    pos_y = base_y + tap_y + offset[..., 0]
-    pos_x = base_x + tap_x + offset[..., 1]
-    modulation = mask.float().view(n, groups, taps, h_out, w_out).permute(0, 3, 4, 1, 2).contiguous()
-
-    # Rows of (n * groups * h * w, group_channels): one gathered row per bilinear corner.
+    # Rows of (n * groups * h * w, group_channels): one row per (image, group, pixel).
     rows = x.view(n, groups, group_channels, h, w).permute(0, 1, 3, 4, 2).reshape(-1, group_channels)
-    image = (
-        torch.arange(n, device=x.device).view(n, 1, 1, 1, 1) * groups
-        + torch.arange(groups, device=x.device).view(1, 1, 1, groups, 1)
+    first_row = (
+        torch.arange(n, device=x.device).view(n, 1, 1, 1) * groups
+        + torch.arange(groups, device=x.device).view(1, 1, 1, groups)
     ) * (h * w)
-
-    y0, x0 = pos_y.floor(), pos_x.floor()
-    frac_y, frac_x = pos_y - y0, pos_x - x0
-    y0, x0 = y0.long(), x0.long()
-    columns = None
-    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        cy, cx = y0 + dy, x0 + dx
-        inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
-        corner_weight = (frac_y if dy else 1 - frac_y) * (frac_x if dx else 1 - frac_x)
-        corner_weight = corner_weight * modulation * inside
-        index = image + cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)
-        sampled = rows[index] * corner_weight.to(x.dtype).unsqueeze(-1)
-        columns = sampled if columns is None else columns + sampled
-    # columns: (n, h_out, w_out, groups, taps, group_channels); match the weight to that order.
-    columns = columns.view(n * h_out * w_out, groups * taps * group_channels)
-    kernel = weight.view(c_out, groups, group_channels, taps).transpose(2, 3).reshape(c_out, -1)
-    out = F.linear(columns, kernel, bias).view(n, h_out, w_out, c_out)
-    return out.permute(0, 3, 1, 2)
+    offset = offset.float().view(n, groups, taps, 2, h_out, w_out)
+    mask = mask.float().view(n, groups, taps, h_out, w_out)
+    base_y = torch.arange(h_out, device=x.device, dtype=torch.float32).view(1, h_out, 1, 1) - padding
+    base_x = torch.arange(w_out, device=x.device, dtype=torch.float32).view(1, 1, w_out, 1) - padding
+    kernel = weight.view(c_out, c_in, taps)
+    out = torch.zeros(n * h_out * w_out, c_out, device=x.device, dtype=torch.float32)
+    for k in range(taps):
+        i, j = divmod(k, kw)
+        pos_y = base_y + i + offset[:, :, k, 0].permute(0, 2, 3, 1)  # (n, h_out, w_out, groups)
+        pos_x = base_x + j + offset[:, :, k, 1].permute(0, 2, 3, 1)
+        modulation = mask[:, :, k].permute(0, 2, 3, 1)
+        y0, x0 = pos_y.floor(), pos_x.floor()
+        frac_y, frac_x = pos_y - y0, pos_x - x0
+        y0, x0 = y0.long(), x0.long()
+        sampled = None
+        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            cy, cx = y0 + dy, x0 + dx
+            inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+            corner = (frac_y if dy else 1 - frac_y) * (frac_x if dx else 1 - frac_x) * modulation * inside
+            index = first_row + cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)
+            term = rows[index] * corner.to(x.dtype).unsqueeze(-1)  # (n, h_out, w_out, groups, gc)
+            sampled = term if sampled is None else sampled + term
+        out += (sampled.reshape(-1, c_in) @ kernel[:, :, k].t()).float()
+    if bias is not None:
+        out += bias.float()
+    return out.view(n, h_out, w_out, c_out).permute(0, 3, 1, 2).to(x.dtype)
 
 
 def _mmcv_deform_conv2d(x, offset, mask, weight, bias, padding):
@@ -143,8 +156,34 @@ def _torchvision_deform_conv2d(x, offset, mask, weight, bias, padding):
     return deform_conv2d(x, offset.to(x.dtype), weight, bias, padding=padding, mask=mask.to(x.dtype))
 
 
+def _plain_deform_conv2d(x, offset, mask, weight, bias, padding):
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    taps = kh * kw
+    groups = offset.shape[1] // (2 * taps)
+    features = x.float().reshape(n * groups, c_in // groups, h, w)
+    ys = torch.arange(h, device=x.device, dtype=torch.float32).view(1, 1, h, 1)
+    xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, 1, w)
+    sampled = []
+    for k in range(taps):
+        i, j = divmod(k, kw)
+        dy = offset[:, 2 * k :: 2 * taps].float()  # (n, groups, h, w)
+        dx = offset[:, 2 * k + 1 :: 2 * taps].float()
+        grid_x = 2 * (xs - padding + j + dx) / max(w - 1, 1) - 1
+        grid_y = 2 * (ys - padding + i + dy) / max(h - 1, 1) - 1
+        grid = torch.stack([grid_x, grid_y], dim=-1).view(n * groups, h, w, 2)
+        tap = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled.append(tap.view(n, groups, -1, h, w) * mask[:, k::taps].float().unsqueeze(2))
+    columns = torch.stack(sampled, dim=3).view(n, c_in * taps, h * w)  # (n, groups*gc*taps, hw)
+    out = torch.einsum("ok,nkp->nop", weight.float().reshape(c_out, -1), columns).view(n, c_out, h, w)
+    if bias is not None:
+        out = out + bias.float().view(1, -1, 1, 1)
+    return out.to(x.dtype)
+
+
 _IMPLEMENTATIONS = {
     "torch": _torch_deform_conv2d,
     "mmcv": _mmcv_deform_conv2d,
     "torchvision": _torchvision_deform_conv2d,
+    "plain": _plain_deform_conv2d,
 }
