@@ -61,3 +61,34 @@ def test_missing_checkpoint(tmp_path):
     result = vsrpp("info", str(tmp_path / "nothing.pth"))
     assert result.returncode == 2
     assert "no such checkpoint file" in result.stderr
+
+
+def test_bench_reports_model_pipeline_and_quality_guard():
+    result = vsrpp(
+        "bench",
+        "--size",
+        "32x40",
+        "--frames",
+        "2",
+        "--precision",
+        "fp32",
+        "--precision",
+        "bf16",
+        "--repeat",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["what"], r["precision"], r["backend"]) for r in rows] == [
+        ("model", "fp32", "plain"),
+        ("model", "fp32", "torch"),
+        ("model", "bf16", "torch"),
+        ("pipeline", "fp32", "auto"),
+        ("pipeline", "bf16", "auto"),
+    ]
+    assert all(r["fps"] > 0 and r["finite"] and r["size"] == "32x40" for r in rows)
+    assert rows[1]["max_diff_vs_fp32"] < 1e-5  # ours in fp32 is the plain network's output
+    assert 30 < rows[2]["psnr_vs_fp32"] < 200 and rows[2]["max_diff_vs_fp32"] > 0  # bf16: close, not equal
