@@ -278,8 +278,7 @@ def eval_command(
             raise ValueError("--lq and --gt go together")
         clips, name, y, centre, spec = paired_clips(lq, gt), f"{lq} vs {gt}", y_channel, False, None
     weights = weights or zoo.ensure(model or zoo.DEFAULT_MODEL, progress=not quiet, notice=lambda m: stderr.print(m))
-    sha256 = sha256_of(weights)
-    known = next((m for m in zoo.models().values() if sha256.startswith(m.sha256_prefix)), None)
+    known = zoo.known_file(sha256_of(weights))
     torch_device = pick_device(device)
     engine = Engine(
         load_model(weights),
@@ -646,7 +645,7 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
     load_strict(model, checkpoint.state_dict, path)  # a file that will not load is reported, not described
     x4 = arch["is_low_res_input"]
     sha256 = sha256_of(path)
-    known = next((m for m in zoo.models().values() if sha256.startswith(m.sha256_prefix)), None)
+    known = zoo.known_file(sha256)
     return {
         "file": str(path),
         "size_bytes": path.stat().st_size,

@@ -13,7 +13,6 @@ of extra entries in the same shape as the ones below.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import torch
 from torch.hub import download_url_to_file
+
+from .checkpoint import sha256_of
 
 OPENMMLAB = "https://download.openmmlab.com/mmediting/restorers/basicvsr_plusplus/"
 AUTHORS_FOLDER = "https://www.dropbox.com/sh/gopo637rbutlxde/AACGnXDlvQMjwfCey3m2g34za?dl=0"
@@ -234,15 +235,12 @@ def path_of(model: Model) -> Path:
 
 def is_intact(model: Model) -> bool:
     path = path_of(model)
-    return path.is_file() and sha256_hex(path).startswith(model.sha256_prefix)
+    return path.is_file() and sha256_of(path).startswith(model.sha256_prefix)
 
 
-def sha256_hex(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def known_file(sha256: str) -> Model | None:
+    """The zoo model whose checksum prefix this file's sha256 starts with, if any."""
+    return next((m for m in models().values() if sha256.startswith(m.sha256_prefix)), None)
 
 
 def ensure(name: str, progress: bool = True, notice=lambda message: None) -> Path:
