@@ -132,7 +132,6 @@ class VideoSink:
         self.container.metadata.update(info.container_metadata)
         self.passthrough = Passthrough(source, self.container, container_format, notice) if source else None
         self.frames = 0
-        self.last_pts: int | None = None
 
     def _tag_colour(self) -> None:
         info, ctx = self.info, self.stream.codec_context

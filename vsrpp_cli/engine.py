@@ -65,7 +65,7 @@ class Engine:
     def infer(self, frames: list[np.ndarray]) -> Tensor:
         """The network's output (1, t, 3, sh, sw) for a window, unclamped, always finite."""
         out = self._run_fitting_memory(frames_to_tensor(frames, self.device, self.dtype))
-        if not torch.isfinite(out).all() and self.dtype != torch.float32:
+        if self.dtype != torch.float32 and not torch.isfinite(out).all():  # no scan in fp32
             self.fp32_fallbacks += 1
             self.warn("non-finite values in reduced precision; this window was recomputed in fp32")
             out = self._in_fp32(frames_to_tensor(frames, self.device, torch.float32))

@@ -25,9 +25,8 @@ class ResumeError(Exception):
 
 
 class WindowStore:
-    def __init__(self, folder: Path, fingerprint: dict[str, Any]) -> None:
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.fingerprint = fingerprint
 
     @classmethod
     def open(cls, folder: Path, fingerprint: dict[str, Any], resume: bool, overwrite: bool) -> WindowStore:
@@ -49,7 +48,7 @@ class WindowStore:
                 )
         folder.mkdir(parents=True, exist_ok=True)
         (folder / FINGERPRINT).write_text(json.dumps(fingerprint, indent=2))
-        return cls(folder, fingerprint)
+        return cls(folder)
 
     def _path(self, index: int) -> Path:
         return self.folder / f"window_{index:06d}.mkv"

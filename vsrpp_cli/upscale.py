@@ -26,7 +26,7 @@ from . import __version__
 from .checkpoint import CheckpointError, load_model, sha256_of
 from .decode import FRAME_EXTENSIONS, Frame, InputError, open_source
 from .encode import CONTAINERS, FrameFolderSink, OutputError, VideoSink, container_for
-from .engine import Engine, pick_device, pick_dtype
+from .engine import PRECISIONS, Engine, pick_device, pick_dtype
 from .resume import ResumeError, WindowStore
 from .windows import temporal_windows
 
@@ -108,7 +108,7 @@ def upscale(
     info = source.info
     device = pick_device(options.device)
     dtype = pick_dtype(options.precision, device)
-    precision_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    precision_name = next(name for name, value in PRECISIONS.items() if value == dtype)
     summary = Summary(str(source_path), str(output), device=str(device), precision=precision_name)
 
     def tell(message: str) -> None:

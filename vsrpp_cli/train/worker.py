@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..checkpoint import load_strict, read_checkpoint
+from ..decode import frame_files, read_image
 from ..metrics import psnr
 from ..network import BasicVSRPlusPlus
 from .config import TrainConfig
@@ -183,8 +184,6 @@ class Trainer:
     def validate(self) -> None:
         """REDS4: every clip as one sequence, outputs rounded to 8 bits, PSNR on RGB (rank 0)."""
         if self.rank == 0:
-            from ..decode import frame_files, read_image
-
             self.model.eval()
             scores = {}
             for clip, lq_dir, gt_dir in self.val_clips:
@@ -216,9 +215,8 @@ class Trainer:
         tmp.replace(path)
 
     def save(self) -> None:
-        rng = [torch.get_rng_state()]
         gathered = [None] * self.world
-        dist.all_gather_object(gathered, rng[0])
+        dist.all_gather_object(gathered, torch.get_rng_state())
         if self.rank == 0:
             self._save_weights(self.work_dir / f"iter_{self.iteration}.pth")
             self._save_weights(self.work_dir / "latest.pth")
