@@ -119,6 +119,14 @@ def upscale(
     pix_fmt: Annotated[
         str | None, _option("Output pixel format (default 4:2:0 at the input's depth).", ENCODING)
     ] = None,
+    colour: Annotated[
+        str,
+        _option(
+            "Where YUV<->RGB conversion runs: device (with the network, on the GPU when it runs there; "
+            "chroma sited as each codec expects) or swscale (FFmpeg's, on the CPU).",
+            ENCODING,
+        ),
+    ] = "device",
     overwrite: Annotated[bool, _option("Replace OUTPUT if it exists.")] = False,
     resume: Annotated[bool, _option("Continue an interrupted run of the same OUTPUT.")] = False,
     quiet: Annotated[bool, _option("No progress bar or notices.", None, "--quiet", "-q")] = False,
@@ -158,6 +166,7 @@ def upscale(
         pix_fmt=pix_fmt,
         overwrite=overwrite,
         resume=resume,
+        colour=colour,
     )
 
     def notice(message: str) -> None:

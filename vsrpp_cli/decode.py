@@ -3,6 +3,8 @@
 YUV is turned into RGB with the matrix and range the input declares; untagged video is taken
 as BT.709 from 720 lines up and BT.601 below (the convention players follow), limited range
 unless the pixel format says full (yuvj*). Sources deeper than 8 bits come out as uint16.
+With `frames(keep_yuv=True)` planar YUV frames are handed on as decoded (colour.Planes), for
+conversion on the compute device; other formats are still converted here.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
+from .colour import MATRIX_OF_TAG, Planes, chroma_cosited, converts_here, read_planes
+
 FRAME_EXTENSIONS = {".png", ".jpg", ".jpeg"}
-# AVColorSpace values (libavutil/pixfmt.h) to the matrices swscale knows.
-MATRICES = {1: "bt709", 5: "bt601", 6: "bt601", 4: "fcc", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
 SWS_COLORSPACE = {
     "bt709": Colorspace.ITU709,
     "bt601": Colorspace.ITU601,
@@ -56,7 +58,7 @@ class VideoInfo:
 class Frame:
     index: int
     pts: int | None  # in info.time_base
-    rgb: np.ndarray  # (h, w, 3) uint8, or uint16 for deeper sources
+    image: np.ndarray | Planes  # (h, w, 3) RGB uint8, or uint16 for deeper sources; or YUV planes
 
 
 @dataclass
@@ -77,8 +79,8 @@ class Source:
             self.files = []
             self.info = self._video_info()
 
-    def frames(self) -> Iterator[Frame]:
-        return self._folder_frames() if self.files else self._video_frames()
+    def frames(self, keep_yuv: bool = False) -> Iterator[Frame]:
+        return self._folder_frames() if self.files else self._video_frames(keep_yuv)
 
     # --------------------------------------------------------------------- frame folders
     def _folder_info(self) -> VideoInfo:
@@ -119,7 +121,7 @@ class Source:
                 raise InputError(f"{self.path}: the video stream has no frame size; the file may be damaged")
             pix_fmt = av.VideoFormat(ctx.pix_fmt) if ctx.pix_fmt else None
             depth = max((c.bits for c in pix_fmt.components), default=8) if pix_fmt else 8
-            matrix = MATRICES.get(ctx.colorspace) or ("bt709" if ctx.height >= 720 else "bt601")
+            matrix = MATRIX_OF_TAG.get(ctx.colorspace) or ("bt709" if ctx.height >= 720 else "bt601")
             full = ctx.color_range == ColorRange.JPEG or (ctx.pix_fmt or "").startswith("yuvj")
             if pix_fmt is not None and pix_fmt.is_rgb:
                 full = True
@@ -141,7 +143,7 @@ class Source:
                 container_metadata=dict(container.metadata),
             )
 
-    def _video_frames(self) -> Iterator[Frame]:
+    def _video_frames(self, keep_yuv: bool) -> Iterator[Frame]:
         info = self.info
         out_format = "rgb48le" if info.bit_depth > 8 else "rgb24"
         index = 0
@@ -157,18 +159,22 @@ class Source:
                     self.report.lost.append(f"the packet {_when(packet.pts, info.time_base)} could not be decoded")
                     continue
                 for frame in decoded:
-                    rgb = frame.reformat(
-                        format=out_format,
-                        src_colorspace=SWS_COLORSPACE[info.matrix],
-                        src_color_range=ColorRange.JPEG if info.full_range else ColorRange.MPEG,
-                        dst_color_range=ColorRange.JPEG,
-                        interpolation=CONVERSION,
-                    ).to_ndarray()
+                    if keep_yuv and converts_here(frame.format.name):
+                        cosited = chroma_cosited(info.codec)
+                        image = read_planes(frame, info.matrix, info.full_range, cosited)
+                    else:
+                        image = frame.reformat(
+                            format=out_format,
+                            src_colorspace=SWS_COLORSPACE[info.matrix],
+                            src_color_range=ColorRange.JPEG if info.full_range else ColorRange.MPEG,
+                            dst_color_range=ColorRange.JPEG,
+                            interpolation=CONVERSION,
+                        ).to_ndarray()
                     if frame.is_corrupt:
                         self.report.lost.append(
                             f"the frame {_when(frame.pts, info.time_base)} is damaged (kept as decoded)"
                         )
-                    yield Frame(index, frame.pts, rgb)
+                    yield Frame(index, frame.pts, image)
                     index += 1
         if index == 0:
             raise InputError(f"{self.path}: no frame could be decoded; the file is damaged or empty")

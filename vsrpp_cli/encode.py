@@ -1,8 +1,10 @@
 """Encoding: RGB frames back to a video file (with the input's timestamps, colour tags, audio
 and subtitles) or to a folder of PNG frames.
 
-RGB goes back to YUV with the matrix and range the input was read with, and the output is
-tagged with them (plus primaries and transfer), so players show the colours the input had.
+RGB goes back to YUV with the matrix and range the input was read with (here through swscale,
+or already on the compute device: frames arrive as colour.Planes in `VideoSink.planes_target`),
+and the output is tagged with them (plus primaries and transfer), so players show the colours
+the input had.
 Audio and subtitle packets are copied as they are, interleaved by time; an audio codec the
 container cannot hold is transcoded (AAC for MP4/MOV, Opus for WebM) and a subtitle stream it
 cannot hold is left out, each with a notice.
@@ -18,6 +20,7 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange
 
+from .colour import TAG_OF_MATRIX, Planes, YuvTarget, chroma_cosited, converts_here, to_video_frame
 from .decode import CONVERSION, SWS_COLORSPACE, VideoInfo
 
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
@@ -31,8 +34,7 @@ AUDIO_OK = {
 }
 AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "webm": "libopus"}
 SUBTITLES_OK = {"mp4": {"mov_text"}, "mov": {"mov_text"}, "webm": {"webvtt"}, "matroska": None}
-# AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic values (libavutil/pixfmt.h).
-COLORSPACE_TAG = {"bt709": 1, "fcc": 4, "bt601": 6, "smpte240m": 7, "bt2020": 9}
+# AVColorPrimaries / AVColorTransferCharacteristic values (libavutil/pixfmt.h).
 PRIMARIES_FOR = {"bt709": 1, "bt601": 6, "bt2020": 9, "smpte240m": 7, "fcc": 4}
 TRANSFER_FOR = {"bt709": 1, "bt601": 6, "bt2020": 14, "smpte240m": 7, "fcc": 4}
 UNSPECIFIED = 2
@@ -97,12 +99,22 @@ class VideoSink:
         options = {"avoid_negative_ts": "disabled"} if container_format in ("matroska", "webm") else {}
         self.container = av.open(str(path), "w", format=container_format, options=options)
         self.container_format = container_format
-        codec = codec or DEFAULT_CODEC[container_format]
+        try:
+            self._add_video(codec or DEFAULT_CODEC[container_format], size, crf, preset, pix_fmt)
+            self.container.metadata.update(info.container_metadata)
+            self.passthrough = Passthrough(source, self.container, container_format, notice) if source else None
+        except BaseException:
+            self.container.close()
+            raise
+        self.frames = 0
+
+    def _add_video(self, codec: str, size: tuple[int, int], crf: int | None, preset: str | None, pix_fmt: str | None):
+        info, notice = self.info, self.notice
         try:
             self.stream = self.container.add_stream(codec, rate=info.frame_rate or Fraction(25))
         except (av.error.FFmpegError, ValueError) as error:
             raise OutputError(f"--codec {codec}: not an encoder this FFmpeg has ({error})") from None
-        self.pix_fmt = pix_fmt or choose_pix_fmt(codec, info.bit_depth, notice)
+        self.pix_fmt = check_pix_fmt(codec, pix_fmt) if pix_fmt else choose_pix_fmt(codec, info.bit_depth, notice)
         # Subsampled chroma (4:2:0, 4:2:2) needs even sizes: repeat the last row or column.
         layout = av.VideoFormat(self.pix_fmt)
         self.width, self.height = size
@@ -129,36 +141,45 @@ class VideoSink:
         if codec == "libvpx-vp9" and crf is not None:
             options["b"] = "0"  # constant quality
         self.stream.options = options
-        self.container.metadata.update(info.container_metadata)
-        self.passthrough = Passthrough(source, self.container, container_format, notice) if source else None
-        self.frames = 0
 
     def _tag_colour(self) -> None:
         info, ctx = self.info, self.stream.codec_context
-        ctx.colorspace = COLORSPACE_TAG.get(info.matrix, UNSPECIFIED)
+        ctx.colorspace = TAG_OF_MATRIX.get(info.matrix, UNSPECIFIED)
         ctx.color_range = ColorRange.JPEG if info.full_range else ColorRange.MPEG
         ctx.color_primaries = info.primaries if info.primaries != UNSPECIFIED else PRIMARIES_FOR[info.matrix]
         ctx.color_trc = info.transfer if info.transfer != UNSPECIFIED else TRANSFER_FOR[info.matrix]
 
-    def write(self, rgb: np.ndarray, pts: int | None) -> None:
-        if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
-            rgb = np.pad(rgb, ((0, self.height - rgb.shape[0]), (0, self.width - rgb.shape[1]), (0, 0)), mode="edge")
-        deep = rgb.dtype == np.uint16
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if deep else "rgb24")
-        if self.pix_fmt.startswith(("yuv", "nv")):
-            frame = frame.reformat(
-                format=self.pix_fmt,
-                dst_colorspace=SWS_COLORSPACE[self.info.matrix],
-                src_color_range=ColorRange.JPEG,
-                dst_color_range=ColorRange.JPEG if self.info.full_range else ColorRange.MPEG,
-                interpolation=CONVERSION,
-            )
+    @property
+    def planes_target(self) -> YuvTarget | None:
+        """The YUV frames `write` takes as they are, when the pixel format is one colour.py makes."""
+        if not converts_here(self.pix_fmt):
+            return None
+        cosited = chroma_cosited(self.stream.codec_context.codec.canonical_name)
+        return YuvTarget(self.pix_fmt, self.width, self.height, self.info.matrix, self.info.full_range, cosited)
+
+    def write(self, image: np.ndarray | Planes, pts: int | None) -> None:
+        frame = to_video_frame(image, self.pix_fmt) if isinstance(image, Planes) else self._from_rgb(image)
         frame.pts = pts if pts is not None else self.frames
         frame.time_base = self.info.time_base
         if self.passthrough:
             self.passthrough.mux_until(float(frame.pts * self.info.time_base))
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
+
+    def _from_rgb(self, rgb: np.ndarray) -> av.VideoFrame:
+        if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
+            rgb = np.pad(rgb, ((0, self.height - rgb.shape[0]), (0, self.width - rgb.shape[1]), (0, 0)), mode="edge")
+        deep = rgb.dtype == np.uint16
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if deep else "rgb24")
+        if av.VideoFormat(self.pix_fmt).is_rgb:
+            return frame
+        return frame.reformat(
+            format=self.pix_fmt,
+            dst_colorspace=SWS_COLORSPACE[self.info.matrix],
+            src_color_range=ColorRange.JPEG,
+            dst_color_range=ColorRange.JPEG if self.info.full_range else ColorRange.MPEG,
+            interpolation=CONVERSION,
+        )
 
     def close(self) -> None:
         self.container.mux(self.stream.encode())
@@ -246,13 +267,23 @@ class Passthrough:
         self.input.close()
 
 
+def check_pix_fmt(codec: str, pix_fmt: str) -> str:
+    formats = [f.name for f in av.Codec(codec, "w").video_formats or []]
+    if formats and pix_fmt not in formats:
+        raise OutputError(f"--pix-fmt {pix_fmt}: {codec} cannot write it; it takes {', '.join(formats)}")
+    return pix_fmt
+
+
 def choose_pix_fmt(codec: str, bit_depth: int, notice: Callable[[str], None]) -> str:
     """4:2:0 at the input's depth (10-bit for deeper input) when the encoder has it."""
     try:
         formats = [f.name for f in av.Codec(codec, "w").video_formats or []]
     except (av.error.FFmpegError, ValueError):
         raise OutputError(f"--codec {codec}: not an encoder this FFmpeg has") from None
-    wanted = ["yuv420p10le", "yuv422p10le", "yuv444p10le"] if bit_depth > 8 else ["yuv420p", "yuv422p", "yuv444p"]
+    if bit_depth > 8:
+        wanted = ["yuv420p10le", "yuv422p10le", "yuv444p10le", "p010le"]  # p010le: NVENC's 10-bit
+    else:
+        wanted = ["yuv420p", "yuv422p", "yuv444p"]
     for name in wanted:
         if name in formats:
             return name

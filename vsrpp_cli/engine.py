@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .colour import Planes, YuvTarget
 from .network import BasicVSRPlusPlus
 from .tensors import frames_to_tensor, tensor_to_frames
 from .windows import run_tiled
@@ -35,7 +36,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 class Engine:
-    """Turns a window of RGB frames into upscaled RGB frames."""
+    """Turns a window of frames (RGB or YUV) into upscaled frames (RGB, or YUV for an encoder)."""
 
     def __init__(
         self,
@@ -58,11 +59,13 @@ class Engine:
     def scale(self) -> int:
         return self.model.scale
 
-    def upscale(self, frames: list[np.ndarray], keep: slice, bit_depth: int) -> list[np.ndarray]:
-        """Run the whole window, return only its kept frames, quantised on the device."""
-        return tensor_to_frames(self.infer(frames)[:, keep], bit_depth)
+    def upscale(
+        self, frames: list[np.ndarray | Planes], keep: slice, bit_depth: int, target: YuvTarget | None = None
+    ) -> list[np.ndarray | Planes]:
+        """Run the whole window, return only its kept frames, converted and quantised on the device."""
+        return tensor_to_frames(self.infer(frames)[:, keep], bit_depth, target)
 
-    def infer(self, frames: list[np.ndarray]) -> Tensor:
+    def infer(self, frames: list[np.ndarray | Planes]) -> Tensor:
         """The network's output (1, t, 3, sh, sw) for a window, unclamped, always finite."""
         out = self._run_fitting_memory(frames_to_tensor(frames, self.device, self.dtype))
         if self.dtype != torch.float32 and not torch.isfinite(out).all():  # no scan in fp32

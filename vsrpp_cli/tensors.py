@@ -1,4 +1,5 @@
-"""Frames to tensors and back. Quantisation happens on the tensor's device."""
+"""Frames to tensors and back. Colour conversion of YUV planes and quantisation happen on the
+tensor's device (colour.py)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
-def frames_to_tensor(frames: list[np.ndarray], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(t, h, w, 3) uint8/uint16 arrays -> (1, t, 3, h, w) in [0, 1], converted on `device`."""
-    stacked = np.stack(frames)
-    peak = 65535.0 if stacked.dtype == np.uint16 else 255.0
-    if stacked.dtype == np.uint16:  # torch has no uint16 arithmetic on every device
-        stacked = stacked.astype(np.int32)
-    raw = torch.from_numpy(stacked).to(device, non_blocking=True)
-    return (raw.permute(0, 3, 1, 2).unsqueeze(0).float() / peak).to(dtype)
+from .colour import Planes, YuvTarget, rgb_to_yuv, yuv_to_rgb
 
 
-def tensor_to_frames(clip: Tensor, bit_depth: int) -> list[np.ndarray]:
-    """(1, t, 3, h, w) -> t arrays (h, w, 3): clamped, rounded, uint8 or uint16 (full 16-bit scale)."""
+def frames_to_tensor(frames: list[np.ndarray | Planes], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(h, w, 3) uint8/uint16 RGB arrays or YUV planes -> (1, t, 3, h, w) RGB in [0, 1] on `device`."""
+    if all(isinstance(frame, np.ndarray) for frame in frames):
+        stacked = np.stack(frames)
+        peak = 65535.0 if stacked.dtype == np.uint16 else 255.0
+        if stacked.dtype == np.uint16:  # torch has no uint16 arithmetic on every device
+            stacked = stacked.astype(np.int32)
+        raw = torch.from_numpy(stacked).to(device, non_blocking=True)
+        return (raw.permute(0, 3, 1, 2).unsqueeze(0).float() / peak).to(dtype)
+    return torch.stack([_rgb_of(frame, device) for frame in frames]).unsqueeze(0).to(dtype)
+
+
+def _rgb_of(frame: np.ndarray | Planes, device: torch.device) -> Tensor:
+    if isinstance(frame, Planes):
+        return yuv_to_rgb(frame, device)
+    peak = 65535.0 if frame.dtype == np.uint16 else 255.0
+    return torch.from_numpy(frame.astype(np.float32) / peak).to(device).permute(2, 0, 1)
+
+
+def tensor_to_frames(clip: Tensor, bit_depth: int, target: YuvTarget | None = None) -> list[np.ndarray | Planes]:
+    """(1, t, 3, h, w) -> t frames: in the target's YUV format when given, else (h, w, 3) RGB
+    arrays, uint8, or uint16 (full 16-bit scale) for deeper sources. Clamped and rounded."""
+    if target is not None:
+        return rgb_to_yuv(clip[0], target)
     peak = 65535.0 if bit_depth > 8 else 255.0
     quantised = (clip[0].float().clamp(0, 1) * peak).round()
     quantised = quantised.to(torch.int32 if bit_depth > 8 else torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -24,7 +24,7 @@ import torch
 
 from . import __version__
 from .checkpoint import CheckpointError, load_model, sha256_of
-from .decode import FRAME_EXTENSIONS, Frame, InputError, open_source
+from .decode import FRAME_EXTENSIONS, Frame, InputError, VideoInfo, open_source
 from .encode import CONTAINERS, FrameFolderSink, OutputError, VideoSink, container_for
 from .engine import PRECISIONS, Engine, pick_device, pick_dtype
 from .resume import ResumeError, WindowStore
@@ -65,6 +65,7 @@ class Options:
     pix_fmt: str | None = None
     overwrite: bool = False
     resume: bool = False
+    colour: str = "device"  # where YUV <-> RGB runs: "device" (with the network) or "swscale" (FFmpeg's, CPU)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Summary:
     chunk_frames: int = 0
     chunk_overlap: int = 0
     tile: int = 0
+    colour: str = ""  # "device" or "swscale"
     windows_resumed: int = 0
     fp32_fallbacks: int = 0
     lost: list[str] = field(default_factory=list)
@@ -109,7 +111,9 @@ def upscale(
     device = pick_device(options.device)
     dtype = pick_dtype(options.precision, device)
     precision_name = next(name for name, value in PRECISIONS.items() if value == dtype)
+    colour_on_device = colour_runs_on_device(options.colour)
     summary = Summary(str(source_path), str(output), device=str(device), precision=precision_name)
+    summary.colour = "device" if colour_on_device else "swscale"
 
     def tell(message: str) -> None:
         summary.notices.append(message)
@@ -120,6 +124,14 @@ def upscale(
     chunk = options.chunk_frames or default_chunk(device, info.width, info.height, model.mid_channels)
     summary.chunk_frames, summary.chunk_overlap = chunk, options.chunk_overlap
 
+    temporary = temporary_path(output)
+    try:
+        sink = make_sink(temporary, container_format, source_path, info, engine.scale, options, tell)
+    except BaseException:
+        remove(temporary)
+        raise
+    # Frames for the encoder leave the device as YUV when it takes a format colour.py makes.
+    target = sink.planes_target if colour_on_device and isinstance(sink, VideoSink) else None
     fingerprint = {
         "input": str(source_path.resolve()),
         "input_size": source_path.stat().st_size if source_path.is_file() else len(source.files),
@@ -131,46 +143,33 @@ def upscale(
         "tile_overlap": options.tile_overlap,
         "precision": precision_name,
         "device": device.type,
+        "colour": summary.colour,
+        "stored_format": target.format if target else "rgb",
         "vsrpp": __version__,
     }
-    store = WindowStore.open(partial_folder(output), fingerprint, options.resume, options.overwrite)
-    temporary = temporary_path(output)
-    size = (info.width * engine.scale, info.height * engine.scale)
-    if container_format is None:
-        sink = FrameFolderSink(temporary)
-    else:
-        audio_from = source_path if source_path.is_file() else None
-        sink = VideoSink(
-            temporary,
-            container_format,
-            info,
-            size,
-            audio_from,
-            options.codec,
-            options.crf,
-            options.preset,
-            options.pix_fmt,
-            tell,
-        )
     writer = BackgroundWriter(sink)
+    store = None
     try:
-        for window in temporal_windows(in_background(source.frames()), chunk, options.chunk_overlap):
+        store = WindowStore.open(partial_folder(output), fingerprint, options.resume, options.overwrite)
+        frames = in_background(source.frames(keep_yuv=colour_on_device))
+        for window in temporal_windows(frames, chunk, options.chunk_overlap):
             kept: list[Frame] = window.items[window.keep]
             if store.has(window.index):
-                upscaled = store.load(window.index)
+                upscaled = store.load(window.index, target)
                 summary.windows_resumed += 1
             else:
-                upscaled = engine.upscale([f.rgb for f in window.items], window.keep, info.bit_depth)
+                upscaled = engine.upscale([f.image for f in window.items], window.keep, info.bit_depth, target)
                 store.save(window.index, upscaled)
-            for frame, rgb in zip(kept, upscaled, strict=True):
-                writer.put(rgb, frame.pts)
+            for frame, image in zip(kept, upscaled, strict=True):
+                writer.put(image, frame.pts)
             summary.frames += len(kept)
             on_progress(summary.frames, info.frame_count)
         writer.close()
     except BaseException:
         writer.abort()
         remove(temporary)
-        store.remove_if_empty()  # finished windows stay for --resume
+        if store is not None:
+            store.remove_if_empty()  # finished windows stay for --resume
         raise
     finish(temporary, output)
     store.remove()
@@ -180,6 +179,37 @@ def upscale(
     summary.seconds = time.perf_counter() - started
     summary.output_bytes = path_bytes(output)
     return summary
+
+
+def colour_runs_on_device(choice: str) -> bool:
+    if choice not in ("device", "swscale"):
+        raise ValueError(f"--colour {choice}: choose device or swscale")
+    return choice == "device"
+
+
+def make_sink(
+    temporary: Path,
+    container_format: str | None,
+    source_path: Path,
+    info: VideoInfo,
+    scale: int,
+    options: Options,
+    notice: Callable[[str], None],
+) -> VideoSink | FrameFolderSink:
+    if container_format is None:
+        return FrameFolderSink(temporary)
+    return VideoSink(
+        temporary,
+        container_format,
+        info,
+        (info.width * scale, info.height * scale),
+        source_path if source_path.is_file() else None,  # where audio and subtitles come from
+        options.codec,
+        options.crf,
+        options.preset,
+        options.pix_fmt,
+        notice,
+    )
 
 
 def run_jobs(

@@ -83,7 +83,7 @@ def frames_from_videos(data: Path, work_dir: Path) -> Path:
         partial = target / f".{video.stem}.partial"
         sink = FrameFolderSink(partial)
         for frame in open_source(video).frames():
-            sink.write(frame.rgb, frame.pts)
+            sink.write(frame.image, frame.pts)
         partial.replace(folder)
     for folder in (p for p in data.iterdir() if p.is_dir()) if data.is_dir() else ():
         link = target / folder.name
