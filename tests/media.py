@@ -135,3 +135,26 @@ def decode_rgb(path: Path) -> list[np.ndarray]:
             ).to_ndarray()
             for f in container.decode(stream)
         ]
+
+
+def with_subtitles(video: Path, cues: list[tuple[int, int, str]], path: Path) -> Path:
+    """`video`'s video stream plus an SRT subtitle stream of (start ms, end ms, text) cues, in
+    Matroska (PyAV cannot encode subtitles, so they are demuxed from an .srt file and remuxed)."""
+    srt = path.with_suffix(".srt")
+    srt.write_text(
+        "".join(f"{i + 1}\n{_srt_time(a)} --> {_srt_time(b)}\n{text}\n\n" for i, (a, b, text) in enumerate(cues))
+    )
+    with av.open(str(video)) as video_in, av.open(str(srt)) as subtitles_in, av.open(str(path), "w") as out:
+        streams = {id(video_in.streams.video[0]): out.add_stream_from_template(video_in.streams.video[0])}
+        streams[id(subtitles_in.streams.subtitles[0])] = out.add_stream_from_template(subtitles_in.streams.subtitles[0])
+        for container in (video_in, subtitles_in):
+            for packet in container.demux():
+                if packet.dts is None and packet.size == 0:  # the demuxer's flush packet
+                    continue
+                packet.stream = streams[id(packet.stream)]
+                out.mux(packet)
+    return path
+
+
+def _srt_time(ms: int) -> str:
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"

@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from media import decode_rgb, encode_video, moving_scene, probe
+from media import decode_rgb, encode_video, moving_scene, probe, with_subtitles
 from reference import random_official_checkpoint
 
 from vsrpp_cli.upscale import Options, upscale
@@ -93,6 +93,22 @@ def test_webm_transcodes_audio_it_cannot_hold(tmp_path, weights, vfr_video):
     assert any("transcoded to libopus" in n for n in notices)
 
 
+def test_subtitles_are_copied_or_left_out_with_a_notice(tmp_path, weights):
+    video = encode_video(tmp_path / "video.mp4", moving_scene(6, 48, 64))
+    source = with_subtitles(video, [(0, 100, "Hello"), (120, 200, "World")], tmp_path / "subtitled.mkv")
+    upscale(source, tmp_path / "out.mkv", Options(weights, chunk_frames=6))
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        assert [s.type for s in container.streams] == ["video", "subtitle"]
+        cues = [(p.pts, bytes(p)) for p in container.demux(container.streams.subtitles[0]) if p.size]
+    assert cues == [(0, b"Hello"), (120, b"World")]
+
+    notices: list[str] = []
+    upscale(source, tmp_path / "out.mp4", Options(weights, chunk_frames=6), notice=notices.append)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert [s.type for s in container.streams] == ["video"]
+    assert any("subtitle stream 1" in n and "left out" in n for n in notices), notices
+
+
 def test_ten_bit_in_ten_bit_out(tmp_path, weights):
     scene = moving_scene(6, 48, 64).astype(np.uint16) * 257
     source = encode_video(tmp_path / "deep.mkv", scene, pix_fmt="yuv420p10le")
@@ -121,13 +137,16 @@ def colour_patches(height: int, width: int, frames: int = 4) -> np.ndarray:
         ("bt709", {"chunk_frames": 4}),
         (None, {"chunk_frames": 4}),  # untagged: PyAV's default conversion, BT.601
         ("bt709", {"chunk_frames": 1, "chunk_overlap": 1, "tile": 40, "tile_overlap": 8}),
+        ("bt709", {"chunk_frames": 4, "colour": "swscale"}),
+        ("bt601", {"chunk_frames": 4, "colour": "swscale"}),
     ],
-    ids=["bt601", "bt709", "untagged", "bt709-tiles-short-windows"],
+    ids=["bt601", "bt709", "untagged", "bt709-tiles-short-windows", "bt709-swscale", "bt601-swscale"],
 )
 def test_colours_survive(tmp_path, bilinear_weights, matrix, windows):
     scene, colours = colour_patches(96, 144)
     source = encode_video(tmp_path / "in.mp4", scene, matrix=matrix)
-    upscale(source, tmp_path / "out.mp4", Options(bilinear_weights, **windows))
+    summary = upscale(source, tmp_path / "out.mp4", Options(bilinear_weights, **windows))
+    assert summary.colour == windows.get("colour", "device")
     facts = probe(tmp_path / "out.mp4")
     expected = {"bt709": 1, "bt601": 6, None: 6}[matrix]  # untagged below 720 lines reads as BT.601
     assert (facts["colorspace"], facts["primaries"], facts["transfer"], facts["color_range"]) == (
@@ -308,6 +327,9 @@ def test_bad_inputs(tmp_path, weights):
         ([str(good), str(tmp_path / "o.mp4"), "--weights", str(tmp_path / "none.pth")], "no such checkpoint file"),
         ([str(good), str(tmp_path / "o.mp4"), "--weights", str(corrupt_weights)], "not a readable torch checkpoint"),
         ([str(good), str(tmp_path / "o.mp4"), "--weights", str(other_weights)], "not a BasicVSR++ state_dict"),
+        ([str(good), str(tmp_path / "o.mp4"), *w, "--codec", "nosuch"], "--codec nosuch: not an encoder"),
+        ([str(good), str(tmp_path / "o.mp4"), *w, "--pix-fmt", "pal8"], "--pix-fmt pal8: libx264 cannot write"),
+        ([str(good), str(tmp_path / "o.mp4"), *w, "--colour", "rgb"], "--colour rgb: choose device or swscale"),
     ]
     for args, message in cases:
         before = set(tmp_path.iterdir())

@@ -104,8 +104,9 @@ def converts_here(pix_fmt: str | None) -> bool:
 @functools.cache
 def chroma_cosited(codec: str) -> bool:
     """Whether the codec's convention puts subsampled chroma on the even luma columns (see top)."""
-    with contextlib.suppress(av.error.FFmpegError, ValueError):  # a decoder's name: libdav1d -> av1
-        codec = av.Codec(codec, "r").canonical_name
+    for mode in ("r", "w"):  # a decoder's or encoder's name to the codec's: libdav1d -> av1
+        with contextlib.suppress(av.error.FFmpegError, ValueError):
+            return av.Codec(codec, mode).canonical_name in LEFT_SITED
     return codec in LEFT_SITED
 
 

@@ -1,0 +1,159 @@
+"""YUV <-> RGB on the compute device (colour.py): the standards' values, chroma siting as
+FFmpeg's decoders report it, and real encodes read back by FFmpeg."""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+from media import encode_video, moving_scene
+
+from vsrpp_cli.colour import Planes, YuvTarget, chroma_cosited, converts_here, rgb_to_yuv, yuv_to_rgb
+from vsrpp_cli.decode import VideoInfo, open_source
+from vsrpp_cli.encode import VideoSink
+
+CPU = torch.device("cpu")
+RED, GREEN = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
+
+
+def solid(colour: tuple[float, float, float], size: int = 4) -> torch.Tensor:
+    return torch.tensor(colour).view(1, 3, 1, 1).expand(1, 3, size, size).contiguous()
+
+
+# Code values worked out by hand from the standards' Kr, Kb and the range definitions, e.g.
+# BT.709 limited red: Y = 16 + 219 * 0.2126 = 62.6, Cb = 128 - 224 * 0.2126 / 1.8556 = 102.3.
+KNOWN = [
+    ("bt709", False, "yuv444p", RED, (63, 102, 240)),
+    ("bt709", False, "yuv444p", GREEN, (173, 42, 26)),
+    ("bt709", False, "yuv444p", (1.0, 1.0, 1.0), (235, 128, 128)),
+    ("bt601", False, "yuv444p", RED, (81, 90, 240)),
+    ("bt601", True, "yuv444p", RED, (76, 85, 255)),  # JFIF: Cr 255.5 clipped
+    ("bt709", False, "yuv444p10le", RED, (250, 409, 960)),
+    ("bt2020", False, "yuv444p10le", RED, (294, 387, 960)),
+    ("bt709", True, "yuv444p10le", (0.0, 0.0, 0.0), (0, 512, 512)),
+]
+
+
+@pytest.mark.parametrize("matrix, full_range, pix_fmt, rgb, codes", KNOWN)
+def test_standard_colours_have_their_code_values(matrix, full_range, pix_fmt, rgb, codes):
+    planes = rgb_to_yuv(solid(rgb), YuvTarget(pix_fmt, 4, 4, matrix, full_range, cosited=False))[0]
+    assert [int(p[0, 0]) for p in (planes.y, planes.cb, planes.cr)] == list(codes)
+    assert all(np.all(p == p[0, 0]) for p in (planes.y, planes.cb, planes.cr))
+    back = yuv_to_rgb(planes, CPU)[:, 0, 0]
+    peak = 2 ** av.VideoFormat(pix_fmt).components[0].bits - 1
+    # Within what the code values' rounding allows (a little more where Cr was clipped).
+    assert torch.allclose(back, torch.tensor(rgb), atol=2.5 / (peak * 0.85)), back
+
+
+def test_ten_bit_planes_survive_the_trip_to_the_device():
+    planes = Planes(
+        "yuv420p10le",
+        "bt709",
+        False,
+        True,
+        np.full((4, 4), 940, np.uint16),  # white
+        np.full((2, 2), 512, np.uint16),
+        np.full((2, 2), 512, np.uint16),
+    )
+    assert torch.allclose(yuv_to_rgb(planes, CPU), torch.ones(3, 4, 4))
+    assert np.array_equal(
+        rgb_to_yuv(torch.ones(1, 3, 4, 4), YuvTarget("yuv420p10le", 4, 4, "bt709", False, True))[0].y, planes.y
+    )
+
+
+def stripes(height: int = 16, width: int = 64, period: float = 12.0) -> torch.Tensor:
+    """(1, 3, h, w): colour that changes fast along x but smoothly, so any chroma shift shows."""
+    x = torch.arange(width, dtype=torch.float32)
+    wave = 0.5 + 0.3 * torch.sin(2 * torch.pi * x / period)
+    return torch.stack([wave, 1 - wave, 0.5 + 0 * wave]).view(1, 3, 1, width).expand(1, 3, height, width)
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv422p"])
+def test_chroma_siting_round_trips_and_a_wrong_one_shows(pix_fmt):
+    rgb = stripes()
+    inner = (slice(None), slice(4, -4))  # away from the edges, where samples are repeated
+    for cosited in (True, False):
+        target = YuvTarget(pix_fmt, 64, 16, "bt709", False, cosited)
+        planes = rgb_to_yuv(rgb, target)[0]
+        right = (yuv_to_rgb(planes, CPU) - rgb[0]).abs()[:, inner[0], inner[1]] * 255
+        wrong = (yuv_to_rgb(dataclasses.replace(planes, cosited=not cosited), CPU) - rgb[0]).abs()
+        wrong = wrong[:, inner[0], inner[1]] * 255
+        # Measured: right 1.0-1.4 levels on average (4.6 at most), wrong 10.6.
+        assert right.mean() < 2 and right.max() < 6, (cosited, right.mean(), right.max())
+        assert wrong.mean() > 6, (cosited, wrong.mean())
+
+
+def test_odd_sizes_are_padded_by_repeating_the_edge():
+    rgb = torch.rand(2, 3, 5, 7)
+    planes = rgb_to_yuv(rgb, YuvTarget("yuv420p", 8, 6, "bt601", False, True))
+    assert [p.y.shape for p in planes] == [(6, 8), (6, 8)]
+    assert planes[0].cb.shape == (3, 4)
+    assert np.array_equal(planes[0].y[:, 7], planes[0].y[:, 6]) and np.array_equal(planes[0].y[5], planes[0].y[4])
+
+
+def test_formats_handled_here():
+    for name in ("yuv420p", "yuvj420p", "yuv422p10le", "yuv444p12le", "yuv420p16le", "yuv440p"):
+        assert converts_here(name), name
+    for name in ("nv12", "p010le", "rgb24", "gbrp", "gray", "yuv411p", "yuva420p", "yuv420p10be", "pal8", None):
+        assert not converts_here(name), name
+
+
+# FFmpeg's decoders report where chroma sits, and swscale follows that: reading each codec's
+# video both ways must agree, and reading it with the other siting must not.
+@pytest.mark.parametrize(
+    "codec, pix_fmt, extension, cosited",
+    [
+        ("libx264", "yuv420p", "mkv", True),
+        ("libx264", "yuv422p", "mkv", True),
+        ("mpeg2video", "yuv420p", "mkv", True),
+        ("libvpx-vp9", "yuv420p", "webm", False),
+        ("ffv1", "yuv420p", "mkv", False),
+        ("prores_ks", "yuv422p10le", "mov", False),
+    ],
+)
+def test_decoding_sites_chroma_where_ffmpeg_reports_it(tmp_path, codec, pix_fmt, extension, cosited):
+    scene = moving_scene(3, 48, 64)
+    if pix_fmt.endswith("10le"):
+        scene = scene.astype(np.uint16) * 257
+    source = encode_video(tmp_path / f"in.{extension}", scene, codec=codec, pix_fmt=pix_fmt)
+    by_swscale = np.stack([f.image for f in open_source(source).frames()]).astype(float)
+    by_swscale /= 257 if by_swscale.max() > 255 else 1
+    frames = list(open_source(source).frames(keep_yuv=True))
+    assert all(isinstance(f.image, Planes) and f.image.cosited == cosited for f in frames)
+
+    def read(as_cosited: bool) -> np.ndarray:
+        planes = [dataclasses.replace(f.image, cosited=as_cosited) for f in frames]
+        return np.stack([yuv_to_rgb(p, CPU).permute(1, 2, 0).numpy() * 255 for p in planes])
+
+    assert np.abs(read(cosited) - by_swscale).mean() < 1.0
+    assert np.abs(read(not cosited) - by_swscale).mean() > 2.0
+
+
+@pytest.mark.parametrize("codec", ["libx264", "ffv1"])
+def test_encoded_output_is_sited_as_its_codec_expects(tmp_path, codec):
+    """Planes made for a lossless encode and read back by FFmpeg, which sites chroma by the
+    codec: ours come back as they went in, the other siting would not."""
+    scene = stripes(48, 64).expand(3, 3, 48, 64)
+    info = VideoInfo(64, 48, Fraction(1, 25), Fraction(25), 3, 8, "bt709", False)
+
+    def error_after_encoding(flip: bool) -> float:
+        path = tmp_path / f"out{flip}.mkv"
+        crf = 0 if codec == "libx264" else None  # x264 at crf 0 is lossless
+        sink = VideoSink(path, "matroska", info, (64, 48), None, codec, crf=crf, pix_fmt="yuv420p")
+        target = sink.planes_target
+        assert target is not None and target.cosited == chroma_cosited(codec)
+        for pts, planes in enumerate(rgb_to_yuv(scene, dataclasses.replace(target, cosited=target.cosited ^ flip))):
+            sink.write(planes, pts)
+        sink.close()
+        source = open_source(path)  # read through swscale, which sites chroma by the codec
+        assert (source.info.matrix, source.info.full_range) == ("bt709", False)
+        shown = [frame.image for frame in source.frames()]
+        difference = torch.from_numpy(np.stack(shown)).permute(0, 3, 1, 2) / 255 - scene
+        return float(difference[..., 4:-4].abs().mean() * 255)
+
+    right, wrong = error_after_encoding(flip=False), error_after_encoding(flip=True)
+    assert right < 2 and wrong > 3 * right, (right, wrong)
