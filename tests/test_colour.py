@@ -157,3 +157,16 @@ def test_encoded_output_is_sited_as_its_codec_expects(tmp_path, codec):
 
     right, wrong = error_after_encoding(flip=False), error_after_encoding(flip=True)
     assert right < 2 and wrong > 3 * right, (right, wrong)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv422p10le", "yuv444p"])
+def test_cuda_converts_as_the_cpu_does(pix_fmt):
+    rgb = torch.rand(3, 3, 30, 46)
+    target = YuvTarget(pix_fmt, 46, 30, "bt709", False, True)
+    on_cpu, on_cuda = rgb_to_yuv(rgb, target), rgb_to_yuv(rgb.cuda(), target)
+    for a, b in zip(on_cpu, on_cuda, strict=True):
+        for plane in ("y", "cb", "cr"):  # float rounding may move a code value by one
+            assert np.abs(getattr(a, plane).astype(int) - getattr(b, plane)).max() <= 1
+        assert torch.allclose(yuv_to_rgb(a, CPU), yuv_to_rgb(a, torch.device("cuda")).cpu(), atol=1e-5)

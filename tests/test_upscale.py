@@ -424,3 +424,50 @@ def test_overwrite_replaces_a_file_or_a_folder(tmp_path, weights):
     (folder / "stale.png").write_bytes(b"old")
     upscale(source, folder, Options(weights, overwrite=True))
     assert sorted(p.name for p in folder.iterdir()) == ["00000000.png", "00000001.png"]
+
+
+# ----------------------------------------------------------------------------- CUDA
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_run_matches_the_cpu_run(tmp_path, weights, vfr_video):
+    """The default path on a GPU (colour conversion and quantisation there, fp32 to compare):
+    the same frames as on the CPU but for float rounding, and the same timestamps and audio."""
+    options = {"chunk_frames": 6, "precision": "fp32"}
+    upscale(vfr_video, tmp_path / "cpu.mkv", Options(weights, device="cpu", **options))
+    summary = upscale(vfr_video, tmp_path / "cuda.mkv", Options(weights, device="cuda", **options))
+    assert summary.device.startswith("cuda") and summary.colour == "device"
+    difference = np.abs(read_frames(tmp_path / "cuda.mkv").astype(int) - read_frames(tmp_path / "cpu.mkv"))
+    assert difference.mean() < 0.05 and difference.max() <= 2
+    assert probe(tmp_path / "cuda.mkv") == probe(tmp_path / "cpu.mkv")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_out_of_gpu_memory_retries_with_smaller_tiles(tmp_path, weights):
+    source = encode_video(tmp_path / "in.mp4", moving_scene(4, 256, 384))
+    options = Options(weights, device="cuda", chunk_frames=4, chunk_overlap=0)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    upscale(source, tmp_path / "whole.mp4", options)
+    peak = torch.cuda.max_memory_allocated()
+    total = torch.cuda.get_device_properties(0).total_memory
+    notices: list[str] = []
+    torch.cuda.set_per_process_memory_fraction(0.6 * peak / total)  # whole frames no longer fit
+    try:
+        torch.cuda.empty_cache()
+        summary = upscale(source, tmp_path / "tiled.mp4", options, notice=notices.append)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert summary.frames == 4 and 0 < summary.tile < 384
+    assert any("out of GPU memory: retrying with --tile" in n for n in notices), notices
+    assert len(probe(tmp_path / "tiled.mp4")["times"]) == 4
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_windows_are_sized_to_free_gpu_memory(tmp_path, weights, vfr_video):
+    summary = upscale(vfr_video, tmp_path / "out.mkv", Options(weights, device="cuda"))
+    assert 8 <= summary.chunk_frames <= 100 and summary.frames == len(VFR_PTS)
