@@ -78,16 +78,22 @@ def test_bench_reports_model_pipeline_and_quality_guard():
         "1",
         "--device",
         "cpu",
+        "--colour",
+        "device",
+        "--colour",
+        "swscale",
         "--json",
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert [(r["what"], r["precision"], r["backend"]) for r in rows] == [
-        ("model", "fp32", "plain"),
-        ("model", "fp32", "torch"),
-        ("model", "bf16", "torch"),
-        ("pipeline", "fp32", "auto"),
-        ("pipeline", "bf16", "auto"),
+    assert [(r["what"], r["precision"], r["backend"], r["colour"]) for r in rows] == [
+        ("model", "fp32", "plain", None),
+        ("model", "fp32", "torch", None),
+        ("model", "bf16", "torch", None),
+        ("pipeline", "fp32", "auto", "device"),
+        ("pipeline", "fp32", "auto", "swscale"),
+        ("pipeline", "bf16", "auto", "device"),
+        ("pipeline", "bf16", "auto", "swscale"),
     ]
     assert all(r["fps"] > 0 and r["finite"] and r["size"] == "32x40" for r in rows)
     assert rows[1]["max_diff_vs_fp32"] < 1e-5  # ours in fp32 is the plain network's output

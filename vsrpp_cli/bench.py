@@ -35,6 +35,7 @@ class Row:
     psnr_vs_fp32: float | None = None
     max_diff_vs_fp32: float | None = None
     finite: bool = True
+    colour: str | None = None  # pipeline rows: where YUV <-> RGB ran ("device" or "swscale")
 
 
 def scene(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -86,6 +87,7 @@ def bench(
     baseline: bool = True,
     pipeline: bool = True,
     repeat: int = 2,
+    colours: tuple[str, ...] = ("device",),
 ) -> list[Row]:
     device = pick_device(device_name)
     h, w = size
@@ -126,11 +128,14 @@ def bench(
         del model
     if pipeline:
         for precision in precisions:
-            rows.append(time_pipeline(frames_u8, precision, device_name, weights))
+            for colour in colours:
+                rows.append(time_pipeline(frames_u8, precision, device_name, weights, colour))
     return rows
 
 
-def time_pipeline(frames_u8: np.ndarray, precision: str, device_name: str, weights: Path | None) -> Row:
+def time_pipeline(
+    frames_u8: np.ndarray, precision: str, device_name: str, weights: Path | None, colour: str = "device"
+) -> Row:
     """The whole `upscale` path: decode, windows, network, quantise, encode (libx264), mux."""
     import av
 
@@ -150,7 +155,12 @@ def time_pipeline(frames_u8: np.ndarray, precision: str, device_name: str, weigh
             torch.manual_seed(0)
             torch.save(BasicVSRPlusPlus().state_dict(), weights)
         options = Options(
-            weights, device=device_name, precision=precision, chunk_frames=len(frames_u8), chunk_overlap=0
+            weights,
+            device=device_name,
+            precision=precision,
+            chunk_frames=len(frames_u8),
+            chunk_overlap=0,
+            colour=colour,
         )
         upscale(source, Path(folder) / "warmup.mp4", options)  # loads kernels, caches
         start = time.perf_counter()
@@ -169,4 +179,5 @@ def time_pipeline(frames_u8: np.ndarray, precision: str, device_name: str, weigh
         1000 * seconds / summary.frames,
         torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         peak_rss_mib(),
+        colour=colour,
     )

@@ -527,6 +527,9 @@ def bench(
     baseline: Annotated[bool, _option("Also time the plain fp32 implementation.")] = True,
     pipeline: Annotated[bool, _option("Also time the whole upscale pipeline (decode, encode).")] = True,
     repeat: Annotated[int, _option("Timed runs after a warm-up; the best is kept.")] = 2,
+    colour: Annotated[
+        list[str] | None, _option("Pipeline colour conversion: device, swscale; repeat for both (default device).")
+    ] = None,
     as_json: Annotated[bool, _option("Print the rows as JSON on stdout.", None, "--json")] = False,
 ) -> None:
     """Frames per second, milliseconds per frame and peak memory, for the network alone and for
@@ -553,6 +556,7 @@ def bench(
             baseline,
             pipeline,
             repeat,
+            tuple(colour or ["device"]),
         )
     if as_json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
@@ -565,7 +569,7 @@ def bench(
         if not r.finite:
             guard = "NON-FINITE " + guard
         table.add_row(
-            r.what,
+            r.what if r.colour is None else f"{r.what} ({r.colour} colour)",
             r.precision,
             r.backend,
             r.device,
