@@ -12,9 +12,20 @@ import pytest
 import torch
 from media import encode_video, moving_scene
 
-from vsrpp_cli.colour import Planes, YuvTarget, chroma_cosited, converts_here, rgb_to_yuv, yuv_to_rgb
+from vsrpp_cli.colour import (
+    Planes,
+    YuvTarget,
+    chroma_cosited,
+    converts_here,
+    planar_format,
+    read_planes,
+    rgb_to_yuv,
+    to_video_frame,
+    yuv_to_rgb,
+)
 from vsrpp_cli.decode import VideoInfo, open_source
 from vsrpp_cli.encode import VideoSink
+from vsrpp_cli.resume import WindowStore
 
 CPU = torch.device("cpu")
 RED, GREEN = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
@@ -96,9 +107,9 @@ def test_odd_sizes_are_padded_by_repeating_the_edge():
 
 
 def test_formats_handled_here():
-    for name in ("yuv420p", "yuvj420p", "yuv422p10le", "yuv444p12le", "yuv420p16le", "yuv440p"):
+    for name in ("yuv420p", "yuvj420p", "yuv422p10le", "yuv444p12le", "yuv420p16le", "yuv440p", "nv12", "p010le"):
         assert converts_here(name), name
-    for name in ("nv12", "p010le", "rgb24", "gbrp", "gray", "yuv411p", "yuva420p", "yuv420p10be", "pal8", None):
+    for name in ("nv21", "rgb24", "gbrp", "gray", "yuv411p", "yuva420p", "yuv420p10be", "pal8", None):
         assert not converts_here(name), name
 
 
@@ -170,3 +181,22 @@ def test_cuda_converts_as_the_cpu_does(pix_fmt):
         for plane in ("y", "cb", "cr"):  # float rounding may move a code value by one
             assert np.abs(getattr(a, plane).astype(int) - getattr(b, plane)).max() <= 1
         assert torch.allclose(yuv_to_rgb(a, CPU), yuv_to_rgb(a, torch.device("cuda")).cpu(), atol=1e-5)
+
+
+@pytest.mark.parametrize("semi_planar", ["nv12", "p010le", "p210le"])
+def test_semi_planar_frames_hold_the_same_samples_as_planar_ones(tmp_path, semi_planar):
+    """NVENC takes NV12/P010: our packing, unpacked by FFmpeg, gives the planar samples back,
+    and such windows survive the resume store unchanged."""
+    rgb = torch.rand(3, 3, 6, 10)
+    planar = planar_format(semi_planar)
+    packed = rgb_to_yuv(rgb, YuvTarget(semi_planar, 10, 6, "bt709", False, True))
+    expected = rgb_to_yuv(rgb, YuvTarget(planar, 10, 6, "bt709", False, True))
+    store = WindowStore.open(tmp_path / "store", {}, resume=False, overwrite=False)
+    store.save(0, packed)
+    stored = store.load(0, YuvTarget(semi_planar, 10, 6, "bt709", False, True))
+    for ours, want, kept in zip(packed, expected, stored, strict=True):
+        unpacked = read_planes(to_video_frame(ours).reformat(format=planar), "bt709", False, True)
+        for plane in ("y", "cb", "cr"):
+            assert np.array_equal(getattr(unpacked, plane), getattr(want, plane))
+            assert np.array_equal(getattr(kept, plane), getattr(ours, plane))
+        assert kept.format == semi_planar

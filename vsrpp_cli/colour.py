@@ -2,8 +2,8 @@
 
 YUV <-> RGB runs where the network runs (`--colour device`, the default), so on a GPU the CPU
 never converts the 16x larger output frames: decoding hands over the planes as decoded and
-encoding receives planes ready for the encoder. Formats other than planar YUV (NV12, RGB, gray)
-still go through swscale.
+encoding receives planes ready for the encoder. Planar YUV and the semi-planar NV12/P010
+family (NVENC's) are handled here; RGB, gray and paletted formats still go through swscale.
 
 The arithmetic follows the standards: Y = Kr R + Kg G + Kb B, Cb = (B - Y) / (2 - 2 Kb),
 Cr = (R - Y) / (2 - 2 Kr), with Kr, Kb from ITU-R BT.601-7, BT.709-6, BT.2020-2, SMPTE 240M and
@@ -43,6 +43,17 @@ LUMA_WEIGHTS = {
 MATRIX_OF_TAG = {1: "bt709", 4: "fcc", 5: "bt601", 6: "bt601", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
 TAG_OF_MATRIX = {"bt709": 1, "fcc": 4, "bt601": 6, "smpte240m": 7, "bt2020": 9}
 LEFT_SITED = {"h264", "hevc", "vvc", "mpeg2video", "mpeg4"}  # codecs, by FFmpeg's canonical names
+# Semi-planar formats (Cb and Cr interleaved in one plane; what NVENC takes): the planar format
+# with the same samples, and how far each sample is shifted up in its 16 bits (P010: 6).
+SEMI_PLANAR = {
+    "nv12": ("yuv420p", 0),
+    "nv16": ("yuv422p", 0),
+    "p010le": ("yuv420p10le", 6),
+    "p012le": ("yuv420p12le", 4),
+    "p016le": ("yuv420p16le", 0),
+    "p210le": ("yuv422p10le", 6),
+    "p216le": ("yuv422p16le", 0),
+}
 
 
 @dataclass
@@ -50,7 +61,7 @@ class Planes:
     """One frame's samples as the codec stores them: Y (h, w), Cb and Cr (subsampled), uint8 for
     8-bit formats and uint16 for 9 to 16 bits, with the matrix and range they are coded in."""
 
-    format: str  # a planar YUV pixel format, e.g. "yuv420p", "yuv422p10le"
+    format: str  # a planar or semi-planar YUV pixel format, e.g. "yuv420p", "yuv422p10le", "p010le"
     matrix: str
     full_range: bool
     cosited: bool  # chroma sample j on luma column 2j (else centred between 2j and 2j + 1)
@@ -80,10 +91,12 @@ class YuvTarget:
 
 
 def converts_here(pix_fmt: str | None) -> bool:
-    """Whether this module handles the format: planar YUV, 3 planes, 8-16 bits little-endian,
-    chroma full size or halved."""
+    """Whether this module handles the format: planar YUV (3 planes, 8-16 bits little-endian,
+    chroma full size or halved) or one of the semi-planar formats above."""
     if not pix_fmt:
         return False
+    if pix_fmt in SEMI_PLANAR:
+        return True
     try:
         layout = av.VideoFormat(pix_fmt)
     except ValueError:
@@ -117,23 +130,44 @@ def bit_depth(pix_fmt: str) -> int:
 # ----------------------------------------------------------------------------- PyAV frames
 def read_planes(frame: av.VideoFrame, matrix: str, full_range: bool, cosited: bool) -> Planes:
     """Copy a decoded frame's planes out of FFmpeg's (padded) buffers."""
-    dtype = np.uint16 if bit_depth(frame.format.name) > 8 else np.uint8
+    name = frame.format.name
+    dtype = np.uint16 if bit_depth(name) > 8 else np.uint8
+    if name in SEMI_PLANAR:
+        shift = SEMI_PLANAR[name][1]
+        y = _plane_view(frame.planes[0], dtype) >> shift
+        chroma = _plane_view(frame.planes[1], dtype, interleaved=True) >> shift
+        return Planes(name, matrix, full_range, cosited, y, chroma[:, 0::2].copy(), chroma[:, 1::2].copy())
     y, cb, cr = (_plane_view(plane, dtype).copy() for plane in frame.planes[:3])
-    return Planes(frame.format.name, matrix, full_range, cosited, y, cb, cr)
+    return Planes(name, matrix, full_range, cosited, y, cb, cr)
 
 
 def to_video_frame(planes: Planes, format: str | None = None) -> av.VideoFrame:
-    """A frame for the encoder holding these samples (in `format` when given: same layout)."""
-    frame = av.VideoFrame(planes.width, planes.height, format or planes.format)
+    """A frame for the encoder holding these samples (in `format` when given: the same samples,
+    planar or semi-planar)."""
+    name = format or planes.format
+    frame = av.VideoFrame(planes.width, planes.height, name)
+    if name in SEMI_PLANAR:
+        shift = SEMI_PLANAR[name][1]
+        _plane_view(frame.planes[0], planes.y.dtype)[...] = planes.y << shift
+        chroma = _plane_view(frame.planes[1], planes.cb.dtype, interleaved=True)
+        chroma[:, 0::2], chroma[:, 1::2] = planes.cb << shift, planes.cr << shift
+        return frame
     for plane, samples in zip(frame.planes, (planes.y, planes.cb, planes.cr), strict=True):
         _plane_view(plane, samples.dtype)[...] = samples
     return frame
 
 
-def _plane_view(plane, dtype) -> np.ndarray:
-    """(height, width) of a plane's buffer, whose rows are `line_size` bytes apart."""
+def planar_format(pix_fmt: str) -> str:
+    """The planar format holding the same samples (for FFV1, which takes no semi-planar ones)."""
+    return SEMI_PLANAR.get(pix_fmt, (pix_fmt,))[0]
+
+
+def _plane_view(plane, dtype, interleaved: bool = False) -> np.ndarray:
+    """(height, width) samples of a plane's buffer, whose rows are `line_size` bytes apart;
+    twice as wide where Cb and Cr alternate."""
     row = plane.line_size // np.dtype(dtype).itemsize
-    return np.frombuffer(plane, dtype=dtype).reshape(-1, row)[: plane.height, : plane.width]
+    width = plane.width * (2 if interleaved else 1)
+    return np.frombuffer(plane, dtype=dtype).reshape(-1, row)[: plane.height, :width]
 
 
 # ----------------------------------------------------------------------------- YUV -> RGB

@@ -18,7 +18,7 @@ from typing import Any
 import av
 import numpy as np
 
-from .colour import Planes, YuvTarget, read_planes, to_video_frame
+from .colour import Planes, YuvTarget, planar_format, read_planes, to_video_frame
 
 FINGERPRINT = "run.json"
 
@@ -98,5 +98,6 @@ class WindowStore:
 
 
 def _ffv1_format(pix_fmt: str) -> str:
-    """FFV1 takes the JPEG-range formats under their plain names: the samples are the same."""
-    return pix_fmt.replace("yuvj", "yuv")
+    """FFV1 takes neither the JPEG-range formats nor the semi-planar ones: the same samples
+    are stored under the plain planar name."""
+    return planar_format(pix_fmt).replace("yuvj", "yuv")
