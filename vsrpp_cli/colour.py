@@ -234,13 +234,18 @@ def _filter(values: Tensor, weights: dict[int, float]) -> Tensor:
 # ----------------------------------------------------------------------------- RGB -> YUV
 def rgb_to_yuv(rgb: Tensor, target: YuvTarget) -> list[Planes]:
     """(t, 3, h, w) RGB, any float range (clamped to [0, 1]) -> t frames in the target format,
-    padded to its size by repeating the last row and column, quantised on the tensor's device."""
-    rgb = rgb.float().clamp(0, 1)
+    padded to its size by repeating the last row and column, quantised on the tensor's device.
+    One frame at a time: a window of 4K frames in fp32 intermediates would take gigabytes."""
+    return [_frame_to_yuv(frame, target) for frame in rgb]
+
+
+def _frame_to_yuv(rgb: Tensor, target: YuvTarget) -> Planes:
+    rgb = rgb.float().clamp(0, 1)  # (3, h, w)
     pad_w, pad_h = target.width - rgb.shape[-1], target.height - rgb.shape[-2]
     if pad_w or pad_h:
         rgb = torch.nn.functional.pad(rgb, (0, pad_w, 0, pad_h), mode="replicate")
     kr, kb = LUMA_WEIGHTS[target.matrix]
-    r, g, b = rgb.unbind(1)
+    r, g, b = rgb
     luma = kr * r + (1 - kr - kb) * g + kb * b
     blue, red = (b - luma) / (2 - 2 * kb), (r - luma) / (2 - 2 * kr)
     layout = av.VideoFormat(target.format)
@@ -250,10 +255,7 @@ def rgb_to_yuv(rgb: Tensor, target: YuvTarget) -> list[Planes]:
         blue, red = (_halve(c.mT, cosited=False).mT for c in (blue, red))
     depth = bit_depth(target.format)
     y, cb, cr = (_quantise(c, depth) for c in _code_values(luma, blue, red, depth, target.full_range))
-    return [
-        Planes(target.format, target.matrix, target.full_range, target.cosited, *(plane[i] for plane in (y, cb, cr)))
-        for i in range(rgb.shape[0])
-    ]
+    return Planes(target.format, target.matrix, target.full_range, target.cosited, y, cb, cr)
 
 
 def _halve(values: Tensor, cosited: bool) -> Tensor:
@@ -275,7 +277,7 @@ def _code_values(y: Tensor, cb: Tensor, cr: Tensor, depth: int, full_range: bool
 
 
 def _quantise(values: Tensor, depth: int) -> np.ndarray:
-    """Round and clamp on the device; one transfer of the whole window."""
+    """Round and clamp on the device, then one transfer."""
     codes = values.round().clamp_(0, 2**depth - 1)
     if depth == 8:
         return codes.to(torch.uint8).cpu().numpy()
