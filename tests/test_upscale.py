@@ -229,7 +229,9 @@ def test_frame_folder_in_natural_order(tmp_path, weights):
     upscale(source, reference, Options(weights, chunk_frames=11))
     assert np.array_equal(read_frames(tmp_path / "out"), read_frames(reference))
     upscale(folder, tmp_path / "out.mp4", Options(weights, chunk_frames=11))
-    assert len(probe(tmp_path / "out.mp4")["times"]) == 11
+    facts = probe(tmp_path / "out.mp4")
+    assert len(facts["times"]) == 11
+    assert (facts["colorspace"], facts["color_range"]) == (1, 1)  # BT.709, limited: what players expect
 
 
 # ----------------------------------------------------------------------------- resume

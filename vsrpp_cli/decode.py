@@ -29,6 +29,9 @@ SWS_COLORSPACE = {
     "smpte240m": Colorspace.SMPTE240M,
     "bt2020": Colorspace.BT2020,
 }
+# What YUV an RGB source (frames, RGB-coded video) is written as: BT.709 in limited range, the
+# delivery default every player handles (full-range H.264 is shown washed out by some).
+RGB_SOURCE_YUV = ("bt709", False)
 CONVERSION = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
@@ -87,7 +90,7 @@ class Source:
         first = read_image(self.files[0])
         h, w = first.shape[:2]
         depth = 16 if first.dtype == np.uint16 else 8
-        return VideoInfo(w, h, Fraction(1, 25), Fraction(25), len(self.files), depth, "bt709", True)
+        return VideoInfo(w, h, Fraction(1, 25), Fraction(25), len(self.files), depth, *RGB_SOURCE_YUV)
 
     def _folder_frames(self) -> Iterator[Frame]:
         for index, file in enumerate(self.files):
@@ -123,8 +126,8 @@ class Source:
             depth = max((c.bits for c in pix_fmt.components), default=8) if pix_fmt else 8
             matrix = MATRIX_OF_TAG.get(ctx.colorspace) or ("bt709" if ctx.height >= 720 else "bt601")
             full = ctx.color_range == ColorRange.JPEG or (ctx.pix_fmt or "").startswith("yuvj")
-            if pix_fmt is not None and pix_fmt.is_rgb:
-                full = True
+            if pix_fmt is not None and pix_fmt.is_rgb:  # swscale reads RGB as it is, whatever these say
+                matrix, full = RGB_SOURCE_YUV
             rate = stream.average_rate or stream.guessed_rate
             return VideoInfo(
                 width=ctx.width,
