@@ -204,3 +204,21 @@ def test_semi_planar_frames_hold_the_same_samples_as_planar_ones(tmp_path, semi_
             assert np.array_equal(getattr(packed_by_ffmpeg, plane), getattr(want, plane))
             assert np.array_equal(getattr(kept, plane), getattr(ours, plane))
         assert kept.format == semi_planar
+
+
+def test_untagged_video_reads_as_bt709_from_720_lines_up(tmp_path):
+    """No matrix tag: BT.601 below 720 lines, BT.709 from 720 up (what players do)."""
+    for height, matrix in ((576, "bt601"), (720, "bt709")):
+        frames = np.full((1, height, 64, 3), (200, 40, 40), np.uint8)
+        source = encode_video(tmp_path / f"untagged{height}.mkv", frames, codec="ffv1", pix_fmt="yuv444p")
+        assert open_source(source).info.matrix == matrix
+        yuv = next(open_source(source).frames(keep_yuv=True)).image
+        assert yuv.matrix == matrix
+        with av.open(str(source)) as container:  # PyAV's untagged conversion is BT.601's
+            raw = next(container.decode(video=0)).to_ndarray(format="yuv444p")[:, 0, 0].astype(float)
+        kr, kb = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}[matrix]
+        y, cb, cr = (raw[0] - 16) / 219, (raw[1] - 128) / 224, (raw[2] - 128) / 224
+        expected = [y + (2 - 2 * kr) * cr, 0, y + (2 - 2 * kb) * cb]
+        expected[1] = (y - kr * expected[0] - kb * expected[2]) / (1 - kr - kb)
+        shown = yuv_to_rgb(yuv, CPU)[:, 0, 0].numpy()
+        assert np.allclose(shown, np.clip(expected, 0, 1), atol=1e-5)
