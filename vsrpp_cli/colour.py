@@ -174,7 +174,7 @@ def _plane_view(plane, dtype, interleaved: bool = False) -> np.ndarray:
 def yuv_to_rgb(planes: Planes, device: torch.device) -> Tensor:
     """(3, h, w) float32 RGB in [0, 1] on `device`, converted there."""
     depth = bit_depth(planes.format)
-    y, cb, cr = (_to_device(samples, device) for samples in (planes.y, planes.cb, planes.cr))
+    y, cb, cr = (samples_to_device(samples, device) for samples in (planes.y, planes.cb, planes.cr))
     luma, (blue, red) = _normalise(y, cb, cr, depth, planes.full_range)
     h, w = planes.height, planes.width
     if cb.shape[-2] != h:
@@ -188,7 +188,8 @@ def yuv_to_rgb(planes: Planes, device: torch.device) -> Tensor:
     return torch.stack([r, g, b]).clamp_(0, 1)
 
 
-def _to_device(samples: np.ndarray, device: torch.device) -> Tensor:
+def samples_to_device(samples: np.ndarray, device: torch.device) -> Tensor:
+    """uint8 or uint16 samples as float32 code values on `device`."""
     if samples.dtype == np.uint16:  # torch has no uint16 arithmetic everywhere: move as int16
         return torch.from_numpy(samples.view(np.int16)).to(device).int().bitwise_and_(0xFFFF).float()
     return torch.from_numpy(samples).to(device).float()

@@ -267,8 +267,15 @@ class Passthrough:
         self.input.close()
 
 
+def encoder_formats(codec: str) -> list[str]:
+    try:
+        return [f.name for f in av.Codec(codec, "w").video_formats or []]
+    except (av.error.FFmpegError, ValueError):
+        raise OutputError(f"--codec {codec}: not an encoder this FFmpeg has") from None
+
+
 def check_pix_fmt(codec: str, pix_fmt: str) -> str:
-    formats = [f.name for f in av.Codec(codec, "w").video_formats or []]
+    formats = encoder_formats(codec)
     if formats and pix_fmt not in formats:
         raise OutputError(f"--pix-fmt {pix_fmt}: {codec} cannot write it; it takes {', '.join(formats)}")
     return pix_fmt
@@ -276,10 +283,7 @@ def check_pix_fmt(codec: str, pix_fmt: str) -> str:
 
 def choose_pix_fmt(codec: str, bit_depth: int, notice: Callable[[str], None]) -> str:
     """4:2:0 at the input's depth (10-bit for deeper input) when the encoder has it."""
-    try:
-        formats = [f.name for f in av.Codec(codec, "w").video_formats or []]
-    except (av.error.FFmpegError, ValueError):
-        raise OutputError(f"--codec {codec}: not an encoder this FFmpeg has") from None
+    formats = encoder_formats(codec)
     if bit_depth > 8:
         wanted = ["yuv420p10le", "yuv422p10le", "yuv444p10le", "p010le"]  # p010le: NVENC's 10-bit
     else:

@@ -7,18 +7,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .colour import Planes, YuvTarget, rgb_to_yuv, yuv_to_rgb
+from .colour import Planes, YuvTarget, rgb_to_yuv, samples_to_device, yuv_to_rgb
 
 
 def frames_to_tensor(frames: list[np.ndarray | Planes], device: torch.device, dtype: torch.dtype) -> Tensor:
     """(h, w, 3) uint8/uint16 RGB arrays or YUV planes -> (1, t, 3, h, w) RGB in [0, 1] on `device`."""
-    if all(isinstance(frame, np.ndarray) for frame in frames):
-        stacked = np.stack(frames)
-        peak = 65535.0 if stacked.dtype == np.uint16 else 255.0
-        if stacked.dtype == np.uint16:  # torch has no uint16 arithmetic on every device
-            stacked = stacked.astype(np.int32)
-        raw = torch.from_numpy(stacked).to(device, non_blocking=True)
-        return (raw.permute(0, 3, 1, 2).unsqueeze(0).float() / peak).to(dtype)
     return torch.stack([_rgb_of(frame, device) for frame in frames]).unsqueeze(0).to(dtype)
 
 
@@ -26,7 +19,7 @@ def _rgb_of(frame: np.ndarray | Planes, device: torch.device) -> Tensor:
     if isinstance(frame, Planes):
         return yuv_to_rgb(frame, device)
     peak = 65535.0 if frame.dtype == np.uint16 else 255.0
-    return torch.from_numpy(frame.astype(np.float32) / peak).to(device).permute(2, 0, 1)
+    return samples_to_device(frame, device).permute(2, 0, 1) / peak
 
 
 def tensor_to_frames(clip: Tensor, bit_depth: int, target: YuvTarget | None = None) -> list[np.ndarray | Planes]:

@@ -112,8 +112,13 @@ def upscale(
     dtype = pick_dtype(options.precision, device)
     precision_name = next(name for name, value in PRECISIONS.items() if value == dtype)
     colour_on_device = colour_runs_on_device(options.colour)
-    summary = Summary(str(source_path), str(output), device=str(device), precision=precision_name)
-    summary.colour = "device" if colour_on_device else "swscale"
+    summary = Summary(
+        str(source_path),
+        str(output),
+        device=str(device),
+        precision=precision_name,
+        colour="device" if colour_on_device else "swscale",
+    )
 
     def tell(message: str) -> None:
         summary.notices.append(message)
