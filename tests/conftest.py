@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from media import decode_video, encode_video, moving_scene
 from reference import random_official_checkpoint
+
+# Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors (set before any kernel
+# is defined). On a GPU machine they compile for real.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Independent float64 references the tests hold the package to.
 
-Written from REFERENCE.md's facts alone, in a different style from the package: the DCNv2
+Written from docs/REFERENCE.md's facts alone, in a different style from the package: the DCNv2
 formula evaluated directly in NumPy, and BasicVSR++ as a function over a state_dict with the
 official `generator.` key names (so a wrong key name or shape in the package cannot agree).
 """

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from reference import dcn_reference
 
 from vsrpp_cli.network import deform_conv
-from vsrpp_cli.network.deform_conv import available_backends, modulated_deform_conv2d, resolve_backend
+from vsrpp_cli.network.deform_conv import (
+    available_backends,
+    modulated_deform_conv2d,
+    passes_probe,
+    resolve_backend,
+)
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -89,3 +96,118 @@ def test_auto_and_unknown_names():
     assert "torch" in available_backends()
     with pytest.raises(ValueError, match="unknown deformable-conv backend 'fast'"):
         resolve_backend("fast", torch.device("cpu"), torch.float32)
+
+
+def test_auto_never_picks_the_interpreter_on_cpu():
+    assert resolve_backend("auto", torch.device("cpu"), torch.float16) != "triton"
+
+
+# ----------------------------------------------------------------------------- the precision trap
+def _positions_in_feature_dtype(x, offset, mask, weight, bias, padding):
+    """What torchvision and mmcv do when fed half-precision inputs: sampling positions (and the
+    normalised grid) in the feature dtype. Here through grid_sample with an fp16 grid."""
+    n, c_in, h, w = x.shape
+    groups = offset.shape[1] // 18
+    features = x.reshape(n * groups, c_in // groups, h, w)
+    ys = torch.arange(h, dtype=x.dtype).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=x.dtype).view(1, 1, 1, w)
+    taps = []
+    for k in range(9):
+        i, j = divmod(k, 3)
+        dy, dx = offset[:, 2 * k :: 18].to(x.dtype), offset[:, 2 * k + 1 :: 18].to(x.dtype)
+        grid = torch.stack([2 * (xs - padding + j + dx) / (w - 1) - 1, 2 * (ys - padding + i + dy) / (h - 1) - 1], -1)
+        tap = torch.nn.functional.grid_sample(features, grid.view(n * groups, h, w, 2), align_corners=True)
+        taps.append(tap.view(n, groups, -1, h, w) * mask[:, k::9].to(x.dtype).unsqueeze(2))
+    columns = torch.stack(taps, dim=3).view(n, c_in * 9, h * w).float()
+    out = torch.einsum("ok,nkp->nop", weight.float().reshape(weight.shape[0], -1), columns).view(n, -1, h, w)
+    return (out + bias.float().view(1, -1, 1, 1)).to(x.dtype)
+
+
+def test_probe_rejects_half_precision_positions():
+    """The trap (docs/REFERENCE.md section 7): a kernel that computes positions in fp16 passes a
+    small probe but not ours, which samples past x = 1024; fp32 positions with fp16 features pass."""
+    with pytest.warns(UserWarning, match="disagrees with the reference"):
+        assert not passes_probe(_positions_in_feature_dtype, "cpu", torch.float16)
+    assert passes_probe(_positions_in_feature_dtype, "cpu", torch.float32)
+    assert passes_probe(deform_conv._IMPLEMENTATIONS["torch"], "cpu", torch.float16)
+    # The old 6x5 probe could not tell: positions below 8 are exact in fp16.
+    x, offset, mask, weight, bias = problem(n=1, c_in=4, c_out=3, h=6, w=5, groups=2, reach=3.0)
+    small = _positions_in_feature_dtype(x.half(), offset, mask, weight.half(), bias.half(), 1).double().numpy()
+    want = dcn_reference(x.half().float(), offset, mask, weight.half().float(), bias.half().float())
+    assert np.abs(small - want).max() < 2e-2 * np.abs(want).max()
+
+
+# ----------------------------------------------------------------------------- the Triton kernel
+def triton_kernel():
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and not interpreting")
+    from vsrpp_cli.network.deform_conv_triton import triton_deform_conv2d
+
+    return triton_deform_conv2d
+
+
+def on_triton_device(*tensors):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return [None if t is None else t.to(device) for t in tensors]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(n=2, c_in=32, c_out=8, h=5, w=7, groups=16),  # 2 channels per group
+        dict(n=1, c_in=4, c_out=3, h=5, w=7, groups=2, reach=12.0),  # most taps outside the image
+        dict(n=1, c_in=24, c_out=20, h=4, w=6, groups=4),  # 6 channels per group: padded to 8
+        dict(n=1, c_in=128, c_out=64, h=3, w=5, groups=16),  # the network's own DCN: 2C -> C
+    ],
+    ids=["16-groups", "outside", "odd-group-width", "network"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_matches_the_formula(shape, dtype):
+    kernel = triton_kernel()
+    x, offset, mask, weight, bias = problem(**shape)
+    x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+    want = dcn_reference(x.float(), offset, mask, weight.float(), bias.float())
+    got = kernel(*on_triton_device(x, offset, mask, weight, bias)).cpu()
+    assert got.dtype == dtype and got.shape == want.shape
+    error = np.abs(got.double().numpy() - want).max()
+    assert error < (1e-5 if dtype == torch.float32 else 2e-3 * np.abs(want).max())
+
+
+def test_triton_far_positions_keep_fp32_precision():
+    """Offsets reaching x ~ 1100 on a map 1200 wide, pattern sin(1.3 x): an fp16 position (0.5 px
+    apart there) would be off by up to 0.3 in value; fp16 features alone cost ~1e-3."""
+    kernel = triton_kernel()
+    w = 1200
+    cols = torch.arange(w, dtype=torch.float64)
+    x = torch.sin(cols * 1.3).view(1, 1, 1, w).repeat(1, 16, 2, 1).float()
+    gen = torch.Generator().manual_seed(1)
+    offset = torch.zeros(1, 18, 2, 8)
+    offset[:, 1::2] = 1090 + 8 * torch.rand(1, 9, 2, 8, generator=gen)  # dx: far right, fractional
+    offset[:, 0::2] = torch.rand(1, 9, 2, 8, generator=gen) - 0.5
+    mask = torch.rand(1, 9, 2, 8, generator=gen)
+    weight = torch.randn(16, 16, 3, 3, generator=gen) / 12
+    want = dcn_reference(x.half().float(), offset, mask, weight.half().float(), None)
+    got = kernel(*on_triton_device(x.half(), offset, mask, weight.half(), None)).cpu()
+    assert np.abs(got.double().numpy() - want).max() < 5e-3
+
+
+def test_triton_zero_mask_gives_the_bias_and_layouts_agree():
+    kernel = triton_kernel()
+    x, offset, mask, weight, bias = problem(n=1, c_in=32, c_out=16, h=4, w=9, groups=16)
+    out = kernel(*on_triton_device(x, offset, torch.zeros_like(mask), weight, bias)).cpu()
+    assert torch.equal(out, bias.view(1, -1, 1, 1).expand_as(out))
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    a = kernel(*on_triton_device(x, offset, mask, weight, bias)).cpu()
+    b = kernel(*on_triton_device(channels_last, offset, mask, weight, bias))
+    assert b.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, b.cpu())
+
+
+def test_triton_backend_through_the_operator():
+    """The backend name reaches the kernel through the one dispatched operator."""
+    triton_kernel()
+    x, offset, mask, weight, bias = problem(n=1, c_in=32, c_out=8, h=3, w=5, groups=16)
+    args = on_triton_device(x, offset, mask, weight, bias)
+    got = modulated_deform_conv2d(*args, backend="triton").cpu().double().numpy()
+    assert np.abs(got - dcn_reference(x, offset, mask, weight, bias)).max() < 1e-5

@@ -16,6 +16,7 @@ from test_eval import downsample, write_png
 
 from vsrpp_cli import read_checkpoint
 from vsrpp_cli.network import SPyNet
+from vsrpp_cli.threads import threads_per_process
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def train(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> subprocess.C
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"},
     )
 
 
@@ -98,6 +99,8 @@ def test_two_processes_learn_and_write_official_checkpoints(tmp_path, reds, spyn
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert all(r["world_size"] == 2 for r in records)
+    # No OMP_NUM_THREADS: each of the 2 processes takes its half of the cores, not all of them.
+    assert {r["torch_threads"] for r in records} == {threads_per_process(2)}
     assert all({"iter", "loss", "lr"} <= set(r) for r in records if "val_psnr" not in r)
     curve = [loss for _, loss in losses(run)]
     assert len(curve) == 12

@@ -189,6 +189,16 @@ def test_windows_with_full_overlap_equal_the_whole_sequence(tmp_path, weights, v
     assert np.array_equal(read_frames(tmp_path / "frames"), whole_sequence)
 
 
+def test_batched_windows_equal_one_at_a_time(tmp_path, weights, vfr_video):
+    """--batch 3: windows of equal length run together (the first and last are shorter and run
+    on their own); the frames are those of --batch 1 exactly."""
+    one = upscale(vfr_video, tmp_path / "one", Options(weights, chunk_frames=3, chunk_overlap=2, batch=1))
+    three = upscale(vfr_video, tmp_path / "three", Options(weights, chunk_frames=3, chunk_overlap=2, batch=3))
+    assert (one.batch, three.batch) == (1, 3)
+    assert np.array_equal(read_frames(tmp_path / "one"), read_frames(tmp_path / "three"))
+    assert three.frames == one.frames == len(read_frames(tmp_path / "one"))
+
+
 def test_short_overlap_is_close_and_more_overlap_is_closer(tmp_path, weights, vfr_video, whole_sequence):
     scores = []
     for overlap in (0, 2, 4):

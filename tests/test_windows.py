@@ -53,3 +53,28 @@ def test_tiles_blend_to_the_whole_for_a_pointwise_network(tile, overlap):
 
     tiled = run_tiled(network, clip, tile, overlap, scale=4)
     assert torch.allclose(tiled, network(clip), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- batches
+def test_batched_windows_and_tiles_equal_one_at_a_time(official_checkpoint, video_clip):
+    """--batch N: windows and equal-size tiles stacked on the batch dimension give exactly what
+    running them one by one gives, and no forward holds more than N clips."""
+    from vsrpp_cli import load_model
+
+    model = load_model(official_checkpoint(16, 2, True)[0])
+    clip = video_clip(2, 64, 72)
+    windows = torch.cat([clip, clip.flip(-1)])  # two different windows of the same video size
+    sizes = []
+
+    def run(part):
+        sizes.append(part.shape[0])
+        return model(part)
+
+    with torch.no_grad():
+        whole = torch.cat([model(w[None]) for w in windows])
+        tiled = torch.cat([run_tiled(model, w[None], 40, 8, 4) for w in windows])  # 2 x 2 tiles
+        assert torch.equal(run_tiled(run, windows, 0, 8, 4, batch=1), whole)
+        assert sizes == [1, 1]
+        sizes.clear()
+        assert torch.equal(run_tiled(run, windows, 40, 8, 4, batch=4), tiled)
+        assert sizes == [4, 4]  # two tiles of each of the two windows per forward

@@ -1,6 +1,6 @@
 """Reading BasicVSR++ checkpoints without running code from them.
 
-Layouts accepted (REFERENCE.md section 2):
+Layouts accepted (docs/REFERENCE.md section 2):
 - official OpenMMLab: {'meta': {...}, 'state_dict': {'generator.<key>': ..., 'step_counter': ...}},
   zip or legacy torch format;
 - BasicSR: {'params': ...} and/or {'params_ema': ...} (EMA preferred), with BasicSR's own key
@@ -50,7 +50,9 @@ def load_model(
     checkpoint = read_checkpoint(path)
     model = BasicVSRPlusPlus(**checkpoint.architecture, deform_backend=deform_backend)
     load_strict(model, checkpoint.state_dict, path)
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    model.resolve_deform_backend()
+    return model
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:

@@ -111,6 +111,18 @@ def upscale(
     chunk_overlap: Annotated[int, _option("Context frames run on each side of a window, then dropped.", WINDOWS)] = 8,
     tile: Annotated[int, _option("Tile size in input pixels; 0 = whole frames.", WINDOWS)] = 0,
     tile_overlap: Annotated[int, _option("Input pixels neighbouring tiles share, blended.", WINDOWS)] = 16,
+    batch: Annotated[
+        int,
+        _option(
+            "Windows (and equal-size tiles) run through the network together; 0 = as many as fit in the "
+            "GPU's free memory (up to 8), 1 on CPU. The output does not depend on it.",
+            WINDOWS,
+        ),
+    ] = 0,
+    graphs: Annotated[
+        bool,
+        _option("Replay the propagation steps as CUDA graphs (CUDA only; --no-graphs to run eagerly).", MODEL),
+    ] = True,
     codec: Annotated[
         str | None, _option("libx264 (default), libx265, libsvtav1, libvpx-vp9, ffv1, ...", ENCODING)
     ] = None,
@@ -150,6 +162,8 @@ def upscale(
         weights = zoo.ensure(model or zoo.DEFAULT_MODEL, progress=not quiet, notice=lambda m: stderr.print(m))
     if tile and tile <= 2 * tile_overlap:
         raise ValueError(f"--tile {tile} must be larger than twice --tile-overlap ({tile_overlap})")
+    if batch < 0:
+        raise ValueError(f"--batch {batch}: give 1 or more windows per forward, or 0 to size it to the GPU")
     *inputs, output = paths
     jobs = plan_jobs(inputs, output)
     options = Options(
@@ -167,6 +181,8 @@ def upscale(
         overwrite=overwrite,
         resume=resume,
         colour=colour,
+        batch=batch,
+        graphs=graphs,
     )
 
     def notice(message: str) -> None:
@@ -520,9 +536,17 @@ def bench(
     frames: Annotated[int, _option("Frames per run.")] = 30,
     precision: Annotated[list[str] | None, _option("fp32, fp16, bf16; repeat for several (default fp32).")] = None,
     device: Annotated[str, _option("auto, cpu, cuda or cuda:N.")] = "auto",
-    backend: Annotated[list[str] | None, _option("Deformable-conv backend(s): auto, torch, mmcv, torchvision.")] = None,
+    backend: Annotated[
+        list[str] | None, _option("Deformable-conv backend(s): auto, triton, torch, torchvision, mmcv.")
+    ] = None,
     weights: Annotated[
         Path | None, _option("A checkpoint (default: random weights; speed does not depend on them).")
+    ] = None,
+    graphs: Annotated[str, _option("CUDA graphs for the propagation steps: on, off or both (CUDA only).")] = "on",
+    batch: Annotated[list[int] | None, _option("Clips per forward; repeat for several (default 1).")] = None,
+    stages: Annotated[bool, _option("Also time each stage of the forward (SPyNet, a step, the DCN...).")] = False,
+    encoders: Annotated[
+        list[str] | None, _option("Also time these encoders alone at 720p and 4K (e.g. libx264, h264_nvenc).")
     ] = None,
     baseline: Annotated[bool, _option("Also time the plain fp32 implementation.")] = True,
     pipeline: Annotated[bool, _option("Also time the whole upscale pipeline (decode, encode).")] = True,
@@ -535,16 +559,20 @@ def bench(
     """Frames per second, milliseconds per frame and peak memory, for the network alone and for
     the whole upscale pipeline, with reduced precision checked against fp32.
 
-    Example: vsrpp bench --size 540x960 --frames 30 --precision fp16 --precision bf16
+    Example: vsrpp bench --size 540x960 --frames 30 --precision fp16 --precision bf16 --graphs both
     """
     from dataclasses import asdict
 
     from .bench import bench as run_bench
+    from .bench import time_encoders
 
     try:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size {size}: give HxW, e.g. 180x320") from None
+    graph_modes = {"on": (True,), "off": (False,), "both": (False, True)}.get(graphs)
+    if graph_modes is None:
+        raise ValueError(f"--graphs {graphs}: choose on, off or both")
     with stderr.status("benchmarking..."):
         rows = run_bench(
             (h, w),
@@ -557,29 +585,38 @@ def bench(
             pipeline,
             repeat,
             tuple(colour or ["device"]),
+            graph_modes,
+            tuple(batch or [1]),
+            stages,
         )
+        if encoders:
+            rows += time_encoders([(720, 1280), (2160, 3840)], min(frames, 30), tuple(encoders))
     if as_json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return
     table = Table(title=f"vsrpp bench: {h}x{w} -> {4 * h}x{4 * w}, {frames} frames", title_justify="left")
-    for column in ("what", "precision", "backend", "device", "fps", "ms/frame", "GPU MiB", "RSS MiB", "vs fp32"):
-        table.add_column(column, justify="left" if column in ("what", "precision", "backend", "device") else "right")
+    columns = ("what", "precision", "backend", "graphs", "batch", "fps", "ms", "GPU MiB", "RSS MiB", "vs fp32")
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:3] else "right")
     for r in rows:
         guard = "" if r.psnr_vs_fp32 is None else f"{r.psnr_vs_fp32:.1f} dB, max {r.max_diff_vs_fp32:.2g}"
         if not r.finite:
             guard = "NON-FINITE " + guard
+        what = {"pipeline": f"pipeline ({r.colour} colour)", "stage": r.stage, "encoder": f"encoder {r.stage}"}
         table.add_row(
-            r.what if r.colour is None else f"{r.what} ({r.colour} colour)",
+            what.get(r.what, r.what),
             r.precision,
             r.backend,
-            r.device,
+            "on" if r.graphs else "off",
+            str(r.batch),
             f"{r.fps:.3f}",
-            f"{r.ms_per_frame:.1f}",
+            f"{r.ms_per_frame:.2f}",
             "" if r.peak_gpu_mib is None else f"{r.peak_gpu_mib:.0f}",
             f"{r.peak_rss_mib:.0f}",
             guard,
         )
     stdout.print(table)
+    stderr.print(f"device {rows[0].device}, {rows[0].threads} torch threads", highlight=False)
 
 
 weights_app = typer.Typer(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor
 from .colour import Planes, YuvTarget
 from .network import BasicVSRPlusPlus
 from .tensors import frames_to_tensor, tensor_to_frames
+from .threads import use_threads
 from .windows import run_tiled
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -36,7 +38,11 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 class Engine:
-    """Turns a window of frames (RGB or YUV) into upscaled frames (RGB, or YUV for an encoder)."""
+    """Turns windows of frames (RGB or YUV) into upscaled frames (RGB, or YUV for an encoder).
+
+    On CUDA: cuDNN picks its fastest algorithms, tensors are channels-last (tensor cores' native
+    layout), and the propagation steps replay as CUDA graphs unless `graphs` is False.
+    """
 
     def __init__(
         self,
@@ -46,14 +52,31 @@ class Engine:
         tile: int = 0,
         tile_overlap: int = 16,
         warn: Callable[[str], None] = lambda message: None,
+        graphs: bool = True,
+        batch: int = 1,
     ) -> None:
         # Full-precision weights stay on the host for windows that must be recomputed in fp32.
         self.fp32_state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-        self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = device, dtype
+        self.graphs = graphs and device.type == "cuda"
+        self.model = model
+        self._place(dtype)
         self.tile, self.tile_overlap = tile, tile_overlap
+        self.batch = max(1, batch)  # windows or tiles per forward
         self.warn = warn
         self.fp32_fallbacks = 0
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        else:
+            use_threads()  # all of this process's cores, unless OMP_NUM_THREADS says otherwise
+
+    def _place(self, dtype: torch.dtype) -> None:
+        """Move the model to the device and dtype, resolve its deformable-conv backend there, and
+        (re)make its CUDA graphs: captured graphs hold the addresses of the old parameters."""
+        memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+        self.model = self.model.to(device=self.device, dtype=dtype, memory_format=memory_format).eval()
+        self.model.resolve_deform_backend()
+        self.model.use_cuda_graphs(self.graphs)
 
     @property
     def scale(self) -> int:
@@ -63,25 +86,47 @@ class Engine:
         self, frames: list[np.ndarray | Planes], keep: slice, bit_depth: int, target: YuvTarget | None = None
     ) -> list[np.ndarray | Planes]:
         """Run the whole window, return only its kept frames, converted and quantised on the device."""
-        return tensor_to_frames(self.infer(frames)[:, keep], bit_depth, target)
+        return self.upscale_many([(frames, keep)], bit_depth, target)[0]
 
-    def infer(self, frames: list[np.ndarray | Planes]) -> Tensor:
-        """The network's output (1, t, 3, sh, sw) for a window, unclamped, always finite."""
-        out = self._run_fitting_memory(frames_to_tensor(frames, self.device, self.dtype))
+    def upscale_many(
+        self,
+        windows: list[tuple[list[np.ndarray | Planes], slice]],
+        bit_depth: int,
+        target: YuvTarget | None = None,
+    ) -> list[list[np.ndarray | Planes]]:
+        """Windows of equal length and frame size through the network together, on the batch
+        dimension; each window's kept frames, as `upscale` gives them."""
+        out = self.infer_many([frames for frames, _ in windows])
+        return [tensor_to_frames(out[i : i + 1, keep], bit_depth, target) for i, (_, keep) in enumerate(windows)]
+
+    def infer(self, frames: list[np.ndarray | Planes], mirrored: bool = False) -> Tensor:
+        """The network's output (1, t, 3, sh, sw) for a window, unclamped, always finite.
+        `mirrored`: the window's second half is its first reversed (the network then skips half
+        of the flows)."""
+        return self.infer_many([frames], mirrored)
+
+    def infer_many(self, windows: list[list[np.ndarray | Planes]], mirrored: bool = False) -> Tensor:
+        """(len(windows), t, 3, sh, sw) for windows of equal length and frame size."""
+        clips = lambda dtype: torch.cat([frames_to_tensor(frames, self.device, dtype) for frames in windows])  # noqa: E731
+        out = self._run_fitting_memory(clips(self.dtype), mirrored)
         if self.dtype != torch.float32 and not torch.isfinite(out).all():  # no scan in fp32
             self.fp32_fallbacks += 1
             self.warn("non-finite values in reduced precision; this window was recomputed in fp32")
-            out = self._in_fp32(frames_to_tensor(frames, self.device, torch.float32))
+            out = self._in_fp32(clips(torch.float32), mirrored)
         return out
 
-    def _run_fitting_memory(self, clip: Tensor) -> Tensor:
+    def _run_fitting_memory(self, clip: Tensor, mirrored: bool = False) -> Tensor:
         while True:
             try:
-                return self._run(clip)
+                return self._run(clip, mirrored)
             except torch.cuda.OutOfMemoryError:
                 if self.device.type != "cuda":
                     raise
                 torch.cuda.empty_cache()
+                if self.batch > 1:
+                    self.batch //= 2
+                    self.warn(f"out of GPU memory: retrying with --batch {self.batch}")
+                    continue
                 smaller = self._smaller_tile(clip.shape[-2:])
                 if smaller is None:
                     raise
@@ -94,12 +139,14 @@ class Engine:
         return smaller if smaller < current else None
 
     @torch.no_grad()
-    def _run(self, clip: Tensor) -> Tensor:
-        return run_tiled(self.model, clip, self.tile, self.tile_overlap, self.scale)
+    def _run(self, clip: Tensor, mirrored: bool) -> Tensor:
+        run = partial(self.model, mirrored=mirrored)
+        return run_tiled(run, clip, self.tile, self.tile_overlap, self.scale, self.batch)
 
-    def _in_fp32(self, clip: Tensor) -> Tensor:
-        self.model.float().load_state_dict(self.fp32_state)
+    def _in_fp32(self, clip: Tensor, mirrored: bool) -> Tensor:
+        self._place(torch.float32)
+        self.model.load_state_dict(self.fp32_state)
         try:
-            return self._run_fitting_memory(clip)
+            return self._run_fitting_memory(clip, mirrored)
         finally:
-            self.model.to(self.dtype)
+            self._place(self.dtype)

@@ -1,4 +1,4 @@
-"""`vsrpp eval`: the standard test sets under the official protocol (REFERENCE.md section 4).
+"""`vsrpp eval`: the standard test sets under the official protocol (docs/REFERENCE.md section 4).
 
 Each clip runs as one sequence (unless windows or tiles are asked for, to measure what they
 cost), outputs are clamped and rounded to 8 bits as saved images would be, PSNR and SSIM are
@@ -186,8 +186,8 @@ def run_clip(engine: Engine, frames: list[np.ndarray], chunk: int, overlap: int)
 
 def centre_output(engine: Engine, frames: list[np.ndarray]) -> np.ndarray:
     """Vimeo-90K-T: the 7 frames mirror-extended to 14; the centre frame appears twice and its two
-    outputs are averaged before rounding (REFERENCE.md section 4)."""
-    out = engine.infer(frames + frames[::-1])
+    outputs are averaged before rounding (docs/REFERENCE.md section 4)."""
+    out = engine.infer(frames + frames[::-1], mirrored=True)
     t = len(frames)
     centre = t // 2
     average = 0.5 * (out[:, centre] + out[:, 2 * t - 1 - centre])

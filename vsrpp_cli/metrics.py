@@ -1,4 +1,4 @@
-"""PSNR and SSIM as the video super-resolution papers compute them (REFERENCE.md section 4).
+"""PSNR and SSIM as the video super-resolution papers compute them (docs/REFERENCE.md section 4).
 
 Images are 8-bit values (0 to 255) held as arrays (h, w, 3), RGB. On the Y channel they are
 first turned into ITU-R BT.601 luma, 16 to 235, unrounded. SSIM (Wang et al., 2004): 11x11

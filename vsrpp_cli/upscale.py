@@ -28,7 +28,7 @@ from .decode import FRAME_EXTENSIONS, Frame, InputError, VideoInfo, open_source
 from .encode import CONTAINERS, FrameFolderSink, OutputError, VideoSink, container_for
 from .engine import PRECISIONS, Engine, pick_device, pick_dtype
 from .resume import ResumeError, WindowStore
-from .windows import temporal_windows
+from .windows import Window, temporal_windows
 
 VIDEO_EXTENSIONS = {
     ".mp4",
@@ -66,6 +66,8 @@ class Options:
     overwrite: bool = False
     resume: bool = False
     colour: str = "device"  # where YUV <-> RGB runs: "device" (with the network) or "swscale" (FFmpeg's, CPU)
+    batch: int = 0  # windows per forward; 0: from free memory on CUDA, 1 on CPU
+    graphs: bool = True  # CUDA graphs for the propagation steps (CUDA only)
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Summary:
     precision: str = ""
     chunk_frames: int = 0
     chunk_overlap: int = 0
+    batch: int = 1
     tile: int = 0
     colour: str = ""  # "device" or "swscale"
     windows_resumed: int = 0
@@ -125,9 +128,13 @@ def upscale(
         notice(message)
 
     model = load_model(options.weights)
-    engine = Engine(model, device, dtype, options.tile, options.tile_overlap, warn=tell)
     chunk = options.chunk_frames or default_chunk(device, info.width, info.height, model.mid_channels)
-    summary.chunk_frames, summary.chunk_overlap = chunk, options.chunk_overlap
+    window_frames = chunk + 2 * options.chunk_overlap
+    batch = options.batch or default_batch(device, info.width, info.height, model.mid_channels, window_frames)
+    engine = Engine(
+        model, device, dtype, options.tile, options.tile_overlap, warn=tell, graphs=options.graphs, batch=batch
+    )
+    summary.chunk_frames, summary.chunk_overlap, summary.batch = chunk, options.chunk_overlap, batch
 
     temporary = temporary_path(output)
     try:
@@ -157,18 +164,35 @@ def upscale(
     try:
         store = WindowStore.open(partial_folder(output), fingerprint, options.resume, options.overwrite)
         frames = in_background(source.frames(keep_yuv=colour_on_device))
-        for window in temporal_windows(frames, chunk, options.chunk_overlap):
-            kept: list[Frame] = window.items[window.keep]
-            if store.has(window.index):
-                upscaled = store.load(window.index, target)
-                summary.windows_resumed += 1
-            else:
-                upscaled = engine.upscale([f.image for f in window.items], window.keep, info.bit_depth, target)
-                store.save(window.index, upscaled)
-            for frame, image in zip(kept, upscaled, strict=True):
+        pending: list[Window[Frame]] = []  # windows of one length, waiting to fill a batch
+
+        def write(window: Window[Frame], upscaled: list) -> None:
+            for frame, image in zip(window.items[window.keep], upscaled, strict=True):
                 writer.put(image, frame.pts)
-            summary.frames += len(kept)
+            summary.frames += window.keep.stop - window.keep.start
             on_progress(summary.frames, info.frame_count)
+
+        def run_pending() -> None:
+            if not pending:
+                return
+            runs = [([f.image for f in w.items], w.keep) for w in pending]
+            for window, upscaled in zip(pending, engine.upscale_many(runs, info.bit_depth, target), strict=True):
+                store.save(window.index, upscaled)
+                write(window, upscaled)
+            pending.clear()
+
+        for window in temporal_windows(frames, chunk, options.chunk_overlap):
+            if store.has(window.index):
+                run_pending()  # in order: the writer takes windows as they come
+                write(window, store.load(window.index, target))
+                summary.windows_resumed += 1
+                continue
+            if pending and len(pending[0].items) != len(window.items):
+                run_pending()
+            pending.append(window)
+            if len(pending) >= engine.batch:
+                run_pending()
+        run_pending()
         writer.close()
     except BaseException:
         writer.abort()
@@ -304,6 +328,18 @@ def default_chunk(device: torch.device, width: int, height: int, mid_channels: i
     per_frame = pixels * (mid_channels * 6 * 2 + 16) + pixels * 16 * 3 * 4  # features, flows, fp32 output
     scratch = pixels * mid_channels * 2 * 60  # one frame's DCN columns and reconstruction at 4x
     return int(max(8, min(100, (0.6 * free - scratch) // per_frame)))
+
+
+def default_batch(device: torch.device, width: int, height: int, mid_channels: int, window_frames: int) -> int:
+    """Windows per forward: 1 on CPU; on CUDA, as many windows as fit in 60% of the free memory
+    (1 to 8: batching independent clips pays 1.4-1.5x on small frames, docs/REFERENCE.md s.7)."""
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    pixels = width * height
+    per_frame = pixels * (mid_channels * 6 * 2 + 16) + pixels * 16 * 3 * 4
+    scratch = pixels * mid_channels * 2 * 60
+    return int(max(1, min(8, (0.6 * free - scratch) // (per_frame * window_frames))))
 
 
 def partial_folder(output: Path) -> Path:

@@ -72,26 +72,39 @@ def tile_spans(size: int, tile: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
-def run_tiled(run: Callable[[Tensor], Tensor], clip: Tensor, tile: int, overlap: int, scale: int) -> Tensor:
-    """Run `run` on (1, t, 3, h, w) tiles of at most tile + 2 * overlap pixels and blend the
-    outputs with linear ramps across the overlaps (weights sum to one), so no seam shows."""
+def run_tiled(
+    run: Callable[[Tensor], Tensor], clip: Tensor, tile: int, overlap: int, scale: int, batch: int = 1
+) -> Tensor:
+    """Run `run` on (n, t, 3, h, w) tiles of at most tile + 2 * overlap pixels and blend the
+    outputs with linear ramps across the overlaps (weights sum to one), so no seam shows.
+
+    Up to `batch` clips go through `run` at once: tiles of equal size are stacked on the batch
+    dimension (each clip's n counts), and a clip with more than `batch` windows is split."""
     h, w = clip.shape[-2:]
+    n = clip.shape[0]
     if tile <= 0 or (h <= tile and w <= tile):
-        return run(clip)
-    out = weight_sum = None
+        return torch.cat([run(part) for part in clip.split(batch)]) if n > batch else run(clip)
+    crops: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}  # tiles by input size
     for y0, y1 in tile_spans(h, tile):
         for x0, x1 in tile_spans(w, tile):
             iy0, iy1 = max(0, y0 - overlap), min(h, y1 + overlap)
             ix0, ix1 = max(0, x0 - overlap), min(w, x1 + overlap)
-            part = run(clip[..., iy0:iy1, ix0:ix1]).float()
-            if out is None:
-                out = part.new_zeros(*part.shape[:-2], h * scale, w * scale)
-                weight_sum = part.new_zeros(h * scale, w * scale)
-            ramp_y = _ramp(iy1 - iy0, iy0 > 0, iy1 < h, overlap, scale, part.device)
-            ramp_x = _ramp(ix1 - ix0, ix0 > 0, ix1 < w, overlap, scale, part.device)
-            weight = ramp_y[:, None] * ramp_x[None, :]
-            out[..., iy0 * scale : iy1 * scale, ix0 * scale : ix1 * scale] += part * weight
-            weight_sum[iy0 * scale : iy1 * scale, ix0 * scale : ix1 * scale] += weight
+            crops.setdefault((iy1 - iy0, ix1 - ix0), []).append((iy0, iy1, ix0, ix1))
+    per_run = max(1, batch // n)
+    out = weight_sum = None
+    for boxes in crops.values():
+        for first in range(0, len(boxes), per_run):
+            group = boxes[first : first + per_run]
+            parts = run(torch.cat([clip[..., a:b, c:d] for a, b, c, d in group])).float().split(n)
+            for (iy0, iy1, ix0, ix1), part in zip(group, parts, strict=True):
+                if out is None:
+                    out = part.new_zeros(*part.shape[:-2], h * scale, w * scale)
+                    weight_sum = part.new_zeros(h * scale, w * scale)
+                ramp_y = _ramp(iy1 - iy0, iy0 > 0, iy1 < h, overlap, scale, part.device)
+                ramp_x = _ramp(ix1 - ix0, ix0 > 0, ix1 < w, overlap, scale, part.device)
+                weight = ramp_y[:, None] * ramp_x[None, :]
+                out[..., iy0 * scale : iy1 * scale, ix0 * scale : ix1 * scale] += part * weight
+                weight_sum[iy0 * scale : iy1 * scale, ix0 * scale : ix1 * scale] += weight
     return out / weight_sum
 
 

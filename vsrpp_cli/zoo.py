@@ -1,6 +1,6 @@
 """The model zoo: every official BasicVSR++ checkpoint, fetched once, verified, reused.
 
-Facts (file names, hosts, architectures, training data, scores) from REFERENCE.md section 2,
+Facts (file names, hosts, architectures, training data, scores) from docs/REFERENCE.md section 2,
 which gathers them from mmagic's configs/basicvsr_pp README and the authors' repository
 (github.com/ckkelvinchan/BasicVSR_PlusPlus). The 8 hex digits before `.pth` are the start of
 the file's sha256 (torch.hub's convention), checked on every download and every use.
@@ -186,7 +186,7 @@ BUILT_IN = [
 ]
 
 
-# The flow network BasicVSR++ training starts from (REFERENCE.md section 3).
+# The flow network BasicVSR++ training starts from (docs/REFERENCE.md section 3).
 SPYNET = Model(
     "spynet",
     "spynet_20210409-c6c1bd09.pth",

@@ -1,25 +1,33 @@
 """BasicVSR++ (Chan et al., CVPR 2022, arXiv 2104.13371): second-order grid propagation with
 flow-guided deformable alignment.
 
-Structure, key names and forward order follow REFERENCE.md section 1 (upstream:
+Structure, key names and forward order follow docs/REFERENCE.md section 1 (upstream:
 mmagic basicvsr_plusplus_net.py), so official OpenMMLab checkpoints load unchanged.
 Shapes: n clips, t frames, C = mid_channels, (h, w) the feature size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .deform_conv import modulated_deform_conv2d
-from .layers import PixelShufflePack, ResidualBlocksWithInputConv, flow_warp
+from .deform_conv import modulated_deform_conv2d, resolve_backend
+from .layers import PixelShufflePack, ResidualBlocksWithInputConv, flow_warp, sampling_grid, warp_with_grid
 from .spynet import SPyNet
 
 BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
 MIN_FLOW_SIZE = 64  # upstream asserts the SPyNet input is at least 64x64; we pad instead
 DEFORM_GROUPS = 16
+# Reconstruction and upsampling run on batches of frames: about 3,000 values live per input
+# pixel of a frame at the peak (upsample2's input, its conv output and the shuffled result).
+RECONSTRUCT_ELEMENTS_PER_PIXEL = 3072
+RECONSTRUCT_BYTES = 2**31
 
 
 class SecondOrderDeformableAlignment(nn.Module):
@@ -45,18 +53,17 @@ class SecondOrderDeformableAlignment(nn.Module):
         nn.init.zeros_(self.conv_offset[-1].weight)
         nn.init.zeros_(self.conv_offset[-1].bias)
 
-    def forward(self, x: Tensor, cond: Tensor, flow_n1: Tensor, flow_n2: Tensor) -> Tensor:
-        # x: (n, 2C, h, w); cond: (n, 3C, h, w); flows: (n, 2, h, w) -> (n, C, h, w)
-        out = self.conv_offset(torch.cat([cond, flow_n1, flow_n2], dim=1))
-        o1, o2, mask = out.chunk(3, dim=1)  # 144 channels each
-        residue = self.max_residue_magnitude * torch.tanh(torch.cat([o1, o2], dim=1))
-        residue_n1, residue_n2 = residue.chunk(2, dim=1)
-        # Offsets are (dy, dx) pairs per tap and group; flows are (x, y), hence the flip.
-        repeats = residue_n1.shape[1] // 2
-        offset_n1 = residue_n1 + flow_n1.flip(1).repeat(1, repeats, 1, 1)
-        offset_n2 = residue_n2 + flow_n2.flip(1).repeat(1, repeats, 1, 1)
-        offset = torch.cat([offset_n1, offset_n2], dim=1)
-        args = (x, offset, torch.sigmoid(mask), self.weight, self.bias)
+    def forward(self, x: Tensor, cond: Tensor, offset_flows: Tensor) -> Tensor:
+        # x: (n, 2C, h, w) [feat_prop, feat_n2]; cond: (n, 3C + 4, h, w);
+        # offset_flows: (n, 2, 1, 2, h, w) fp32, flow_n1 and flow_n2 as (dy, dx) -> (n, C, h, w)
+        out = self.conv_offset(cond)  # (n, 27 * 16, h, w): residues for n1, for n2, then the mask
+        n, _, h, w = out.shape
+        residues = torch.tanh(out[:, : 2 * 9 * DEFORM_GROUPS]).reshape(n, 2, -1, 2, h, w)
+        # Offsets are (dy, dx) pairs per group and tap on top of the flow; fp32 (flows add
+        # hundreds of pixels), broadcast over the groups and taps.
+        offset = torch.add(offset_flows, residues, alpha=self.max_residue_magnitude).reshape(n, -1, h, w)
+        mask = torch.sigmoid(out[:, 2 * 9 * DEFORM_GROUPS :])
+        args = (x, offset, mask, self.weight, self.bias)
         if torch.is_grad_enabled():
             # Training: keep only the inputs and sample again in backward. Saving the gathered
             # columns instead costs ~100 MB per call at 64x64, 12 GB for one 30-frame clip.
@@ -107,6 +114,7 @@ class BasicVSRPlusPlus(nn.Module):
         self.upsample2 = PixelShufflePack(C, 64, 2, 3)
         self.conv_hr = nn.Conv2d(64, 64, 3, 1, 1)
         self.conv_last = nn.Conv2d(64, 3, 3, 1, 1)
+        self.step_runners: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] | None = None
 
     @property
     def scale(self) -> int:
@@ -116,14 +124,32 @@ class BasicVSRPlusPlus(nn.Module):
         for module in self.deform_align.values():
             module.backend = backend
 
-    def forward(self, lqs: Tensor) -> Tensor:
-        """Pads frames the network cannot take as they are, then crops the output back."""
+    def resolve_deform_backend(self) -> str:
+        """The concrete deformable-conv backend for the model's device and dtype, probed now
+        (never inside a forward, where a probe would stall a CUDA graph capture)."""
+        weight = self.deform_align[BRANCHES[0]].weight
+        return resolve_backend(self.deform_align[BRANCHES[0]].backend, weight.device, weight.dtype)
+
+    def use_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replay the propagation steps as CUDA graphs (graphs.py). Call again after changing
+        the model's device or dtype: graphs hold the addresses of the parameters they saw."""
+        from .graphs import graphed_steps
+
+        self.step_runners = graphed_steps(self) if enabled else None
+
+    def forward(self, lqs: Tensor, mirrored: bool = False) -> Tensor:
+        """Pads frames the network cannot take as they are, then crops the output back.
+
+        `mirrored`: the caller built the clip so that its second half is the first reversed
+        (Vimeo-90K-T's extension); the forward flows are then the backward ones reversed. The
+        caller says so because checking would read the frames back to the host.
+        """
         n, t, c, h, w = lqs.shape
         pad_h, pad_w = self.padding_for(h, w)
         if pad_h or pad_w:
             padded = F.pad(lqs.reshape(n * t, c, h, w), (0, pad_w, 0, pad_h), mode="replicate")
             lqs = padded.view(n, t, c, h + pad_h, w + pad_w)
-        out = self._forward(lqs)
+        out = self._forward(lqs, mirrored)
         return out[..., : h * self.scale, : w * self.scale]
 
     def padding_for(self, h: int, w: int) -> tuple[int, int]:
@@ -134,7 +160,9 @@ class BasicVSRPlusPlus(nn.Module):
         min_size = 4 * MIN_FLOW_SIZE
         return max(min_size, -(-h // 4) * 4) - h, max(min_size, -(-w // 4) * 4) - w
 
-    def _forward(self, lqs: Tensor) -> Tensor:
+    def _forward(self, lqs: Tensor, mirrored: bool) -> Tensor:
+        # Everything that does not depend on the recurrence runs batched over frames, before
+        # (features, flows, grids) or after (reconstruction) the strictly sequential loop.
         n, t, c, h, w = lqs.shape
         frames = lqs.reshape(n * t, c, h, w)
         if self.is_low_res_input:
@@ -142,72 +170,136 @@ class BasicVSRPlusPlus(nn.Module):
         else:
             flow_input = F.interpolate(frames, scale_factor=0.25, mode="bicubic").view(n, t, c, h // 4, w // 4)
 
-        spatial = self.feat_extract(frames)  # (n*t, C, h', w')
-        feats = {"spatial": list(spatial.view(n, t, *spatial.shape[1:]).unbind(1))}
-        flows_backward, flows_forward = self.compute_flows(flow_input, is_mirror_extended(lqs))
+        spatial = self.feat_extract(frames)
+        spatial = spatial.view(n, t, *spatial.shape[1:])  # (n, t, C, h', w')
+        feats = {"spatial": list(spatial.unbind(1))}
+        if t == 1:
+            plans = {"backward": None, "forward": None}
+        else:
+            flows_backward, flows_forward = self.compute_flows(flow_input, mirrored)
+            # Walk order: the flow at step s leads from frame i to the previous step's frame.
+            plans = {
+                "backward": AlignmentPlan.from_walk_flows(flows_backward.flip(1)),
+                "forward": AlignmentPlan.from_walk_flows(flows_forward),
+            }
         for name in BRANCHES:
-            flows = flows_backward if name.startswith("backward") else flows_forward
-            feats[name] = self.propagate(feats, flows, name)
-        return torch.stack([self.reconstruct(lqs[:, i], feats, i) for i in range(t)], dim=1)
+            feats[name] = self.propagate(feats, plans[name.split("_")[0]], name)
+        return self.reconstruct(lqs, feats)
 
-    def compute_flows(self, frames: Tensor, mirror: bool) -> tuple[Tensor, Tensor]:
+    def compute_flows(self, frames: Tensor, mirrored: bool) -> tuple[Tensor, Tensor]:
         """frames (n, t, 3, h, w) -> backward flows (frame i to i+1) and forward flows (i+1 to i),
-        each (n, t-1, 2, h, w)."""
+        each (n, t-1, 2, h, w). One SPyNet pass computes both directions."""
         n, t, c, h, w = frames.shape
         current = frames[:, :-1].reshape(-1, c, h, w)
         following = frames[:, 1:].reshape(-1, c, h, w)
-        flows_backward = self.spynet(current, following).view(n, t - 1, 2, h, w)
-        if mirror:  # the second half is the first reversed: its flows are ours reversed
-            flows_forward = flows_backward.flip(1)
-        else:
-            flows_forward = self.spynet(following, current).view(n, t - 1, 2, h, w)
+        if mirrored:  # the second half is the first reversed: its flows are ours reversed
+            flows_backward = self.spynet(current, following).view(n, t - 1, 2, h, w)
+            return flows_backward, flows_backward.flip(1)
+        flows = self.spynet(torch.cat([current, following]), torch.cat([following, current]))
+        flows_backward, flows_forward = flows.view(2, n, t - 1, 2, h, w).unbind(0)
         return flows_backward, flows_forward
 
-    def propagate(self, feats: dict[str, list[Tensor]], flows: Tensor, name: str) -> list[Tensor]:
+    def propagate(self, feats: dict[str, list[Tensor]], plan: AlignmentPlan | None, name: str) -> list[Tensor]:
         """One propagation branch over all frames; returns its features in time order."""
         t = len(feats["spatial"])
         backward = name.startswith("backward")
         order = range(t - 1, -1, -1) if backward else range(t)
         earlier_branches = [feats[k] for k in BRANCHES if k in feats]
+        first_step, aligned_step = self.steps[name]
         outputs: list[Tensor] = []  # in walk order
-        feat_prop = flows.new_zeros(flows.shape[0], self.mid_channels, *flows.shape[-2:])
         for step, i in enumerate(order):
-            spatial = feats["spatial"][i]
-            if step > 0:
-                # flow from frame i to the frame of the previous step (and of the one before)
-                flow_n1 = flows[:, i] if backward else flows[:, i - 1]
-                cond_n1 = flow_warp(feat_prop, flow_n1)
-                if step > 1:
-                    feat_n2 = outputs[-2]
-                    flow_prev = flows[:, i + 1] if backward else flows[:, i - 2]
-                    flow_n2 = flow_n1 + flow_warp(flow_prev, flow_n1)
-                    cond_n2 = flow_warp(feat_n2, flow_n2)
-                else:
-                    feat_n2, flow_n2, cond_n2 = (torch.zeros_like(v) for v in (feat_prop, flow_n1, cond_n1))
-                feat_prop = self.deform_align[name](
-                    torch.cat([feat_prop, feat_n2], dim=1),  # the DCN samples the unwarped features
-                    torch.cat([cond_n1, spatial, cond_n2], dim=1),
-                    flow_n1,
-                    flow_n2,
-                )
-            aggregated = torch.cat([spatial, *(branch[i] for branch in earlier_branches), feat_prop], dim=1)
-            feat_prop = feat_prop + self.backbone[name](aggregated)
+            context = [feats["spatial"][i], *(branch[i] for branch in earlier_branches)]
+            if step == 0:
+                feat_prop = first_step(*context)
+            else:
+                # Step 1 has no second-order neighbour: zeros, whose warp is zeros too.
+                feat_n2 = outputs[-2] if step > 1 else torch.zeros_like(feat_prop)
+                grids, flows, offset_flows = plan.step(step)
+                feat_prop = aligned_step(feat_prop, feat_n2, grids, flows, offset_flows, *context)
             outputs.append(feat_prop)
         return outputs[::-1] if backward else outputs
 
-    def reconstruct(self, lq: Tensor, feats: dict[str, list[Tensor]], i: int) -> Tensor:
-        """Frame i from the spatial and four branch features (5C channels) plus the skip."""
-        hr = self.reconstruction(torch.cat([feats[k][i] for k in ("spatial", *BRANCHES)], dim=1))
-        hr = F.leaky_relu(self.upsample1(hr), 0.1)
-        hr = F.leaky_relu(self.upsample2(hr), 0.1)
-        hr = F.leaky_relu(self.conv_hr(hr), 0.1)
-        hr = self.conv_last(hr)
-        if self.is_low_res_input:
-            return hr + F.interpolate(lq, scale_factor=4, mode="bilinear", align_corners=False)
-        return hr + lq
+    @property
+    def steps(self) -> dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]]:
+        """Per branch, the first step and the aligned steps, as functions of tensors only: what
+        a CUDA graph captures (graphs.py)."""
+        if self.step_runners is not None:
+            return self.step_runners
+        return {name: (partial(self.first_step, name), partial(self.aligned_step, name)) for name in BRANCHES}
+
+    def first_step(self, name: str, *context: Tensor) -> Tensor:
+        """No earlier frame: the state starts at zeros and is not aligned."""
+        zeros = torch.zeros_like(context[0])
+        return self.backbone[name](torch.cat([*context, zeros], dim=1))  # zeros + residual
+
+    def aligned_step(
+        self,
+        name: str,
+        feat_prop: Tensor,  # (n, C, h, w): this branch at the previous step's frame
+        feat_n2: Tensor,  # (n, C, h, w): two steps back (zeros at step 1)
+        grids: Tensor,  # (n, 2, h, w, 2): where flow_n1 and flow_n2 sample
+        flows: Tensor,  # (n, 4, h, w): flow_n1 and flow_n2
+        offset_flows: Tensor,  # (n, 2, 1, 2, h, w): the same as (dy, dx)
+        *context: Tensor,  # spatial features, then the earlier branches at this frame
+    ) -> Tensor:
+        cond_n1 = warp_with_grid(feat_prop, grids[:, 0])
+        cond_n2 = warp_with_grid(feat_n2, grids[:, 1])
+        aligned = self.deform_align[name](
+            torch.cat([feat_prop, feat_n2], dim=1),  # the DCN samples the unwarped features
+            torch.cat([cond_n1, context[0], cond_n2, flows], dim=1),
+            offset_flows,
+        )
+        return aligned + self.backbone[name](torch.cat([*context, aligned], dim=1))
+
+    def reconstruct(self, lqs: Tensor, feats: dict[str, list[Tensor]]) -> Tensor:
+        """All frames from the spatial and four branch features (5C channels) plus the skip, in
+        batches of frames as large as RECONSTRUCT_BYTES allows."""
+        n, t, c, h, w = lqs.shape
+        feat_h, feat_w = feats["spatial"][0].shape[-2:]
+        per_frame = RECONSTRUCT_ELEMENTS_PER_PIXEL * n * feat_h * feat_w * lqs.element_size()
+        batch = max(1, min(t, RECONSTRUCT_BYTES // per_frame))
+        outputs = []
+        for start in range(0, t, batch):
+            stop = min(t, start + batch)
+            # One cat, frame-major in channels: (n, B * 5C, h, w) is (n * B, 5C, h, w).
+            parts = [feats[k][i] for i in range(start, stop) for k in ("spatial", *BRANCHES)]
+            hr = self.reconstruction(torch.cat(parts, dim=1).view(n * (stop - start), -1, feat_h, feat_w))
+            hr = F.leaky_relu(self.upsample1(hr), 0.1)
+            hr = F.leaky_relu(self.upsample2(hr), 0.1)
+            hr = F.leaky_relu(self.conv_hr(hr), 0.1)
+            hr = self.conv_last(hr)
+            lq = lqs[:, start:stop].reshape(-1, c, h, w)
+            if self.is_low_res_input:
+                hr = hr + F.interpolate(lq, scale_factor=4, mode="bilinear", align_corners=False)
+            else:
+                hr = hr + lq
+            outputs.append(hr.view(n, stop - start, *hr.shape[1:]))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
 
-def is_mirror_extended(lqs: Tensor) -> bool:
-    """True when t is even and the second half of the clip is the first half reversed."""
-    t = lqs.shape[1]
-    return t % 2 == 0 and torch.equal(lqs[:, : t // 2], lqs[:, t // 2 :].flip(1))
+@dataclass
+class AlignmentPlan:
+    """What every aligned step of one direction needs from the flows, computed for all steps at
+    once before the loop. Index s - 1 holds step s (steps 1 .. t-1)."""
+
+    grids: Tensor  # (t-1, n, 2, h, w, 2) fp32: grid_sample grids of flow_n1 and flow_n2
+    flows: Tensor  # (t-1, n, 4, h, w): flow_n1 (x, y) and flow_n2 (x, y), the offset head's input
+    offset_flows: Tensor  # (t-1, n, 2, 1, 2, h, w) fp32: flow_n1 and flow_n2 as (dy, dx)
+
+    @classmethod
+    def from_walk_flows(cls, walk_flows: Tensor) -> AlignmentPlan:
+        """walk_flows (n, t-1, 2, h, w): at index s - 1, the flow from step s's frame to step
+        s - 1's. The second-order flow reaches two steps back: flow_n1 + warp(the previous
+        step's flow_n1, flow_n1); zeros at step 1."""
+        flow_n1 = walk_flows.float().transpose(0, 1)  # (t-1, n, 2, h, w)
+        steps, n, _, h, w = flow_n1.shape
+        flow_n2 = torch.zeros_like(flow_n1)
+        if steps > 1:
+            later, earlier = flow_n1[1:].flatten(0, 1), flow_n1[:-1].flatten(0, 1)
+            flow_n2[1:] = (later + flow_warp(earlier, later)).view(steps - 1, n, 2, h, w)
+        flows = torch.cat([flow_n1, flow_n2], dim=2)  # (t-1, n, 4, h, w)
+        pairs = flows.view(steps, n, 2, 2, h, w)
+        return cls(sampling_grid(pairs), flows.to(walk_flows.dtype), pairs.flip(3).unsqueeze(3))
+
+    def step(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.grids[step - 1], self.flows[step - 1], self.offset_flows[step - 1]

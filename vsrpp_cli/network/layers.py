@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -10,18 +12,34 @@ from torch import Tensor, nn
 def flow_warp(x: Tensor, flow: Tensor, padding_mode: str = "zeros") -> Tensor:
     """Sample x (n, c, h, w) at pixel + flow (n, 2, h, w; channel 0 is x, 1 is y).
 
-    Bilinear with align_corners=True, as upstream. The grid is built on x's device and kept in
-    fp32: in fp16 a normalised coordinate is off by up to a quarter pixel at 960 wide.
+    Bilinear with align_corners=True, as upstream. The grid is kept in fp32: in fp16 a
+    normalised coordinate is off by up to a quarter pixel at 960 wide.
     """
-    h, w = x.shape[2:]
-    ys = torch.arange(h, device=x.device, dtype=torch.float32).view(1, h, 1)
-    xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, w)
-    flow = flow.float()
-    grid_x = 2 * (xs + flow[:, 0]) / max(w - 1, 1) - 1
-    grid_y = 2 * (ys + flow[:, 1]) / max(h - 1, 1) - 1
-    grid = torch.stack((grid_x, grid_y), dim=-1)  # (n, h, w, 2)
+    return warp_with_grid(x, sampling_grid(flow), padding_mode)
+
+
+def sampling_grid(flow: Tensor) -> Tensor:
+    """flow (..., 2, h, w) in pixels -> grid_sample's grid (..., h, w, 2), normalised, fp32."""
+    h, w = flow.shape[-2:]
+    base, scale = _normalised_pixels(h, w, flow.device)
+    return torch.addcmul(base, flow.float().movedim(-3, -1), scale)
+
+
+def warp_with_grid(x: Tensor, grid: Tensor, padding_mode: str = "zeros") -> Tensor:
     warped = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
     return warped.to(x.dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _normalised_pixels(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Pixel centres as grid_sample coordinates (h, w, 2), and pixels to coordinates (2,).
+    Made once per size and device: warps then cost one fused multiply-add and the sampling."""
+    to_x, to_y = 2 / max(w - 1, 1), 2 / max(h - 1, 1)
+    xs = torch.arange(w, device=device, dtype=torch.float32) * to_x - 1
+    ys = torch.arange(h, device=device, dtype=torch.float32) * to_y - 1
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+    scale = torch.stack([torch.full((), to_x, device=device), torch.full((), to_y, device=device)])
+    return base, scale
 
 
 class ResidualBlockNoBN(nn.Module):

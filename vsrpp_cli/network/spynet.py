@@ -1,6 +1,6 @@
 """SPyNet optical flow (Ranjan and Black, CVPR 2017), as BasicVSR/BasicVSR++ use it.
 
-Facts from REFERENCE.md section 1 (upstream: mmagic basicvsr_net.py): six levels of five 7x7
+Facts from docs/REFERENCE.md section 1 (upstream: mmagic basicvsr_net.py): six levels of five 7x7
 convs, ImageNet-normalised inputs resized to multiples of 32, coarse-to-fine residual flow.
 """
 
@@ -52,24 +52,30 @@ class SPyNet(nn.Module):
 
     def forward(self, ref: Tensor, supp: Tensor) -> Tensor:
         """Flow (n, 2, h, w) from ref to supp: flow_warp(supp, flow) lines supp up with ref."""
-        h, w = ref.shape[-2:]
+        n, _, h, w = ref.shape
         h_up, w_up = 32 * math.ceil(h / 32), 32 * math.ceil(w / 32)
-        ref = F.interpolate(ref, size=(h_up, w_up), mode="bilinear", align_corners=False)
-        supp = F.interpolate(supp, size=(h_up, w_up), mode="bilinear", align_corners=False)
-        flow = F.interpolate(self._flow(ref, supp), size=(h, w), mode="bilinear", align_corners=False)
-        scale = torch.tensor([w / w_up, h / h_up], device=flow.device, dtype=flow.dtype)
-        return flow * scale.view(1, 2, 1, 1)
+        pair = torch.cat([ref, supp])  # one resize, normalisation and pyramid for both
+        if (h_up, w_up) != (h, w):
+            pair = F.interpolate(pair, size=(h_up, w_up), mode="bilinear", align_corners=False)
+        flow = self._flow(pair, n)
+        if (h_up, w_up) != (h, w):
+            flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
+            # Python scalars, not a tensor made on the host: no copy to the device in forward.
+            flow[:, 0] *= w / w_up
+            flow[:, 1] *= h / h_up
+        return flow
 
-    def _flow(self, ref: Tensor, supp: Tensor) -> Tensor:
-        refs, supps = [(ref - self.mean) / self.std], [(supp - self.mean) / self.std]
+    def _flow(self, pair: Tensor, n: int) -> Tensor:
+        """pair (2n, 3, h, w): the n refs, then the n supps, sizes multiples of 32."""
+        pyramid = [(pair - self.mean) / self.std]
         for _ in range(NUM_LEVELS - 1):
-            refs.append(F.avg_pool2d(refs[-1], 2, 2, count_include_pad=False))
-            supps.append(F.avg_pool2d(supps[-1], 2, 2, count_include_pad=False))
-        n, _, h, w = refs[-1].shape
-        flow = ref.new_zeros(n, 2, h, w)  # coarsest level: h_up / 32, w_up / 32
-        for level, (ref_l, supp_l) in enumerate(zip(refs[::-1], supps[::-1], strict=True)):
+            pyramid.append(F.avg_pool2d(pyramid[-1], 2, 2, count_include_pad=False))
+        h, w = pyramid[-1].shape[-2:]
+        flow = pair.new_zeros(n, 2, h, w)  # coarsest level: h_up / 32, w_up / 32
+        for level, images in enumerate(pyramid[::-1]):
+            ref, supp = images[:n], images[n:]
             if level > 0:
                 flow = 2 * F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True)
-            warped = flow_warp(supp_l, flow, padding_mode="border")
-            flow = flow + self.basic_module[level](torch.cat([ref_l, warped, flow], dim=1))
+            warped = flow_warp(supp, flow, padding_mode="border")
+            flow = flow + self.basic_module[level](torch.cat([ref, warped, flow], dim=1))
         return flow

@@ -1,4 +1,4 @@
-"""The training recipe: the official REDS4 one by default (REFERENCE.md section 3, mmagic's
+"""The training recipe: the official REDS4 one by default (docs/REFERENCE.md section 3, mmagic's
 basicvsr-pp_c64n7_8xb1-600k_reds4), every value changeable by a flag or a JSON config file."""
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from ..checkpoint import load_strict, read_checkpoint
 from ..decode import frame_files, read_image
 from ..metrics import psnr
 from ..network import BasicVSRPlusPlus
+from ..threads import use_threads
 from .config import TrainConfig
 from .data import ClipSamples, SampleNumbers, folder_clips, reds_clips
 
@@ -37,6 +38,7 @@ def main(config_dict: dict) -> None:
     config = TrainConfig().updated(config_dict)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_threads(processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))  # the machine's cores, shared
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -159,7 +161,7 @@ class Trainer:
     def log(self, record: dict) -> None:
         if self.rank != 0:
             return
-        record = {"iter": self.iteration, "world_size": self.world, **record}
+        record = {"iter": self.iteration, "world_size": self.world, "torch_threads": torch.get_num_threads(), **record}
         print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
         with open(self.work_dir / "train_log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")

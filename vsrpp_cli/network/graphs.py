@@ -1,0 +1,94 @@
+"""CUDA graphs for the propagation steps: each step's ~50 kernels replayed as one launch.
+
+The recurrence is strictly sequential and its kernels are small (a 180x320 step is well under a
+millisecond on an H100), so launching them one by one from Python costs as much as running them
+(docs/REFERENCE.md section 7). Each branch's first step and aligned step is captured once per
+input signature (shapes, strides, dtype) and replayed for every frame of every window of that
+size; the number of frames does not matter. Inputs are copied into the graph's own buffers
+before a replay and the output is copied out after it, so the caller's tensors are never aliased.
+
+A captured graph is checked once against the eager result of the same inputs; if they differ
+(a kernel that cannot be captured faithfully), graphs are turned off with a warning and the eager
+path runs from then on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import Tensor
+
+WARMUP_RUNS = 2  # before capture, on a side stream, as torch.cuda.graphs advises (cuDNN, Triton)
+
+
+class GraphedStep:
+    """Calls `function(*tensors)` through a CUDA graph captured per input signature."""
+
+    def __init__(self, function: Callable[..., Tensor], pool: tuple[int, int], switch: GraphSwitch) -> None:
+        self.function = function
+        self.pool = pool  # one memory pool for all the model's graphs: they never run at once
+        self.switch = switch
+        self.graphs: dict[tuple, tuple[list[Tensor], Tensor, torch.cuda.CUDAGraph]] = {}
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        if not self.switch.enabled or not args[0].is_cuda:
+            return self.function(*args)
+        key = tuple((a.shape, a.stride(), a.dtype, a.device) for a in args)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self._capture(key, args)
+            if entry is None:
+                return self.function(*args)
+        inputs, output, graph = entry
+        for buffer, value in zip(inputs, args, strict=True):
+            buffer.copy_(value)
+        graph.replay()
+        return output.clone()
+
+    def _capture(self, key: tuple, args: tuple[Tensor, ...]) -> tuple | None:
+        inputs = [torch.empty_like(a) for a in args]
+        for buffer, value in zip(inputs, args, strict=True):
+            buffer.copy_(value)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_RUNS):
+                eager = self.function(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = self.function(*inputs)
+        graph.replay()
+        if not torch.allclose(output, eager, rtol=0, atol=0, equal_nan=True):
+            self.switch.turn_off("a captured propagation step differs from its eager run")
+            return None
+        self.graphs[key] = (inputs, output, graph)
+        return self.graphs[key]
+
+
+class GraphSwitch:
+    """Shared by all the steps of one model: one failure turns graphs off for all of them."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+    def turn_off(self, reason: str) -> None:
+        self.enabled = False
+        warnings.warn(f"CUDA graphs turned off: {reason}; running eagerly", stacklevel=3)
+
+
+def graphed_steps(model: torch.nn.Module) -> dict[str, tuple[GraphedStep, GraphedStep]]:
+    """Step functions for BasicVSRPlusPlus.step_runners: fresh graphs for the model's current
+    parameters (make new ones after the model's dtype or device changes)."""
+    pool = torch.cuda.graph_pool_handle()
+    switch = GraphSwitch()
+    return {
+        name: (
+            GraphedStep(partial(model.first_step, name), pool, switch),
+            GraphedStep(partial(model.aligned_step, name), pool, switch),
+        )
+        for name in model.deform_align
+    }
