@@ -159,8 +159,9 @@ def on_triton_device(*tensors):
         dict(n=1, c_in=4, c_out=3, h=5, w=7, groups=2, reach=12.0),  # most taps outside the image
         dict(n=1, c_in=24, c_out=20, h=4, w=6, groups=4),  # 6 channels per group: padded to 8
         dict(n=1, c_in=128, c_out=64, h=3, w=5, groups=16),  # the network's own DCN: 2C -> C
+        dict(n=1, c_in=256, c_out=128, h=2, w=3, groups=16),  # the C128 models (NTIRE)
     ],
-    ids=["16-groups", "outside", "odd-group-width", "network"],
+    ids=["16-groups", "outside", "odd-group-width", "network", "network-c128"],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_matches_the_formula(shape, dtype):
@@ -172,6 +173,20 @@ def test_triton_matches_the_formula(shape, dtype):
     assert got.dtype == dtype and got.shape == want.shape
     error = np.abs(got.double().numpy() - want).max()
     assert error < (1e-5 if dtype == torch.float32 else 2e-3 * np.abs(want).max())
+
+
+@pytest.mark.cuda
+def test_triton_bf16_on_the_gpu():
+    """bf16 only on a GPU: Triton's interpreter computes bf16 wrongly (docs/REFERENCE.md s.7)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    kernel = triton_kernel()
+    x, offset, mask, weight, bias = problem(n=2, c_in=128, c_out=64, h=19, w=45, groups=16)
+    x, weight, bias = x.bfloat16(), weight.bfloat16(), bias.bfloat16()
+    want = dcn_reference(x.float(), offset, mask, weight.float(), bias.float())
+    got = kernel(*on_triton_device(x, offset, mask, weight, bias)).cpu()
+    assert got.dtype == torch.bfloat16
+    assert np.abs(got.double().numpy() - want).max() < 2e-2 * np.abs(want).max()
 
 
 def test_triton_far_positions_keep_fp32_precision():

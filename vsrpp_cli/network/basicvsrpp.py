@@ -90,6 +90,7 @@ class BasicVSRPlusPlus(nn.Module):
         self.mid_channels = mid_channels
         self.num_blocks = num_blocks
         self.is_low_res_input = is_low_res_input
+        self.deform_backend = deform_backend  # as asked: "auto" or a name
         C = mid_channels
 
         self.spynet = SPyNet()
@@ -121,14 +122,19 @@ class BasicVSRPlusPlus(nn.Module):
         return 4 if self.is_low_res_input else 1
 
     def set_deform_backend(self, backend: str) -> None:
+        self.deform_backend = backend
         for module in self.deform_align.values():
             module.backend = backend
 
     def resolve_deform_backend(self) -> str:
-        """The concrete deformable-conv backend for the model's device and dtype, probed now
-        (never inside a forward, where a probe would stall a CUDA graph capture)."""
+        """Probe now, and use from now on, the concrete deformable-conv backend that the asked-for
+        one means on the model's device and dtype (never inside a forward, where a probe would
+        stall a CUDA graph capture). Call again after changing the device or dtype."""
         weight = self.deform_align[BRANCHES[0]].weight
-        return resolve_backend(self.deform_align[BRANCHES[0]].backend, weight.device, weight.dtype)
+        name = resolve_backend(self.deform_backend, weight.device, weight.dtype)
+        for module in self.deform_align.values():
+            module.backend = name
+        return name
 
     def use_cuda_graphs(self, enabled: bool = True) -> None:
         """Replay the propagation steps as CUDA graphs (graphs.py). Call again after changing
@@ -170,7 +176,10 @@ class BasicVSRPlusPlus(nn.Module):
         else:
             flow_input = F.interpolate(frames, scale_factor=0.25, mode="bicubic").view(n, t, c, h // 4, w // 4)
 
-        spatial = self.feat_extract(frames)
+        if frames.device.type == "cpu":  # one frame at a time: see reconstruct()
+            spatial = torch.cat([self.feat_extract(frame) for frame in frames.split(1)])
+        else:
+            spatial = self.feat_extract(frames)
         spatial = spatial.view(n, t, *spatial.shape[1:])  # (n, t, C, h', w')
         feats = {"spatial": list(spatial.unbind(1))}
         if t == 1:
@@ -253,11 +262,15 @@ class BasicVSRPlusPlus(nn.Module):
 
     def reconstruct(self, lqs: Tensor, feats: dict[str, list[Tensor]]) -> Tensor:
         """All frames from the spatial and four branch features (5C channels) plus the skip, in
-        batches of frames as large as RECONSTRUCT_BYTES allows."""
+        batches of frames as large as RECONSTRUCT_BYTES allows on a GPU, one by one on the CPU."""
         n, t, c, h, w = lqs.shape
         feat_h, feat_w = feats["spatial"][0].shape[-2:]
         per_frame = RECONSTRUCT_ELEMENTS_PER_PIXEL * n * feat_h * feat_w * lqs.element_size()
         batch = max(1, min(t, RECONSTRUCT_BYTES // per_frame))
+        if lqs.device.type == "cpu":
+            # oneDNN ran these convs up to 2x slower per frame on batches of frames than one frame
+            # at a time (180x320, 2 cores: the batch outgrows the cache); launches cost little here.
+            batch = 1
         outputs = []
         for start in range(0, t, batch):
             stop = min(t, start + batch)

@@ -51,6 +51,8 @@ def modulated_deform_conv2d(
     padding: int = 1,
     backend: str = "auto",
 ) -> Tensor:  # (n, c_out, h_out, w_out); stride 1, dilation 1
+    if torch.compiler.is_compiling() and backend in ("torch", "plain"):
+        return _IMPLEMENTATIONS[backend](x, offset, mask, weight, bias, padding)  # Inductor fuses its gathers
     name = resolve_backend(backend, x.device, x.dtype)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, mask, weight, bias)):
         if name in ("triton", "mmcv", "torchvision"):  # inference kernels: train on the torch one

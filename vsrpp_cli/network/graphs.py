@@ -59,7 +59,8 @@ class GraphedStep:
                 eager = self.function(*inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: the decode and encode threads may call CUDA while this thread captures
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             output = self.function(*inputs)
         graph.replay()
         if not torch.allclose(output, eager, rtol=0, atol=0, equal_nan=True):
