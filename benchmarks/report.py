@@ -39,7 +39,9 @@ def label(row: dict) -> str:
         return f"pipeline ({row['colour']} colour)"
     if row["what"] in ("stage", "encoder"):
         return row["stage"]
-    return "model, plain fp32" if row["backend"] == "plain" else "model"
+    if row["backend"] == "plain":
+        return "model, plain fp32"
+    return "model, compiled" if row.get("compiled") else "model"
 
 
 def table(rows: list[dict]) -> list[str]:

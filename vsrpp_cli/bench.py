@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model
-from .engine import PRECISIONS, pick_device
+from .engine import PRECISIONS, compile_alignment, pick_device
 from .network import BasicVSRPlusPlus
 from .network.basicvsrpp import BRANCHES, AlignmentPlan
 from .network.deform_conv import modulated_deform_conv2d, resolve_backend
@@ -49,6 +49,8 @@ class Row:
     batch: int = 1  # clips per forward
     threads: int = 0  # torch's intra-op threads
     stage: str | None = None  # stage rows: which stage; encoder rows: the codec
+    compiled: bool = False  # the alignment modules through torch.compile
+    first_call_s: float | None = None  # model rows: the warm-up call (compilation, capture, cuDNN's search)
 
 
 def scene(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -61,7 +63,12 @@ def scene(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def build_model(
-    weights: Path | None, device: torch.device, dtype: torch.dtype, backend: str, graphs: bool = False
+    weights: Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    backend: str,
+    graphs: bool = False,
+    compiled: bool = False,
 ) -> BasicVSRPlusPlus:
     if weights is not None:
         model = load_model(weights, device, dtype, deform_backend=backend)
@@ -72,12 +79,19 @@ def build_model(
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
         model.use_cuda_graphs(graphs)
+    if compiled:
+        compile_alignment(model)
     return model
 
 
-def best_seconds(run: Callable[[], object], device: torch.device, repeat: int) -> tuple[float, object]:
-    """Seconds per call (best of `repeat`, after a warm-up call) and the last result."""
+def best_seconds(run: Callable[[], object], device: torch.device, repeat: int) -> tuple[float, object, float]:
+    """Seconds per call (best of `repeat`, after a warm-up call), the last result, and the
+    seconds of the warm-up call (compilation, graph capture, cuDNN's search)."""
+    start = time.perf_counter()
     result = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    warmup = time.perf_counter() - start
     best = float("inf")
     for _ in range(repeat):
         if device.type == "cuda":
@@ -87,10 +101,10 @@ def best_seconds(run: Callable[[], object], device: torch.device, repeat: int) -
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return best, result
+    return best, result, warmup
 
 
-def time_model(model: BasicVSRPlusPlus, clip: torch.Tensor, repeat: int) -> tuple[float, torch.Tensor]:
+def time_model(model: BasicVSRPlusPlus, clip: torch.Tensor, repeat: int) -> tuple[float, torch.Tensor, float]:
     with torch.no_grad():
         return best_seconds(lambda: model(clip), clip.device, repeat)
 
@@ -124,6 +138,7 @@ def bench(
     graphs: tuple[bool, ...] = (True,),
     batches: tuple[int, ...] = (1,),
     stages: bool = False,
+    compiled: tuple[bool, ...] = (False,),
 ) -> list[Row]:
     device = pick_device(device_name)
     if device.type == "cpu":
@@ -134,15 +149,17 @@ def bench(
     clip32 = torch.from_numpy(frames_u8).permute(0, 3, 1, 2).float().div(255)[None].to(device)
     rows: list[Row] = []
     reference = None
-    runs = [("fp32", "plain", False, 1)] if baseline else []
-    runs += [(p, b, g, n) for p in precisions for b in backends for g in graph_modes for n in batches]
-    for precision, backend, graphed, batch in runs:
+    runs = [("fp32", "plain", False, 1, False)] if baseline else []
+    runs += [
+        (p, b, g, n, c) for p in precisions for b in backends for g in graph_modes for n in batches for c in compiled
+    ]
+    for precision, backend, graphed, batch, compile_it in runs:
         dtype = PRECISIONS[precision]
         concrete = resolve_backend(backend, device, dtype)
         reset_peak(device)
-        model = build_model(weights, device, dtype, concrete, graphed)
+        model = build_model(weights, device, dtype, concrete, graphed, compile_it)
         clip = clip32.to(dtype).expand(batch, *clip32.shape[1:]).contiguous()
-        seconds, out = time_model(model, clip, repeat)
+        seconds, out, warmup = time_model(model, clip, repeat)
         out = out[:1].float().clamp(0, 1)
         row = Row(
             "model",
@@ -159,6 +176,8 @@ def bench(
             graphs=graphed,
             batch=batch,
             threads=torch.get_num_threads(),
+            compiled=compile_it,
+            first_call_s=warmup,
         )
         if precision == "fp32" and reference is None:
             reference = out
@@ -199,28 +218,28 @@ def time_stages(
         )  # fmt: skip
 
     with torch.no_grad():
-        seconds, spatial = best_seconds(lambda: model.feat_extract(frames), device, repeat)
+        seconds, spatial, _ = best_seconds(lambda: model.feat_extract(frames), device, repeat)
         add("feature extraction (per frame)", seconds, n * t)
-        seconds, (_, forward) = best_seconds(lambda: model.compute_flows(clip, False), device, repeat)
+        seconds, (_, forward), _ = best_seconds(lambda: model.compute_flows(clip, False), device, repeat)
         add("SPyNet, both directions (per frame)", seconds, n * t)
-        seconds, plan = best_seconds(lambda: AlignmentPlan.from_walk_flows(forward), device, repeat)
+        seconds, plan, _ = best_seconds(lambda: AlignmentPlan.from_walk_flows(forward), device, repeat)
         add("flow plan: second-order flows, grids (per frame, per direction)", seconds, n * t)
         spatial = spatial.view(n, t, *spatial.shape[1:])
         feat = spatial[:, 0].contiguous(memory_format=torch.channels_last) if device.type == "cuda" else spatial[:, 0]
         grids, flows, offset_flows = plan.step(min(2, t - 1))
         for i, name in enumerate(BRANCHES):
             args = (feat, feat, grids, flows, offset_flows, *[feat] * (1 + i))
-            seconds, _ = best_seconds(partial(model.steps[name][1], *args), device, repeat)
+            seconds, *_ = best_seconds(partial(model.steps[name][1], *args), device, repeat)
             add(f"propagation step, {name} (per step)", seconds, 1)
         align = model.deform_align[BRANCHES[0]]
         x = torch.cat([feat, feat], dim=1)
         offset = 3 * torch.randn(n, 288, *feat.shape[-2:], device=device)
         mask = torch.rand(n, 144, *feat.shape[-2:], device=device, dtype=feat.dtype)
         dcn = lambda: modulated_deform_conv2d(x, offset, mask, align.weight, align.bias, 1, backend)  # noqa: E731
-        seconds, _ = best_seconds(dcn, device, repeat)
+        seconds, *_ = best_seconds(dcn, device, repeat)
         add("deformable conv alone (per call)", seconds, 1)
         feats = {name: [feat] * t for name in ("spatial", *BRANCHES)}
-        seconds, _ = best_seconds(lambda: model.reconstruct(clip, feats), device, repeat)
+        seconds, *_ = best_seconds(lambda: model.reconstruct(clip, feats), device, repeat)
         add("reconstruction and upsampling (per frame)", seconds, n * t)
     return rows
 

@@ -68,6 +68,7 @@ class Options:
     colour: str = "device"  # where YUV <-> RGB runs: "device" (with the network) or "swscale" (FFmpeg's, CPU)
     batch: int = 0  # windows per forward; 0: from free memory on CUDA, 1 on CPU
     graphs: bool = True  # CUDA graphs for the propagation steps (CUDA only)
+    compile: bool = False  # torch.compile the alignment modules (pays on long runs in bf16 on the CPU)
 
 
 @dataclass
@@ -132,7 +133,15 @@ def upscale(
     window_frames = chunk + 2 * options.chunk_overlap
     batch = options.batch or default_batch(device, info.width, info.height, model.mid_channels, window_frames)
     engine = Engine(
-        model, device, dtype, options.tile, options.tile_overlap, warn=tell, graphs=options.graphs, batch=batch
+        model,
+        device,
+        dtype,
+        options.tile,
+        options.tile_overlap,
+        warn=tell,
+        graphs=options.graphs,
+        batch=batch,
+        compile=options.compile,
     )
     summary.chunk_frames, summary.chunk_overlap, summary.batch = chunk, options.chunk_overlap, batch
 
