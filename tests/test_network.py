@@ -216,3 +216,22 @@ def test_cuda_graphs_equal_eager(official_checkpoint, video_clip, dtype):
     again = run(model, clip)  # replays
     assert model.step_runners["forward_2"][1].graphs  # captured, not turned off
     assert torch.equal(eager, first) and torch.equal(eager, again)
+
+
+def test_compiled_alignment_equals_eager(official_checkpoint, video_clip):
+    """--compile: Inductor traces the four alignment modules, the DCN as the torch backend's
+    gathers (deform_conv.py hands them over when compiling), and gives the eager output."""
+    import torch._dynamo
+
+    from vsrpp_cli.engine import compile_alignment
+
+    path, _ = official_checkpoint(16, 1, True)
+    model = load_model(path)
+    clip = video_clip(3, 64, 64)
+    eager = run(model, clip)
+    torch._dynamo.utils.counters.clear()
+    compile_alignment(model)
+    compiled = run(model, clip)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # traced (one graph serves all four)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert (compiled - eager).abs().max() <= 1e-4
