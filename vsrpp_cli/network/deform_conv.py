@@ -15,7 +15,7 @@ Backends:
 - "torchvision": torchvision.ops.deform_conv2d, when it imports and works.
 - "plain": the straightforward way, one grid_sample per tap; the baseline `vsrpp bench` compares
   against, never picked by "auto".
-"auto" takes the first of triton, mmcv, torchvision, torch that passes the probe for the device
+"auto" takes the first of triton (CUDA, fp16/bf16), mmcv, torchvision, torch that passes the probe for the device
 and dtype. mmcv and torchvision compute sampling positions in the dtype of their inputs, so in
 fp16/bf16 they are given fp32 features and offsets (docs/REFERENCE.md section 7: in fp16 a
 position is only good to 0.5 px past x = 1024); the probe samples at such positions, so a backend
@@ -77,8 +77,12 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     """The concrete backend that `backend` ("auto" or a name) means for this device and dtype."""
     if backend == "auto":
         for name in AUTO_ORDER:
-            if name == "triton" and device.type != "cuda":
-                continue  # the interpreter is for tests, far too slow for work
+            if name == "triton" and (device.type != "cuda" or dtype == torch.float32):
+                # The interpreter is for tests, far too slow for work. In fp32 the kernel's dot
+                # is exact FMA arithmetic staged through 188 KiB of shared memory per program
+                # (compiled for sm_90): fp32's native kernels serve better; --precision fp16/bf16
+                # is the fast path.
+                continue
             if backend_works(name, device.type, dtype):
                 return name
         return "torch"

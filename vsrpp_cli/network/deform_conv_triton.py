@@ -119,13 +119,8 @@ def triton_deform_conv2d(
 ) -> Tensor:  # (n, c_out, h_out, w_out), x's dtype and memory format
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
-    taps = kh * kw
     h_out, w_out = offset.shape[-2:]
-    groups = offset.shape[1] // (2 * taps)
-    group_channels = c_in // groups
-    gc_block = triton.next_power_of_2(group_channels)
-    # at least 16 channels per dot (tensor cores' K), at most 64 (registers)
-    g_block = max(16 // gc_block, min(triton.next_power_of_2(groups), max(1, 64 // gc_block)), 1)
+    groups = offset.shape[1] // (2 * kh * kw)
     weight = weight.to(x.dtype)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -135,9 +130,45 @@ def triton_deform_conv2d(
         x, offset, mask, weight, bias if bias is not None else weight, out,
         n, h, w, h_out, w_out, c_out,
         *x.stride(), *offset.stride(), *mask.stride(), *weight.stride(), *out.stride(),
-        GROUPS=groups, GROUP_CHANNELS=group_channels, GC_BLOCK=gc_block, G_BLOCK=g_block,
-        KH=kh, KW=kw, PAD=padding, HAS_BIAS=bias is not None,
-        BLOCK_P=BLOCK_P, BLOCK_O=max(16, triton.next_power_of_2(c_out)),
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        **launch_constants(c_in, c_out, groups, kh, kw, padding, bias is not None, x.dtype),
     )  # fmt: skip
     return out
+
+
+def launch_constants(
+    c_in: int, c_out: int, groups: int, kh: int, kw: int, padding: int, has_bias: bool, dtype: torch.dtype
+) -> dict[str, int | bool | str]:
+    """The kernel's compile-time constants for one convolution."""
+    group_channels = c_in // groups
+    gc_block = triton.next_power_of_2(group_channels)
+    # at least 16 channels per dot (tensor cores' K), at most 64 (registers)
+    g_block = max(16 // gc_block, min(triton.next_power_of_2(groups), max(1, 64 // gc_block)), 1)
+    return dict(
+        GROUPS=groups, GROUP_CHANNELS=group_channels, GC_BLOCK=gc_block, G_BLOCK=g_block,
+        KH=kh, KW=kw, PAD=padding, HAS_BIAS=has_bias,
+        BLOCK_P=BLOCK_P, BLOCK_O=max(16, triton.next_power_of_2(c_out)),
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+    )  # fmt: skip
+
+
+def compile_for_gpu(
+    capability: int, dtype: torch.dtype, c_in: int = 128, c_out: int = 64, groups: int = 16
+) -> triton.compiler.CompiledKernel:
+    """Compile the kernel for an NVIDIA GPU of this compute capability (90: H100) down to its
+    binary, without a GPU: what the GPU compiler would reject (the interpreter is more lenient)
+    fails here. Default shape: the network's DCN, 2C -> C with C = 64."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    kernel = _deform_conv_kernel
+    if not isinstance(kernel, JITFunction):  # defined under TRITON_INTERPRET=1
+        kernel = JITFunction(kernel.fn)
+    element = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    constants = launch_constants(c_in, c_out, groups, 3, 3, 1, True, dtype)
+    pointers = ("x_ptr", "offset_ptr", "mask_ptr", "weight_ptr", "bias_ptr", "out_ptr")
+    signature = {name: "*fp32" if name == "offset_ptr" else f"*{element}" for name in pointers}
+    signature |= {name: "constexpr" if name in constants else "i32" for name in kernel.arg_names[len(pointers) :]}
+    constexprs = {(kernel.arg_names.index(name),): value for name, value in constants.items()}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32))
