@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model
-from .engine import PRECISIONS, compile_alignment, pick_device
+from .engine import PRECISIONS, compile_alignment, pick_device, place_model
 from .network import BasicVSRPlusPlus
 from .network.basicvsrpp import BRANCHES, AlignmentPlan
 from .network.deform_conv import modulated_deform_conv2d, resolve_backend
@@ -71,14 +71,11 @@ def build_model(
     compiled: bool = False,
 ) -> BasicVSRPlusPlus:
     if weights is not None:
-        model = load_model(weights, device, dtype, deform_backend=backend)
+        model = load_model(weights, deform_backend=backend)
     else:  # random weights: the speed does not depend on them
         torch.manual_seed(0)
-        model = BasicVSRPlusPlus(deform_backend=backend).to(device, dtype).eval()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
-        model.use_cuda_graphs(graphs)
+        model = BasicVSRPlusPlus(deform_backend=backend)
+    model = place_model(model, device, dtype, graphs)
     if compiled:
         compile_alignment(model)
     return model

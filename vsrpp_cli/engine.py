@@ -59,27 +59,16 @@ class Engine:
         # Full-precision weights stay on the host for windows that must be recomputed in fp32.
         self.fp32_state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
         self.device, self.dtype = device, dtype
-        self.graphs = graphs and device.type == "cuda"
-        self.model = model
-        self._place(dtype)
+        self.graphs = graphs
+        self.model = place_model(model, device, dtype, graphs)
         if compile:
             compile_alignment(self.model)
         self.tile, self.tile_overlap = tile, tile_overlap
         self.batch = max(1, batch)  # windows or tiles per forward
         self.warn = warn
         self.fp32_fallbacks = 0
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        else:
+        if device.type == "cpu":
             use_threads()  # all of this process's cores, unless OMP_NUM_THREADS says otherwise
-
-    def _place(self, dtype: torch.dtype) -> None:
-        """Move the model to the device and dtype, resolve its deformable-conv backend there, and
-        (re)make its CUDA graphs: captured graphs hold the addresses of the old parameters."""
-        memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
-        self.model = self.model.to(device=self.device, dtype=dtype, memory_format=memory_format).eval()
-        self.model.resolve_deform_backend()
-        self.model.use_cuda_graphs(self.graphs)
 
     @property
     def scale(self) -> int:
@@ -110,7 +99,10 @@ class Engine:
 
     def infer_many(self, windows: list[list[np.ndarray | Planes]], mirrored: bool = False) -> Tensor:
         """(len(windows), t, 3, sh, sw) for windows of equal length and frame size."""
-        clips = lambda dtype: torch.cat([frames_to_tensor(frames, self.device, dtype) for frames in windows])  # noqa: E731
+
+        def clips(dtype: torch.dtype) -> Tensor:
+            return torch.cat([frames_to_tensor(frames, self.device, dtype) for frames in windows])
+
         out = self._run_fitting_memory(clips(self.dtype), mirrored)
         if self.dtype != torch.float32 and not torch.isfinite(out).all():  # no scan in fp32
             self.fp32_fallbacks += 1
@@ -147,12 +139,26 @@ class Engine:
         return run_tiled(run, clip, self.tile, self.tile_overlap, self.scale, self.batch)
 
     def _in_fp32(self, clip: Tensor, mirrored: bool) -> Tensor:
-        self._place(torch.float32)
+        self.model = place_model(self.model, self.device, torch.float32, self.graphs)
         self.model.load_state_dict(self.fp32_state)
         try:
             return self._run_fitting_memory(clip, mirrored)
         finally:
-            self._place(self.dtype)
+            self.model = place_model(self.model, self.device, self.dtype, self.graphs)
+
+
+def place_model(model: BasicVSRPlusPlus, device: torch.device, dtype: torch.dtype, graphs: bool) -> BasicVSRPlusPlus:
+    """The model on the device in the dtype, ready to run: its deformable-conv backend resolved
+    there; on CUDA, channels-last, cuDNN's algorithm search, and fresh CUDA graphs when asked for
+    (captured graphs hold the addresses of the old parameters)."""
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
+    memory_format = torch.channels_last if on_cuda else torch.preserve_format
+    model = model.to(device=device, dtype=dtype, memory_format=memory_format).eval()
+    model.resolve_deform_backend()
+    model.use_cuda_graphs(graphs and on_cuda)
+    return model
 
 
 def compile_alignment(model: BasicVSRPlusPlus) -> None:

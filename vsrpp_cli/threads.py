@@ -3,8 +3,8 @@ affinity, which taskset, cgroups and SLURM set), shared among the processes of t
 
 Nothing sized torch's intra-op threads before, and oversubscription is ruinous: on a 2-core
 machine with one other busy process, a small forward took 15.8 s with 2 torch threads and 3.2 s
-with 1. `vsrpp train --nproc N` on the CPU starts N processes that would each take every core.
-The user's OMP_NUM_THREADS wins, as it does for torch itself.
+with 1 (as reported in the GPU-engine issue). `vsrpp train --nproc N` on the CPU starts N
+processes that would each take every core. The user's OMP_NUM_THREADS wins, as it does for torch itself.
 """
 
 from __future__ import annotations

@@ -332,11 +332,8 @@ def default_chunk(device: torch.device, width: int, height: int, mid_channels: i
     """Frames per window: 32 on CPU; on CUDA, what fits in 60% of the free memory (8 to 100)."""
     if device.type != "cuda":
         return 32
-    free, _ = torch.cuda.mem_get_info(device)
-    pixels = width * height
-    per_frame = pixels * (mid_channels * 6 * 2 + 16) + pixels * 16 * 3 * 4  # features, flows, fp32 output
-    scratch = pixels * mid_channels * 2 * 60  # one frame's DCN columns and reconstruction at 4x
-    return int(max(8, min(100, (0.6 * free - scratch) // per_frame)))
+    usable, per_frame = window_memory(device, width, height, mid_channels)
+    return int(max(8, min(100, usable // per_frame)))
 
 
 def default_batch(device: torch.device, width: int, height: int, mid_channels: int, window_frames: int) -> int:
@@ -344,11 +341,18 @@ def default_batch(device: torch.device, width: int, height: int, mid_channels: i
     (1 to 8: batching independent clips pays 1.4-1.5x on small frames, docs/REFERENCE.md s.7)."""
     if device.type != "cuda":
         return 1
+    usable, per_frame = window_memory(device, width, height, mid_channels)
+    return int(max(1, min(8, usable // (per_frame * window_frames))))
+
+
+def window_memory(device: torch.device, width: int, height: int, mid_channels: int) -> tuple[float, int]:
+    """Bytes the windows may use (60% of the free GPU memory, less one frame's scratch) and bytes
+    per frame of a window."""
     free, _ = torch.cuda.mem_get_info(device)
     pixels = width * height
-    per_frame = pixels * (mid_channels * 6 * 2 + 16) + pixels * 16 * 3 * 4
-    scratch = pixels * mid_channels * 2 * 60
-    return int(max(1, min(8, (0.6 * free - scratch) // (per_frame * window_frames))))
+    per_frame = pixels * (mid_channels * 6 * 2 + 16) + pixels * 16 * 3 * 4  # features, flows, fp32 output
+    scratch = pixels * mid_channels * 2 * 60  # one frame's DCN columns and reconstruction at 4x
+    return 0.6 * free - scratch, per_frame
 
 
 def partial_folder(output: Path) -> Path:

@@ -78,12 +78,14 @@ def run_tiled(
     """Run `run` on (n, t, 3, h, w) tiles of at most tile + 2 * overlap pixels and blend the
     outputs with linear ramps across the overlaps (weights sum to one), so no seam shows.
 
-    Up to `batch` clips go through `run` at once: tiles of equal size are stacked on the batch
-    dimension (each clip's n counts), and a clip with more than `batch` windows is split."""
+    Up to `batch` clips go through `run` at once: more than `batch` windows are split, and tiles
+    of equal size are stacked on the batch dimension (each window's tile counts)."""
     h, w = clip.shape[-2:]
     n = clip.shape[0]
+    if n > batch:
+        return torch.cat([run_tiled(run, part, tile, overlap, scale, batch) for part in clip.split(batch)])
     if tile <= 0 or (h <= tile and w <= tile):
-        return torch.cat([run(part) for part in clip.split(batch)]) if n > batch else run(clip)
+        return run(clip)
     crops: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}  # tiles by input size
     for y0, y1 in tile_spans(h, tile):
         for x0, x1 in tile_spans(w, tile):

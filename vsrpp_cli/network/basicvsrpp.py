@@ -121,11 +121,6 @@ class BasicVSRPlusPlus(nn.Module):
     def scale(self) -> int:
         return 4 if self.is_low_res_input else 1
 
-    def set_deform_backend(self, backend: str) -> None:
-        self.deform_backend = backend
-        for module in self.deform_align.values():
-            module.backend = backend
-
     def resolve_deform_backend(self) -> str:
         """Probe now, and use from now on, the concrete deformable-conv backend that the asked-for
         one means on the model's device and dtype (never inside a forward, where a probe would

@@ -1,11 +1,12 @@
 """CUDA graphs for the propagation steps: each step's ~50 kernels replayed as one launch.
 
-The recurrence is strictly sequential and its kernels are small (a 180x320 step is well under a
-millisecond on an H100), so launching them one by one from Python costs as much as running them
-(docs/REFERENCE.md section 7). Each branch's first step and aligned step is captured once per
-input signature (shapes, strides, dtype) and replayed for every frame of every window of that
-size; the number of frames does not matter. Inputs are copied into the graph's own buffers
-before a replay and the output is copied out after it, so the caller's tensors are never aliased.
+The recurrence is strictly sequential and its kernels are small (a 180x320 step is estimated at
+well under a millisecond on an H100, docs/REFERENCE.md section 7: not yet measured), so launching
+them one by one from Python can cost as much as running them. Each branch's first step and
+aligned step is captured once per input signature (shapes, strides, dtype) and replayed for
+every frame of every window of that size; the number of frames does not matter. Inputs are
+copied into the graph's own buffers before a replay and the output is copied out after it, so
+the caller's tensors are never aliased.
 
 A captured graph is checked once against the eager result of the same inputs; if they differ
 (a kernel that cannot be captured faithfully), graphs are turned off with a warning and the eager
