@@ -1,19 +1,18 @@
-"""The `vsrpp` command as users run it: a real subprocess, real files."""
+"""The `vsrpp` command as users run it, real files (in-process; a real process where that matters)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import torch
+from harness import run_vsrpp
 from reference import random_official_checkpoint
 
 import vsrpp_cli
 
 
-def vsrpp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vsrpp_cli", *args], capture_output=True, text=True, timeout=120)
+def vsrpp(*args: str):
+    return run_vsrpp(*args)
 
 
 def test_help_and_version():
@@ -47,19 +46,19 @@ def test_info_on_a_bad_file_is_one_line_without_traceback(tmp_path):
     path = tmp_path / "broken.pth"
     path.write_bytes(b"\x80\x02not really")
     result = vsrpp("info", str(path))
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "not a readable torch checkpoint" in result.stderr
 
-    debug = vsrpp("--debug", "info", str(path))
+    debug = vsrpp_process("--debug", "info", str(path))  # the traceback a real process prints
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr
 
 
 def test_missing_checkpoint(tmp_path):
     result = vsrpp("info", str(tmp_path / "nothing.pth"))
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "no such checkpoint file" in result.stderr
 
 

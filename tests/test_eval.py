@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
+from harness import run_vsrpp
 from media import moving_scene
 from numpy.lib.stride_tricks import sliding_window_view
 from reference import random_official_checkpoint
@@ -116,10 +114,8 @@ def reds(tmp_path_factory) -> Path:
     return root
 
 
-def vsrpp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vsrpp_cli", *args], capture_output=True, text=True, timeout=600, env=os.environ
-    )
+def vsrpp(*args: str):
+    return run_vsrpp(*args)
 
 
 def independent_scores(weights: Path, lq_dir: Path, gt_dir: Path, y: bool = False) -> tuple[float, float]:

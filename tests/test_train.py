@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from harness import run_vsrpp, vsrpp_process
 from media import encode_video, moving_scene
 from test_eval import downsample, write_png
 
@@ -40,7 +39,7 @@ def spynet(tmp_path_factory) -> Path:
     return path
 
 
-def train(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def train(reds: Path, spynet: Path, work_dir: Path, *extra: str):
     args = [
         "train",
         "--data-root",
@@ -49,7 +48,7 @@ def train(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> subprocess.C
         str(work_dir),
         "--device",
         "cpu",
-        "--nproc",
+        "--nproc-per-node",
         "2",
         "--num-frames",
         "3",
@@ -65,13 +64,7 @@ def train(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> subprocess.C
         str(spynet),
         *extra,
     ]
-    return subprocess.run(
-        [sys.executable, "-m", "vsrpp_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"},
-    )
+    return vsrpp_process(*args, env={key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"})
 
 
 def losses(work_dir: Path) -> list[tuple[int, float]]:
@@ -124,21 +117,7 @@ def test_two_processes_learn_and_write_official_checkpoints(tmp_path, reds, spyn
     assert all(k.startswith("generator.") for k in checkpoint["state_dict"] if k != "step_counter")
 
     video = encode_video(tmp_path / "in.mp4", moving_scene(3, 48, 64))
-    upscaled = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vsrpp_cli",
-            "upscale",
-            str(video),
-            str(tmp_path / "out.mp4"),
-            "--weights",
-            str(run / "latest.pth"),
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    upscaled = run_vsrpp("upscale", video, tmp_path / "out.mp4", "--weights", run / "latest.pth", "-q")
     assert upscaled.returncode == 0, upscaled.stderr
 
 
@@ -183,7 +162,7 @@ def test_finetune_on_own_videos(tmp_path, spynet):
         str(run),
         "--device",
         "cpu",
-        "--nproc",
+        "--nproc-per-node",
         "1",
         "--iters",
         "3",
@@ -200,7 +179,7 @@ def test_finetune_on_own_videos(tmp_path, spynet):
         "--degradation",
         "blur",
     ]
-    result = subprocess.run([sys.executable, "-m", "vsrpp_cli", *args], capture_output=True, text=True, timeout=600)
+    result = vsrpp_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((run / "frames" / "holiday").iterdir())) == 6  # decoded once
     assert [i for i, _ in losses(run)] == [1, 2, 3]

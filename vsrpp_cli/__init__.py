@@ -1,13 +1,28 @@
-"""vsrpp: video super-resolution and restoration with BasicVSR++."""
+"""vsrpp: video super-resolution and restoration with BasicVSR++.
 
+The library's entry points load lazily, so that `vsrpp --help` does not import torch.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-
-from .checkpoint import CheckpointError, load_model, read_checkpoint
-from .network import BasicVSRPlusPlus
 
 try:
     __version__ = version("vsrpp")
 except PackageNotFoundError:  # running from a checkout that is not installed
     __version__ = "0.0.0+unknown"
+
+_LAZY = {
+    "BasicVSRPlusPlus": "vsrpp_cli.network",
+    "CheckpointError": "vsrpp_cli.errors",
+    "load_model": "vsrpp_cli.checkpoint",
+    "read_checkpoint": "vsrpp_cli.checkpoint",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vsrpp_cli' has no attribute {name!r}")
+
 
 __all__ = ["BasicVSRPlusPlus", "CheckpointError", "__version__", "load_model", "read_checkpoint"]

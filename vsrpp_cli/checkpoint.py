@@ -21,11 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import CheckpointError
 from .network.basicvsrpp import BRANCHES, BasicVSRPlusPlus
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message says why and what to do."""
 
 
 @dataclass
@@ -160,7 +157,7 @@ def _torch_load(path: Path) -> Any:
             f"{path}: refused: loading it would run code (it asks for {found.group(1)}); use a checkpoint "
             "that holds only tensors, or re-save the weights with torch.save(model.state_dict())"
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # anything else torch.load raises on bytes that are not a checkpoint
         raise CheckpointError(
             f"{path}: not a readable torch checkpoint ({_first_line(error)}); "
             "the file may be truncated: download it again"
@@ -194,3 +191,33 @@ def _some(keys: list[str], limit: int = 3) -> str:
 
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What a checkpoint holds, for `vsrpp info`: a file that will not load is reported, not described."""
+    from . import zoo  # zoo names files by checksum; it reads checkpoints too, so it is imported late
+
+    checkpoint = read_checkpoint(path)
+    arch = infer_architecture(checkpoint.state_dict)
+    model = BasicVSRPlusPlus(**arch)
+    load_strict(model, checkpoint.state_dict, path)
+    x4 = arch["is_low_res_input"]
+    sha256 = sha256_of(path)
+    known = zoo.known_file(sha256)
+    generic_task = "video super-resolution (4x)" if x4 else "video restoration (deblurring, denoising or decompression)"
+    return {
+        "file": str(path),
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256,
+        "zoo_model": known.name if known else None,
+        "architecture": f"BasicVSR++ C{arch['mid_channels']}/N{arch['num_blocks']}, "
+        + ("4x upscaling" if x4 else "same-size output"),
+        "mid_channels": arch["mid_channels"],
+        "num_blocks": arch["num_blocks"],
+        "scale": 4 if x4 else 1,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "task": known.task if known else generic_task,
+        "layout": checkpoint.layout,
+        "also_in_file": checkpoint.extras,
+        "meta": checkpoint.meta,
+    }

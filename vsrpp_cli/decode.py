@@ -10,7 +10,7 @@ conversion on the compute device; other formats are still converted here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -20,8 +20,10 @@ import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
 from .colour import MATRIX_OF_TAG, Planes, chroma_cosited, converts_here, read_planes
+from .errors import InputError, UsageError
 
 FRAME_EXTENSIONS = {".png", ".jpg", ".jpeg"}
+DEINTERLACERS = ("bwdif", "yadif")
 SWS_COLORSPACE = {
     "bt709": Colorspace.ITU709,
     "bt601": Colorspace.ITU601,
@@ -35,17 +37,13 @@ RGB_SOURCE_YUV = ("bt709", False)
 CONVERSION = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
-class InputError(Exception):
-    """An input that cannot be read; the message says why and what to do."""
-
-
 @dataclass
 class VideoInfo:
     width: int
     height: int
     time_base: Fraction  # of the timestamps below
     frame_rate: Fraction | None  # average; None for a folder of frames without one
-    frame_count: int | None  # from the container, may be an estimate
+    frame_count: int | None  # as the container states it; None where it does not
     bit_depth: int  # 8, 10, 12 or 16
     matrix: str  # "bt709", "bt601", "bt2020", ...
     full_range: bool
@@ -55,6 +53,9 @@ class VideoInfo:
     sample_aspect_ratio: Fraction | None = None  # non-square pixels (anamorphic video)
     codec: str = ""
     container_metadata: dict[str, str] = field(default_factory=dict)
+    frame_estimate: int | None = None  # from the duration and frame rate, where no count is stated
+    interlaced: bool = False  # the first frame is coded as two fields
+    alpha: bool = False  # the pixel format carries transparency
 
 
 @dataclass
@@ -72,8 +73,9 @@ class DecodeReport:
 class Source:
     """One input. `frames()` streams; nothing is held beyond the frame being converted."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, deinterlace: str = "off", notice: Callable[[str], None] = lambda m: None) -> None:
         self.path = path
+        self.deinterlace, self.notice = deinterlace, notice
         self.report = DecodeReport()
         if path.is_dir():
             self.files = frame_files(path)
@@ -81,6 +83,32 @@ class Source:
         else:
             self.files = []
             self.info = self._video_info()
+        self.deinterlacer = self._choose_deinterlacer(deinterlace)
+        if self.info.alpha:
+            notice(
+                "the input has an alpha channel (transparency): BasicVSR++ upscales colour only, so the "
+                "output has none (the alpha channel is dropped)"
+            )
+
+    def _choose_deinterlacer(self, choice: str) -> str | None:
+        """FFmpeg's bwdif or yadif, one frame out per frame in (the frame rate and timestamps kept),
+        applied to the frames coded as interlaced; None for progressive treatment."""
+        if choice not in (*DEINTERLACERS, "auto", "off"):
+            raise UsageError(f"--deinterlace {choice}: choose auto, {', '.join(DEINTERLACERS)} or off")
+        if not self.info.interlaced:
+            return None if choice in ("auto", "off") else choice
+        if choice == "off":
+            self.notice(
+                "the input is interlaced and is treated as progressive (--deinterlace off): moving edges will "
+                "show combing, which the network sharpens; --deinterlace auto removes it"
+            )
+            return None
+        name = "bwdif" if choice == "auto" else choice
+        self.notice(
+            f"the input is interlaced: deinterlaced with FFmpeg's {name} (frame rate kept; "
+            "--deinterlace off keeps the fields)"
+        )
+        return name
 
     def frames(self, keep_yuv: bool = False) -> Iterator[Frame]:
         return self._folder_frames() if self.files else self._video_frames(keep_yuv)
@@ -129,18 +157,22 @@ class Source:
             if pix_fmt is not None and pix_fmt.is_rgb:  # swscale reads RGB as it is, whatever these say
                 matrix, full = RGB_SOURCE_YUV
             rate = stream.average_rate or stream.guessed_rate
+            first = first_frame(container, stream)
             return VideoInfo(
                 width=ctx.width,
                 height=ctx.height,
                 time_base=stream.time_base or Fraction(1, 90000),
                 frame_rate=Fraction(rate) if rate else None,
                 frame_count=stream.frames or None,
+                frame_estimate=_estimate_frames(container, stream, rate),
                 bit_depth=depth,
                 matrix=matrix,
                 full_range=full,
                 primaries=ctx.color_primaries,
                 transfer=ctx.color_trc,
-                rotation=first_frame_rotation(container, stream),
+                rotation=round(first.rotation) if first is not None and first.rotation else 0,
+                interlaced=bool(first is not None and first.interlaced_frame),
+                alpha=pix_fmt is not None and any(c.is_alpha for c in pix_fmt.components),
                 sample_aspect_ratio=stream.sample_aspect_ratio,
                 codec=ctx.name,
                 container_metadata=dict(container.metadata),
@@ -155,51 +187,86 @@ class Source:
             # Frame threading drops the frames it holds when a packet fails (a truncated file loses
             # its last good frames silently); slice threading keeps every frame that decodes.
             stream.thread_type = "SLICE"
-            for packet in container.demux(stream):
-                try:
-                    decoded = packet.decode()
-                except av.error.FFmpegError:
-                    self.report.lost.append(f"the packet {_when(packet.pts, info.time_base)} could not be decoded")
-                    continue
-                for frame in decoded:
-                    if keep_yuv and converts_here(frame.format.name):
-                        cosited = chroma_cosited(info.codec)
-                        image = read_planes(frame, info.matrix, info.full_range, cosited)
-                    else:
-                        image = frame.reformat(
-                            format=out_format,
-                            src_colorspace=SWS_COLORSPACE[info.matrix],
-                            src_color_range=ColorRange.JPEG if info.full_range else ColorRange.MPEG,
-                            dst_color_range=ColorRange.JPEG,
-                            interpolation=CONVERSION,
-                        ).to_ndarray()
-                    if frame.is_corrupt:
-                        self.report.lost.append(
-                            f"the frame {_when(frame.pts, info.time_base)} is damaged (kept as decoded)"
-                        )
-                    yield Frame(index, frame.pts, image)
-                    index += 1
+            deinterlace = Deinterlacer(self.deinterlacer, stream) if self.deinterlacer else None
+            for frame in self._decoded(container, stream, deinterlace):
+                if keep_yuv and converts_here(frame.format.name):
+                    cosited = chroma_cosited(info.codec)
+                    image = read_planes(frame, info.matrix, info.full_range, cosited)
+                else:
+                    image = frame.reformat(
+                        format=out_format,
+                        src_colorspace=SWS_COLORSPACE[info.matrix],
+                        src_color_range=ColorRange.JPEG if info.full_range else ColorRange.MPEG,
+                        dst_color_range=ColorRange.JPEG,
+                        interpolation=CONVERSION,
+                    ).to_ndarray()
+                if frame.is_corrupt:
+                    self.report.lost.append(
+                        f"the frame {_when(frame.pts, info.time_base)} is damaged (kept as decoded)"
+                    )
+                yield Frame(index, frame.pts, image)
+                index += 1
         if index == 0:
             raise InputError(f"{self.path}: no frame could be decoded; the file is damaged or empty")
         if info.frame_count and index < info.frame_count:
             missing = info.frame_count - index
             self.report.lost.append(f"{missing} of {info.frame_count} frames are missing: the file ends early")
 
+    def _decoded(self, container, stream, deinterlace: Deinterlacer | None) -> Iterator[av.VideoFrame]:
+        for packet in container.demux(stream):
+            try:
+                decoded = packet.decode()
+            except av.error.FFmpegError:
+                self.report.lost.append(f"the packet {_when(packet.pts, self.info.time_base)} could not be decoded")
+                continue
+            for frame in decoded:
+                yield from deinterlace(frame) if deinterlace else (frame,)
+        if deinterlace:
+            yield from deinterlace(None)
 
-def first_frame_rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
-    """The display rotation FFmpeg attaches to decoded frames (from the container's matrix)."""
+
+def first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame | None:
+    """The first decoded frame: FFmpeg attaches the display rotation (from the container's
+    matrix) and the interlacing flags to frames, not to the stream."""
     try:
-        frame = next(container.decode(stream), None)
+        return next(container.decode(stream), None)
     except av.error.FFmpegError:
-        return 0
-    return round(frame.rotation) if frame is not None and frame.rotation else 0
+        return None
 
 
-def open_source(path: str | Path) -> Source:
+class Deinterlacer:
+    """FFmpeg's deinterlacing filter through PyAV's filter graph: frames in, frames out (one
+    behind), timestamps brought back to the stream's time base (the filter doubles it)."""
+
+    def __init__(self, name: str, stream: av.video.stream.VideoStream) -> None:
+        self.time_base = stream.time_base
+        self.graph = av.filter.Graph()
+        source = self.graph.add_buffer(template=stream)
+        fields = self.graph.add(name, "mode=send_frame:parity=auto:deint=interlaced")
+        sink = self.graph.add("buffersink")
+        source.link_to(fields)
+        fields.link_to(sink)
+        self.graph.configure()
+
+    def __call__(self, frame: av.VideoFrame | None) -> Iterator[av.VideoFrame]:
+        self.graph.vpush(frame)  # None: the end, flush what is held
+        while True:
+            try:
+                out = self.graph.vpull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return
+            if out.pts is not None:
+                out.pts = round(out.pts * out.time_base / self.time_base)
+            yield out
+
+
+def open_source(
+    path: str | Path, deinterlace: str = "off", notice: Callable[[str], None] = lambda message: None
+) -> Source:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    return Source(path)
+    return Source(path, deinterlace, notice)
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -223,6 +290,19 @@ def read_image(path: Path) -> np.ndarray:
         raise InputError(f"{path}: not a readable image") from None
     deep = any(c.bits > 8 for c in frame.format.components)
     return frame.to_ndarray(format="rgb48le" if deep else "rgb24")
+
+
+def _estimate_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, rate) -> int | None:
+    """Frames from the stream's (or else the container's) duration at the average frame rate."""
+    if not rate:
+        return None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    else:
+        return None
+    return max(1, round(seconds * float(rate)))
 
 
 def _when(pts: int | None, time_base: Fraction) -> str:

@@ -12,16 +12,22 @@ cannot hold is left out, each with a notice.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 from av.video.reformatter import ColorRange
 
 from .colour import TAG_OF_MATRIX, Planes, YuvTarget, chroma_cosited, converts_here, to_video_frame
 from .decode import CONVERSION, SWS_COLORSPACE, VideoInfo
+from .errors import EncoderError, UsageError
 
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
 DEFAULT_CODEC = {"mp4": "libx264", "matroska": "libx264", "mov": "libx264", "webm": "libvpx-vp9"}
@@ -32,6 +38,11 @@ AUDIO_OK = {
     "webm": {"opus", "vorbis"},
     "matroska": None,
 }
+CONTAINER_HINTS = {
+    "webm": "WebM takes VP8, VP9 and AV1: use libvpx-vp9 or libsvtav1, or a .mkv output",
+    "mp4": "use libx264, libx265 or libsvtav1, or a .mkv output",
+    "mov": "use libx264 or libx265, or a .mkv output",
+}
 AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "webm": "libopus"}
 SUBTITLES_OK = {"mp4": {"mov_text"}, "mov": {"mov_text"}, "webm": {"webvtt"}, "matroska": None}
 # AVColorPrimaries / AVColorTransferCharacteristic values (libavutil/pixfmt.h).
@@ -40,16 +51,12 @@ TRANSFER_FOR = {"bt709": 1, "bt601": 6, "bt2020": 14, "smpte240m": 7, "fcc": 4}
 UNSPECIFIED = 2
 
 
-class OutputError(Exception):
-    """An output that cannot be written as asked; the message says what to do."""
-
-
 def container_for(path: Path) -> str | None:
     """The muxer for a video path, or None for a folder of frames (a path with no extension)."""
     if not path.suffix:
         return None
     if path.suffix.lower() not in CONTAINERS:
-        raise OutputError(
+        raise UsageError(
             f"{path}: unknown output extension {path.suffix!r}; use .mp4, .mkv, .mov or .webm, "
             "or a folder name (no extension) for PNG frames"
         )
@@ -79,92 +86,139 @@ class FrameFolderSink:
         pass
 
 
-class VideoSink:
+@dataclass(frozen=True)
+class EncoderSettings:
+    """The output's video encoder, as the user asked for it (None: the default for the container)."""
+
+    container_format: str
+    codec: str | None = None
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+
+    @property
+    def codec_name(self) -> str:
+        return self.codec or DEFAULT_CODEC[self.container_format]
+
+
+def add_video_stream(
+    container: av.container.OutputContainer,
+    settings: EncoderSettings,
+    info: VideoInfo,
+    size: tuple[int, int],
+    notice: Callable[[str], None] = lambda message: None,
+) -> av.video.stream.VideoStream:
+    """The output's video stream, configured the same way wherever it is made: for each
+    segment's encoder and for the final file, whose headers must match the segments' packets."""
+    codec = settings.codec_name
+    check_codec(codec, settings.container_format)
+    try:
+        stream = container.add_stream(codec, rate=info.frame_rate or Fraction(25))
+    except ValueError:  # PyAV: "'webm' format does not support 'libx265' codec"
+        suffix = next(ext for ext, name in CONTAINERS.items() if name == settings.container_format)
+        hint = CONTAINER_HINTS.get(settings.container_format, "choose another codec, or a .mkv output")
+        raise EncoderError(f"--codec {codec}: a {suffix} file cannot hold it; {hint}") from None
+    except av.error.FFmpegError as error:
+        raise EncoderError(f"--codec {codec}: not an encoder this FFmpeg has ({error})") from None
+    pix_fmt = (
+        check_pix_fmt(codec, settings.pix_fmt) if settings.pix_fmt else choose_pix_fmt(codec, info.bit_depth, notice)
+    )
+    # Subsampled chroma (4:2:0, 4:2:2) needs even sizes: repeat the last row or column.
+    layout = av.VideoFormat(pix_fmt)
+    width, height = size
+    pad_w = width % 2 if layout.chroma_width(2) != 2 else 0
+    pad_h = height % 2 if layout.chroma_height(2) != 2 else 0
+    if pad_w or pad_h:
+        notice(f"{pix_fmt} needs even sizes: the last row/column is repeated to make it even")
+    stream.width, stream.height = width + pad_w, height + pad_h
+    stream.pix_fmt = pix_fmt
+    # The encoder works in the input's time base, so every timestamp survives as it was.
+    stream.time_base = info.time_base
+    stream.codec_context.time_base = info.time_base
+    ctx = stream.codec_context
+    ctx.colorspace = TAG_OF_MATRIX.get(info.matrix, UNSPECIFIED)
+    ctx.color_range = ColorRange.JPEG if info.full_range else ColorRange.MPEG
+    ctx.color_primaries = info.primaries if info.primaries != UNSPECIFIED else PRIMARIES_FOR[info.matrix]
+    ctx.color_trc = info.transfer if info.transfer != UNSPECIFIED else TRANSFER_FOR[info.matrix]
+    if info.sample_aspect_ratio:
+        ctx.sample_aspect_ratio = info.sample_aspect_ratio
+    options = {}
+    if settings.crf is not None:
+        options["crf"] = str(settings.crf)
+        if codec in ("libvpx-vp9", "libvpx"):
+            options["b"] = "0"  # constant quality
+    if settings.preset is not None:
+        options["preset"] = settings.preset
+    stream.options = options
+    return stream
+
+
+def open_encoder(stream: av.video.stream.VideoStream, settings: EncoderSettings) -> None:
+    """Open the encoder now, so that settings it refuses fail before any work, in words."""
+    codec = settings.codec_name
+    if settings.preset is not None and settings.preset not in PRESETS.get(codec, (settings.preset,)):
+        # Checked here: x264 would print its own complaint straight to the terminal.
+        raise EncoderError(
+            f"--preset {settings.preset}: not a {codec} preset; choose one of {', '.join(PRESETS[codec])}"
+        )
+    try:
+        with av.logging.Capture():  # FFmpeg's own complaint is replaced by the advice below
+            stream.codec_context.open()
+    except av.error.FFmpegError:
+        given = " ".join(
+            f"--{name} {value}"
+            for name, value in (("preset", settings.preset), ("crf", settings.crf), ("pix-fmt", settings.pix_fmt))
+            if value is not None
+        )
+        raise EncoderError(f"{codec} refused {given or 'its default settings'}; try other values") from None
+
+
+class VideoEncoder:
+    """One run of the output's video encoder, in memory: frames in, compressed packets out. Each
+    segment of the output gets a fresh one, so every segment starts on a keyframe and stands
+    alone. The stream sits in an in-memory container of the output's format so that it is set up
+    exactly as the final file's (global headers for MP4 and Matroska); nothing is muxed there."""
+
     def __init__(
         self,
-        path: Path,
-        container_format: str,
+        settings: EncoderSettings,
         info: VideoInfo,
-        size: tuple[int, int],  # output (width, height)
-        source: Path | None,  # where audio and subtitles come from
-        codec: str | None = None,
-        crf: int | None = None,
-        preset: str | None = None,
-        pix_fmt: str | None = None,
+        size: tuple[int, int],
         notice: Callable[[str], None] = lambda message: None,
     ) -> None:
-        self.info, self.notice = info, notice
-        # Matroska would otherwise shift every stream so that AAC priming (negative audio
-        # timestamps copied from MP4) starts at zero, moving the video's timestamps with it.
-        options = {"avoid_negative_ts": "disabled"} if container_format in ("matroska", "webm") else {}
-        self.container = av.open(str(path), "w", format=container_format, options=options)
-        self.container_format = container_format
+        self.settings, self.info = settings, info
+        self.container = av.open(io.BytesIO(), "w", format=settings.container_format)
         try:
-            self._add_video(codec or DEFAULT_CODEC[container_format], size, crf, preset, pix_fmt)
-            self.container.metadata.update(info.container_metadata)
-            self.passthrough = Passthrough(source, self.container, container_format, notice) if source else None
+            self.stream = add_video_stream(self.container, settings, info, size, notice)
+            open_encoder(self.stream, settings)
         except BaseException:
             self.container.close()
             raise
+        self.pix_fmt = self.stream.pix_fmt
+        self.width, self.height = self.stream.width, self.stream.height
         self.frames = 0
-
-    def _add_video(self, codec: str, size: tuple[int, int], crf: int | None, preset: str | None, pix_fmt: str | None):
-        info, notice = self.info, self.notice
-        try:
-            self.stream = self.container.add_stream(codec, rate=info.frame_rate or Fraction(25))
-        except (av.error.FFmpegError, ValueError) as error:
-            raise OutputError(f"--codec {codec}: not an encoder this FFmpeg has ({error})") from None
-        self.pix_fmt = check_pix_fmt(codec, pix_fmt) if pix_fmt else choose_pix_fmt(codec, info.bit_depth, notice)
-        # Subsampled chroma (4:2:0, 4:2:2) needs even sizes: repeat the last row or column.
-        layout = av.VideoFormat(self.pix_fmt)
-        self.width, self.height = size
-        pad_w = self.width % 2 if layout.chroma_width(2) != 2 else 0
-        pad_h = self.height % 2 if layout.chroma_height(2) != 2 else 0
-        if pad_w or pad_h:
-            notice(f"{self.pix_fmt} needs even sizes: the last row/column is repeated to make it even")
-            self.width, self.height = self.width + pad_w, self.height + pad_h
-        self.stream.width, self.stream.height = self.width, self.height
-        self.stream.pix_fmt = self.pix_fmt
-        # The encoder works in the input's time base, so every timestamp survives as it was.
-        self.stream.time_base = info.time_base
-        self.stream.codec_context.time_base = info.time_base
-        self._tag_colour()
-        if info.rotation:
-            self.stream.set_display_rotation(info.rotation)
-        if info.sample_aspect_ratio:
-            self.stream.codec_context.sample_aspect_ratio = info.sample_aspect_ratio
-        options = {}
-        if crf is not None:
-            options["crf"] = str(crf)
-        if preset is not None:
-            options["preset"] = preset
-        if codec == "libvpx-vp9" and crf is not None:
-            options["b"] = "0"  # constant quality
-        self.stream.options = options
-
-    def _tag_colour(self) -> None:
-        info, ctx = self.info, self.stream.codec_context
-        ctx.colorspace = TAG_OF_MATRIX.get(info.matrix, UNSPECIFIED)
-        ctx.color_range = ColorRange.JPEG if info.full_range else ColorRange.MPEG
-        ctx.color_primaries = info.primaries if info.primaries != UNSPECIFIED else PRIMARIES_FOR[info.matrix]
-        ctx.color_trc = info.transfer if info.transfer != UNSPECIFIED else TRANSFER_FOR[info.matrix]
 
     @property
     def planes_target(self) -> YuvTarget | None:
-        """The YUV frames `write` takes as they are, when the pixel format is one colour.py makes."""
+        """The YUV frames `encode` takes as they are, when the pixel format is one colour.py makes."""
         if not converts_here(self.pix_fmt):
             return None
         cosited = chroma_cosited(self.stream.codec_context.codec.canonical_name)
         return YuvTarget(self.pix_fmt, self.width, self.height, self.info.matrix, self.info.full_range, cosited)
 
-    def write(self, image: np.ndarray | Planes, pts: int | None) -> None:
+    def encode(self, image: np.ndarray | Planes, pts: int | None) -> list[av.Packet]:
         frame = to_video_frame(image, self.pix_fmt) if isinstance(image, Planes) else self._from_rgb(image)
         frame.pts = pts if pts is not None else self.frames
         frame.time_base = self.info.time_base
-        if self.passthrough:
-            self.passthrough.mux_until(float(frame.pts * self.info.time_base))
-        self.container.mux(self.stream.encode(frame))
         self.frames += 1
+        return self.stream.encode(frame)
+
+    def flush(self) -> list[av.Packet]:
+        return self.stream.encode()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # nothing was muxed into it: a header-less close may complain
+            self.container.close()
 
     def _from_rgb(self, rgb: np.ndarray) -> av.VideoFrame:
         if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
@@ -181,8 +235,71 @@ class VideoSink:
             interpolation=CONVERSION,
         )
 
+
+@dataclass(frozen=True)
+class StoredPacket:
+    """A compressed video packet's facts, kept with a segment (its bytes are stored apart)."""
+
+    pts: int
+    duration: int
+    keyframe: bool
+    size: int
+
+
+class Muxer:
+    """The final file: the segments' video packets as they are (no re-encoding), the input's
+    audio and subtitles interleaved by time, the container's metadata and display rotation."""
+
+    def __init__(
+        self,
+        path: Path,
+        settings: EncoderSettings,
+        info: VideoInfo,
+        size: tuple[int, int],
+        source: Path | None,  # where audio and subtitles come from
+        notice: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.info = info
+        fmt = settings.container_format
+        # Matroska would otherwise shift every stream so that AAC priming (negative audio
+        # timestamps copied from MP4) starts at zero, moving the video's timestamps with it.
+        options = {"avoid_negative_ts": "disabled"} if fmt in ("matroska", "webm") else {}
+        self.container = av.open(str(path), "w", format=fmt, options=options)
+        self.passthrough = None
+        try:
+            self.stream = add_video_stream(self.container, settings, info, size, notice)
+            if info.rotation:
+                self.stream.set_display_rotation(info.rotation)
+            self.container.metadata.update(info.container_metadata)
+            self.passthrough = Passthrough(source, self.container, fmt, notice) if source else None
+            # Opens the (unused) encoder for its headers, which match every segment's, and writes
+            # the file's header.
+            self.container.start_encoding()
+        except BaseException:
+            self.abort()
+            raise
+
+    def mux(self, segments: list[tuple[list[StoredPacket], Callable[[], Iterator[bytes]]]]) -> None:
+        """Every video packet of the output, segment by segment in decode order: each segment's
+        packet facts and a reader of its payloads (only one segment's data is in memory at a
+        time). Decode timestamps are made anew for the whole stream: each segment's encoder
+        guessed its own for its first packets, which would run backwards where two segments
+        meet (see `decode_timestamps`)."""
+        facts = [packet for packets, _ in segments for packet in packets]
+        dts_all = iter(decode_timestamps([p.pts for p in facts]))
+        for packets, payloads in segments:
+            for packet, data in zip(packets, payloads(), strict=True):
+                dts = next(dts_all)
+                out = av.Packet(data)
+                out.pts, out.dts, out.duration = packet.pts, dts, packet.duration
+                out.is_keyframe = packet.keyframe
+                out.time_base = self.info.time_base
+                out.stream = self.stream
+                if self.passthrough:
+                    self.passthrough.mux_until(float(dts * self.info.time_base))
+                self.container.mux(out)
+
     def close(self) -> None:
-        self.container.mux(self.stream.encode())
         if self.passthrough:
             self.passthrough.mux_until(float("inf"))
             self.passthrough.close()
@@ -195,6 +312,18 @@ class VideoSink:
             self.container.close()
         except Exception:  # the file is deleted next: a failing close must not hide the first error
             pass
+
+
+def decode_timestamps(pts: list[int]) -> list[int]:
+    """Decode timestamps for packets in decode order: the i-th is the (i - D)-th smallest
+    presentation timestamp, D being the deepest reordering in the stream (what muxers do for an
+    encoder with B-frames: FFmpeg's libavformat/mux.c, compute_muxer_pkt_fields). The first D
+    run below the first frame, one frame interval apart."""
+    order = sorted(pts)
+    rank = {value: index for index, value in enumerate(order)}
+    delay = max((index - rank[value] for index, value in enumerate(pts)), default=0)
+    step = min((b - a for a, b in itertools.pairwise(order)), default=1) or 1
+    return [order[i - delay] if i >= delay else order[0] - (delay - i) * step for i in range(len(pts))]
 
 
 class Passthrough:
@@ -267,17 +396,80 @@ class Passthrough:
         self.input.close()
 
 
+# Constant-quality ranges (FFmpeg's encoder documentation, doc/encoders.texi: x264 and x265 take
+# 0-51, libvpx 0-63, libaom and SVT-AV1 0-63); FFmpeg's own option ranges are wider than what the
+# libraries accept (x264 clamps anything above 51 without a word).
+CRF_RANGE = {
+    "libx264": (0, 51),
+    "libx264rgb": (0, 51),
+    "libx265": (0, 51),
+    "libvpx-vp9": (0, 63),
+    "libvpx": (0, 63),
+    "libaom-av1": (0, 63),
+    "libsvtav1": (0, 63),
+}
+# Presets by name (x264.h's x264_preset_names, which x265 shares; NVENC's AVOption constants).
+_X26X_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
+_NVENC_PRESETS = ("default", "slow", "medium", "fast", "hp", "hq", "bd", "ll", "llhq", "llhp", "lossless", "losslesshp")
+PRESETS = {
+    "libx264": _X26X_PRESETS,
+    "libx264rgb": _X26X_PRESETS,
+    "libx265": _X26X_PRESETS,
+    "libsvtav1": tuple(str(n) for n in range(-1, 14)),
+    **{f"{c}_nvenc": (*(f"p{n}" for n in range(1, 8)), *_NVENC_PRESETS) for c in ("h264", "hevc", "av1")},
+}
+
+
+def check_codec(codec: str, container_format: str) -> None:
+    try:
+        found = av.Codec(codec, "w")
+    except (av.error.FFmpegError, ValueError):
+        raise EncoderError(
+            f"--codec {codec}: not an encoder this FFmpeg has; try libx264, libx265 or libsvtav1"
+        ) from None
+    if found.type != "video":
+        raise EncoderError(f"--codec {codec}: that encoder makes {found.type}, not video; choose e.g. libx264")
+
+
+def check_encoder_settings(settings: EncoderSettings, info: VideoInfo | None = None) -> None:
+    """Codec, container, CRF, preset and pixel format checked together, by opening the encoder
+    on a small frame, before any work starts."""
+    codec = settings.codec_name
+    check_codec(codec, settings.container_format)
+    if settings.crf is not None:
+        if codec not in CRF_RANGE:
+            raise EncoderError(
+                f"--crf: {codec} has no CRF setting; leave --crf out, or use libx264, libx265, libvpx-vp9 or libsvtav1"
+            )
+        low, high = CRF_RANGE[codec]
+        if not low <= settings.crf <= high:
+            raise EncoderError(f"--crf {settings.crf}: {codec} takes {low} to {high} (lower is better)")
+    probe = info or VideoInfo(64, 64, Fraction(1, 25), Fraction(25), None, 8, "bt709", False)
+    VideoEncoder(settings, probe, (64, 64)).close()
+
+
 def encoder_formats(codec: str) -> list[str]:
     try:
         return [f.name for f in av.Codec(codec, "w").video_formats or []]
     except (av.error.FFmpegError, ValueError):
-        raise OutputError(f"--codec {codec}: not an encoder this FFmpeg has") from None
+        raise EncoderError(f"--codec {codec}: not an encoder this FFmpeg has") from None
 
 
 def check_pix_fmt(codec: str, pix_fmt: str) -> str:
     formats = encoder_formats(codec)
     if formats and pix_fmt not in formats:
-        raise OutputError(f"--pix-fmt {pix_fmt}: {codec} cannot write it; it takes {', '.join(formats)}")
+        raise EncoderError(f"--pix-fmt {pix_fmt}: {codec} cannot write it; it takes {', '.join(formats)}")
     return pix_fmt
 
 
@@ -295,5 +487,5 @@ def choose_pix_fmt(codec: str, bit_depth: int, notice: Callable[[str], None]) ->
         notice(f"{codec} here cannot write 10-bit: the output is 8-bit (use libx265 or libx264 for 10-bit)")
         return "yuv420p"
     if not formats:
-        raise OutputError(f"--codec {codec}: not a video encoder")
+        raise EncoderError(f"--codec {codec}: not a video encoder")
     return formats[0]

@@ -11,10 +11,12 @@ import torch
 from torch import Tensor
 
 from .colour import Planes, YuvTarget
+from .errors import UsageError
 from .network import BasicVSRPlusPlus
+from .network.basicvsrpp import BRANCHES
 from .tensors import frames_to_tensor, tensor_to_frames
 from .threads import use_threads
-from .windows import run_tiled
+from .windows import run_count, run_tiled
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_TILE = 64
@@ -23,9 +25,16 @@ MIN_TILE = 64
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: choose auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: vsrpp runs on cpu or cuda (cuda:N); choose one of those")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -33,7 +42,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision}: choose auto, fp32, fp16 or bf16")
+        raise UsageError(f"--precision {precision}: choose auto, fp32, fp16 or bf16")
     return PRECISIONS[precision]
 
 
@@ -85,11 +94,31 @@ class Engine:
         windows: list[tuple[list[np.ndarray | Planes], slice]],
         bit_depth: int,
         target: YuvTarget | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> list[list[np.ndarray | Planes]]:
         """Windows of equal length and frame size through the network together, on the batch
-        dimension; each window's kept frames, as `upscale` gives them."""
-        out = self.infer_many([frames for frames, _ in windows])
+        dimension; each window's kept frames, as `upscale` gives them. `on_progress` hears the
+        fraction of the work done (0 to 1) after every propagation step."""
+        self.model.on_step = self._step_counter(windows, on_progress) if on_progress else None
+        try:
+            out = self.infer_many([frames for frames, _ in windows])
+        finally:
+            self.model.on_step = None
         return [tensor_to_frames(out[i : i + 1, keep], bit_depth, target) for i, (_, keep) in enumerate(windows)]
+
+    def _step_counter(self, windows: list[tuple[list, slice]], on_progress: Callable[[float], None]) -> Callable:
+        frames = windows[0][0]
+        h, w = (frames[0].height, frames[0].width) if isinstance(frames[0], Planes) else frames[0].shape[:2]
+        calls = run_count(len(windows), h, w, self.tile, self.tile_overlap, self.batch)
+        total = len(BRANCHES) * len(frames) * calls
+        done = 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            on_progress(min(done / total, 1.0))  # a retry after running out of memory counts again
+
+        return step
 
     def infer(self, frames: list[np.ndarray | Planes], mirrored: bool = False) -> Tensor:
         """The network's output (1, t, 3, sh, sw) for a window, unclamped, always finite.

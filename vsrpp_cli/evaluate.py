@@ -16,14 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from .decode import InputError, frame_files, read_image
-from .engine import Engine
+from .engine import PRECISIONS, Engine
+from .errors import EvalError, UsageError
 from .metrics import psnr, ssim
 from .tensors import tensor_to_frames
 from .windows import temporal_windows
-
-
-class EvalError(Exception):
-    """A data root that lacks what the dataset needs; the message names what is missing."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +91,73 @@ class Report:
                 ssim_difference=self.ssim - published_ssim,
             )
         return facts
+
+
+@dataclass
+class EvalPlan:
+    """What `vsrpp eval` scores: a standard set under its protocol, or a custom --lq/--gt pair."""
+
+    name: str
+    clips: list[tuple[str, Path, Path]]
+    y_channel: bool
+    centre_frame_only: bool = False
+    dataset: Dataset | None = None
+
+    @classmethod
+    def make(
+        cls, dataset: str | None, data_root: Path | None, lq: Path | None, gt: Path | None, y_channel: bool
+    ) -> EvalPlan:
+        if (dataset is None) == (lq is None and gt is None):
+            raise UsageError("give either --dataset NAME or --lq DIR --gt DIR")
+        if dataset is not None:
+            spec = get_dataset(dataset)
+            clips = dataset_clips(spec, data_root or Path(spec.default_root))
+            return cls(spec.name, clips, spec.y_channel, spec.centre_frame_only, spec)
+        if lq is None or gt is None:
+            raise UsageError("--lq and --gt go together")
+        return cls(f"{lq} vs {gt}", paired_clips(lq, gt), y_channel)
+
+
+def score(
+    plan: EvalPlan,
+    weights: Path,
+    engine: Engine,
+    chunk_frames: int = 0,
+    chunk_overlap: int = 0,
+    crop_border: int = 0,
+    on_clip: Callable[[ClipScore], None] = lambda score: None,
+) -> tuple[Report, dict]:
+    """Score the plan's clips; the report, and its facts with the settings and the published
+    numbers beside ours when the weights are a zoo model's."""
+    from . import zoo
+    from .checkpoint import sha256_of
+
+    known = zoo.known_file(sha256_of(weights))
+    report = evaluate(
+        plan.clips,
+        engine,
+        plan.name,
+        plan.y_channel,
+        plan.centre_frame_only,
+        chunk_frames,
+        chunk_overlap,
+        crop_border,
+        on_clip,
+    )
+    if plan.dataset is not None and known is not None:
+        report.published = known.scores.get(plan.dataset.score_key)
+    facts = report.as_dict()
+    facts.update(
+        weights=str(weights),
+        zoo_model=known.name if known else None,
+        device=str(engine.device),
+        precision=next(name for name, value in PRECISIONS.items() if value == engine.dtype),
+        chunk_frames=chunk_frames,
+        chunk_overlap=chunk_overlap,
+        tile=engine.tile,
+        crop_border=crop_border,
+    )
+    return report, facts
 
 
 def get_dataset(name: str) -> Dataset:

@@ -2,19 +2,21 @@
 
 Decoding runs in one thread, encoding in another, the network in the caller's: they overlap,
 and no stage holds more than a window (chunk + 2 * overlap frames) plus two short queues, so
-memory does not grow with the video. The output is written beside its final path under a
-temporary name and moved into place at the end; finished windows are kept (resume.py) until then.
+memory does not grow with the video. The output is committed in closed segments as it goes
+(resume.py), which bounds what an interruption loses and what the disk holds; at the end they
+are joined, without re-encoding, into a temporary file beside the output, moved into place.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import queue
-import shutil
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +25,13 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import CheckpointError, load_model, sha256_of
-from .decode import FRAME_EXTENSIONS, Frame, InputError, VideoInfo, open_source
-from .encode import CONTAINERS, FrameFolderSink, OutputError, VideoSink, container_for
+from .checkpoint import load_model, sha256_of
+from .colour import YuvTarget
+from .decode import FRAME_EXTENSIONS, Frame, VideoInfo, open_source
+from .encode import CONTAINERS, EncoderSettings, Muxer, VideoEncoder, check_encoder_settings, container_for
 from .engine import PRECISIONS, Engine, pick_device, pick_dtype
-from .resume import ResumeError, WindowStore
+from .errors import OutputError, UsageError, VsrppError, os_error_advice
+from .resume import FrameSegment, RunStore, VideoSegment, remove
 from .windows import Window, temporal_windows
 
 VIDEO_EXTENSIONS = {
@@ -48,6 +52,8 @@ VIDEO_EXTENSIONS = {
     ".3gp",
 }
 QUEUE_FRAMES = 8  # decoded frames waiting for the network, and upscaled ones waiting for the encoder
+SEGMENT_FRAMES = 240  # output frames per committed segment (whole windows: a segment may hold more)
+FRAME_NAME = re.compile(r"\d{8}\.png")  # what a frames-folder output holds (encode.FrameFolderSink)
 
 
 @dataclass
@@ -69,6 +75,8 @@ class Options:
     batch: int = 0  # windows per forward; 0: from free memory on CUDA, 1 on CPU
     graphs: bool = True  # CUDA graphs for the propagation steps (CUDA only)
     compile: bool = False  # torch.compile the alignment modules (pays on long runs in bf16 on the CPU)
+    deinterlace: str = "auto"  # interlaced input: "auto" (bwdif when the stream is interlaced), "bwdif", "yadif", "off"
+    segment_frames: int = SEGMENT_FRAMES
 
 
 @dataclass
@@ -102,7 +110,7 @@ def upscale(
     source_path: Path,
     output: Path,
     options: Options,
-    on_progress: Callable[[int, int | None], None] = lambda done, total: None,
+    on_progress: Callable[[float, int | None], None] = lambda done, total: None,
     notice: Callable[[str], None] = lambda message: None,
 ) -> Summary:
     started = time.perf_counter()
@@ -110,90 +118,107 @@ def upscale(
         raise OutputError(f"{output} is the input itself; choose another output")
     container_format = container_for(output)
     check_output(output, options.overwrite)
-    source = open_source(source_path)
-    info = source.info
-    device = pick_device(options.device)
-    dtype = pick_dtype(options.precision, device)
-    precision_name = next(name for name, value in PRECISIONS.items() if value == dtype)
-    colour_on_device = colour_runs_on_device(options.colour)
-    summary = Summary(
-        str(source_path),
-        str(output),
-        device=str(device),
-        precision=precision_name,
-        colour="device" if colour_on_device else "swscale",
-    )
+    summary = Summary(str(source_path), str(output))
 
     def tell(message: str) -> None:
         summary.notices.append(message)
         notice(message)
 
+    source = open_source(source_path, options.deinterlace, tell)
+    info = source.info
+    total = info.frame_count or info.frame_estimate
+    on_progress(0, total)
+    device = pick_device(options.device)
+    dtype = pick_dtype(options.precision, device)
+    summary.device, summary.precision = str(device), next(n for n, v in PRECISIONS.items() if v == dtype)
+    summary.colour = options.colour
     model = load_model(options.weights)
-    chunk = options.chunk_frames or default_chunk(device, info.width, info.height, model.mid_channels)
-    window_frames = chunk + 2 * options.chunk_overlap
-    batch = options.batch or default_batch(device, info.width, info.height, model.mid_channels, window_frames)
-    engine = Engine(
-        model,
-        device,
-        dtype,
-        options.tile,
-        options.tile_overlap,
-        warn=tell,
-        graphs=options.graphs,
-        batch=batch,
-        compile=options.compile,
-    )
-    summary.chunk_frames, summary.chunk_overlap, summary.batch = chunk, options.chunk_overlap, batch
-
+    size = (info.width * model.scale, info.height * model.scale)
+    settings = EncoderSettings(container_format, options.codec, options.crf, options.preset, options.pix_fmt)
     temporary = temporary_path(output)
+    muxer: Muxer | None = None
+    store: RunStore | None = None
+    writer: SegmentWriter | None = None
+    frames: Iterator | None = None
     try:
-        sink = make_sink(temporary, container_format, source_path, info, engine.scale, options, tell)
-    except BaseException:
-        remove(temporary)
-        raise
-    # Frames for the encoder leave the device as YUV when it takes a format colour.py makes.
-    target = sink.planes_target if colour_on_device and isinstance(sink, VideoSink) else None
-    fingerprint = {
-        "input": str(source_path.resolve()),
-        "input_size": source_path.stat().st_size if source_path.is_file() else len(source.files),
-        "input_mtime_ns": source_path.stat().st_mtime_ns,
-        "weights_sha256": sha256_of(options.weights),
-        "chunk_frames": chunk,
-        "chunk_overlap": options.chunk_overlap,
-        "tile": options.tile,
-        "tile_overlap": options.tile_overlap,
-        "precision": precision_name,
-        "device": device.type,
-        "colour": summary.colour,
-        "stored_format": target.format if target else "rgb",
-        "vsrpp": __version__,
-    }
-    writer = BackgroundWriter(sink)
-    store = None
-    try:
-        store = WindowStore.open(partial_folder(output), fingerprint, options.resume, options.overwrite)
-        frames = in_background(source.frames(keep_yuv=colour_on_device))
+        # The final file is opened now, so that its encoder, container and audio settings are
+        # refused before any work rather than after hours; it is written at the end.
+        if container_format is None:
+            temporary.mkdir()
+        else:
+            muxer = Muxer(temporary, settings, info, size, source_path if source_path.is_file() else None, tell)
+        # Frames for the encoder leave the device as YUV when it takes a format colour.py makes.
+        target = muxer_target(settings, info, size) if muxer and options.colour == "device" else None
+        store = RunStore.open(
+            partial_folder(output),
+            fingerprint(source_path, source, options, summary, target),
+            plan(options, device, info, model.mid_channels),
+            options.resume,
+            options.overwrite,
+        )
+        chunk, per_segment = store.plan["chunk_frames"], store.plan["windows_per_segment"]
+        window_frames = chunk + 2 * options.chunk_overlap
+        batch = options.batch or default_batch(device, info.width, info.height, model.mid_channels, window_frames)
+        engine = Engine(
+            model,
+            device,
+            dtype,
+            options.tile,
+            options.tile_overlap,
+            warn=tell,
+            graphs=options.graphs,
+            batch=batch,
+            compile=options.compile,
+        )
+        summary.chunk_frames, summary.chunk_overlap, summary.batch = chunk, options.chunk_overlap, batch
+
+        def new_segment(index: int) -> VideoSegment | FrameSegment:
+            if container_format is None:
+                return FrameSegment(store, index)
+            return VideoSegment(store, index, lambda: VideoEncoder(settings, info, size))
+
+        writer = SegmentWriter(new_segment, store)
+        closed = store.closed_segments()
+        frames = in_background(source.frames(keep_yuv=options.colour == "device"))
         pending: list[Window[Frame]] = []  # windows of one length, waiting to fill a batch
 
+        def closes_segment(window: Window[Frame]) -> bool:
+            return window.index % per_segment == per_segment - 1
+
         def write(window: Window[Frame], upscaled: list) -> None:
+            segment = window.index // per_segment
             for frame, image in zip(window.items[window.keep], upscaled, strict=True):
-                writer.put(image, frame.pts)
+                writer.put(segment, image, frame.pts)
             summary.frames += window.keep.stop - window.keep.start
-            on_progress(summary.frames, info.frame_count)
+            on_progress(summary.frames, total)
+            if closes_segment(window):
+                writer.close_segment(segment, range(segment * per_segment, window.index + 1))
 
         def run_pending() -> None:
             if not pending:
                 return
             runs = [([f.image for f in w.items], w.keep) for w in pending]
-            for window, upscaled in zip(pending, engine.upscale_many(runs, info.bit_depth, target), strict=True):
-                store.save(window.index, upscaled)
+            kept = sum(w.keep.stop - w.keep.start for w in pending)
+
+            def within(fraction: float) -> None:  # the bar moves during the window, not after it
+                on_progress(summary.frames + fraction * kept, total)
+
+            upscaled_windows = engine.upscale_many(runs, info.bit_depth, target, within)
+            for window, upscaled in zip(pending, upscaled_windows, strict=True):
+                if not closes_segment(window):  # its segment would close at once: nothing to keep
+                    store.save_window(window.index, upscaled)
                 write(window, upscaled)
             pending.clear()
 
         for window in temporal_windows(frames, chunk, options.chunk_overlap):
-            if store.has(window.index):
+            if window.index // per_segment in closed:  # committed by an earlier run
+                summary.frames += window.keep.stop - window.keep.start
+                summary.windows_resumed += 1
+                on_progress(summary.frames, total)
+                continue
+            if store.has_window(window.index):
                 run_pending()  # in order: the writer takes windows as they come
-                write(window, store.load(window.index, target))
+                write(window, store.load_window(window.index, target))
                 summary.windows_resumed += 1
                 continue
             if pending and len(pending[0].items) != len(window.items):
@@ -203,12 +228,23 @@ def upscale(
                 run_pending()
         run_pending()
         writer.close()
+        if muxer is not None:
+            muxer.mux(store.video_segments())
+            muxer.close()
+        else:
+            join_frame_segments(store.frame_segments(), temporary)
+    except OSError as error:
+        advice = os_error_advice(error, output.parent, f"{output.name} or its finished segments")
+        cleanup(writer, muxer, temporary, store)
+        if advice is None:
+            raise
+        raise advice from None
     except BaseException:
-        writer.abort()
-        remove(temporary)
-        if store is not None:
-            store.remove_if_empty()  # finished windows stay for --resume
+        cleanup(writer, muxer, temporary, store)
         raise
+    finally:
+        if frames is not None:
+            frames.close()  # the decode thread ends and the input is closed, now (not at exit)
     finish(temporary, output)
     store.remove()
     summary.lost = source.report.lost
@@ -219,42 +255,147 @@ def upscale(
     return summary
 
 
-def colour_runs_on_device(choice: str) -> bool:
-    if choice not in ("device", "swscale"):
-        raise ValueError(f"--colour {choice}: choose device or swscale")
-    return choice == "device"
+def cleanup(writer: SegmentWriter | None, muxer: Muxer | None, temporary: Path, store: RunStore | None) -> None:
+    """After a failure or an interruption: what is partial goes, closed segments and stored
+    windows stay for --resume (and the folder goes too when it holds nothing)."""
+    if writer is not None:
+        writer.abort()
+    if muxer is not None:
+        muxer.abort()
+    remove(temporary)
+    if store is not None:
+        store.remove_partials()
+        store.remove_if_empty()
 
 
-def make_sink(
-    temporary: Path,
-    container_format: str | None,
-    source_path: Path,
-    info: VideoInfo,
-    scale: int,
-    options: Options,
-    notice: Callable[[str], None],
-) -> VideoSink | FrameFolderSink:
-    if container_format is None:
-        return FrameFolderSink(temporary)
-    return VideoSink(
-        temporary,
-        container_format,
-        info,
-        (info.width * scale, info.height * scale),
-        source_path if source_path.is_file() else None,  # where audio and subtitles come from
-        options.codec,
-        options.crf,
-        options.preset,
-        options.pix_fmt,
-        notice,
-    )
+def fingerprint(
+    source_path: Path, source: Any, options: Options, summary: Summary, target: YuvTarget | None
+) -> dict[str, Any]:
+    """Everything that changes the output's frames or packets: a resumed run must match it."""
+    return {
+        "input": str(source_path.resolve()),
+        "input_size": source_path.stat().st_size if source_path.is_file() else len(source.files),
+        "input_mtime_ns": source_path.stat().st_mtime_ns,
+        "weights_sha256": sha256_of(options.weights),
+        "chunk_frames": options.chunk_frames,  # as asked (0: sized to the device; the plan has the size)
+        "chunk_overlap": options.chunk_overlap,
+        "tile": options.tile,
+        "tile_overlap": options.tile_overlap,
+        "precision": summary.precision,
+        "device": summary.device.split(":")[0],
+        "colour": summary.colour,
+        "stored_format": target.format if target else "rgb",
+        "codec": options.codec,
+        "crf": options.crf,
+        "preset": options.preset,
+        "pix_fmt": options.pix_fmt,
+        "deinterlace": options.deinterlace,
+        "segment_frames": options.segment_frames,
+        "vsrpp": __version__,
+    }
+
+
+def plan(options: Options, device: torch.device, info: VideoInfo, mid_channels: int) -> dict[str, int]:
+    """Window size and segment length. Stored with the run: a resumed run keeps them even where
+    free GPU memory (which sizes windows) has changed since."""
+    chunk = options.chunk_frames or default_chunk(device, info.width, info.height, mid_channels)
+    return {"chunk_frames": chunk, "windows_per_segment": max(1, math.ceil(options.segment_frames / chunk))}
+
+
+def muxer_target(settings: EncoderSettings, info: VideoInfo, size: tuple[int, int]) -> YuvTarget | None:
+    encoder = VideoEncoder(settings, info, size)
+    try:
+        return encoder.planes_target
+    finally:
+        encoder.close()
+
+
+def join_frame_segments(segments: list[Path], folder: Path) -> None:
+    """The frames of every segment, numbered on from one segment to the next, into `folder`."""
+    count = 0
+    for segment in segments:
+        for frame in sorted(segment.iterdir()):
+            frame.replace(folder / f"{count:08d}{frame.suffix}")
+            count += 1
+
+
+class SegmentWriter:
+    """Encodes in a thread, segment by segment; an encoder error is raised at the next put or
+    close. Closing a segment waits for it, so the windows it makes redundant can go at once."""
+
+    def __init__(self, new_segment: Callable[[int], Any], store: RunStore, maxsize: int = QUEUE_FRAMES) -> None:
+        self.new_segment, self.store = new_segment, store
+        self.segment: Any = None
+        self.channel: queue.Queue = queue.Queue(maxsize)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._consume, daemon=True, name="vsrpp-encode")
+        self.thread.start()
+
+    def _consume(self) -> None:
+        while (item := self.channel.get()) is not _DONE:
+            work, done = item
+            if self.error is None:
+                try:
+                    work()
+                except BaseException as error:
+                    self.error = error
+            if done is not None:
+                done.set()
+
+    def _run(self, work: Callable[[], None], wait: bool = False) -> None:
+        if self.error:
+            raise self.error
+        done = threading.Event() if wait else None
+        self.channel.put((work, done))
+        if done is not None:
+            done.wait()
+            if self.error:
+                raise self.error
+
+    def put(self, segment: int, image: Any, pts: int | None) -> None:
+        def write() -> None:
+            if self.segment is None:
+                self.segment = self.new_segment(segment)
+            self.segment.write(image, pts)
+
+        self._run(write)
+
+    def close_segment(self, segment: int, windows: range) -> None:
+        def close() -> None:
+            if self.segment is not None:
+                self.segment.close()
+                self.segment = None
+            self.store.drop_windows(windows)
+
+        self._run(close, wait=True)
+
+    def close(self) -> None:
+        """Closes the last segment (it may be short) and ends the thread."""
+
+        def close() -> None:
+            if self.segment is not None:
+                self.segment.close()
+                self.segment = None
+            self.store.drop_windows(self.store.stored_windows())  # all of them were the last segment's
+
+        self._run(close, wait=True)
+        self.channel.put(_DONE)
+        self.thread.join()
+
+    def abort(self) -> None:
+        if self.thread.is_alive():
+            self.channel.put(_DONE)
+            self.thread.join()
+        if self.segment is not None:
+            self.segment.abort()
+            self.segment = None
 
 
 def run_jobs(
     jobs: list[tuple[Path, Path]],
     options: Options,
     gpus: int = 1,
-    on_progress: Callable[[int, int, int | None], None] = lambda job, done, total: None,
+    on_progress: Callable[[int, float, int | None], None] = lambda job, done, total: None,
     notice: Callable[[str], None] = lambda message: None,
 ) -> list[Summary | Exception]:
     """Run every job; with gpus > 1, one worker thread per GPU takes the next file (the network
@@ -262,7 +403,7 @@ def run_jobs(
     if gpus > 1:
         available = torch.cuda.device_count()
         if available < gpus:
-            raise ValueError(f"--gpus {gpus}: only {available} CUDA device(s) here")
+            raise UsageError(f"--gpus {gpus}: only {available} CUDA device(s) here")
     devices: queue.Queue = queue.Queue()
     for index in range(max(gpus, 1)):
         devices.put(f"cuda:{index}" if gpus > 1 else options.device)
@@ -273,9 +414,8 @@ def run_jobs(
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             job_options = dataclasses.replace(options, device=device)
-            on_progress(number, 0, None)
             return upscale(source, target, job_options, lambda d, t: on_progress(number, d, t), notice)
-        except (InputError, OutputError, ResumeError, CheckpointError, ValueError) as error:
+        except VsrppError as error:
             return error
         finally:
             devices.put(device)
@@ -292,7 +432,7 @@ def plan_jobs(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
     if len(inputs) == 1 and not is_video_folder(inputs[0]):
         return [(inputs[0], output)]
     if output.suffix:
-        raise OutputError(f"{output}: several inputs need an output folder (a path without an extension)")
+        raise UsageError(f"{output}: several inputs need an output folder (a path without an extension)")
     sources: list[Path] = []
     for path in inputs:
         sources.extend(sorted(p for p in path.iterdir() if is_video_file(p)) if is_video_folder(path) else [path])
@@ -303,7 +443,7 @@ def plan_jobs(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
     names = [target for _, target in jobs]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate is not None:
-        raise OutputError(f"two inputs would both be written to {duplicate}; rename one of them")
+        raise UsageError(f"two inputs would both be written to {duplicate}; rename one of them")
     return jobs
 
 
@@ -320,12 +460,35 @@ def is_video_file(path: Path) -> bool:
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise OutputError(f"{output} already exists; add --overwrite to replace it")
-    if not output.parent.exists():
+    """--overwrite replaces only what vsrpp would write there: one video file, or a folder that
+    holds nothing but frames in vsrpp's naming. Anything else is refused and left as it is."""
+    if not output.parent.is_dir():
         raise OutputError(f"{output.parent}: no such folder for the output")
-    if output.exists() and output.is_dir() != (container_for(output) is None):
-        raise OutputError(f"{output} exists and is {'a folder' if output.is_dir() else 'a file'}; choose another name")
+    if not output.exists() and not output.is_symlink():
+        return
+    if not overwrite:
+        raise OutputError(f"{output} already exists; add --overwrite to replace it")
+    wants_folder = container_for(output) is None
+    if output.is_symlink() or output.is_dir() != wants_folder:
+        kind = "a link" if output.is_symlink() else "a folder" if output.is_dir() else "a file"
+        raise OutputError(f"{output} is {kind}, which --overwrite does not replace; choose another output")
+    if wants_folder:
+        others = sorted(p.name for p in output.iterdir() if not (FRAME_NAME.fullmatch(p.name) and p.is_file()))
+        if others:
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            raise OutputError(
+                f"{output} holds {others[0]}{more}, which vsrpp did not write; --overwrite replaces only a "
+                "folder of vsrpp's frames: choose another output folder"
+            )
+
+
+def check_encoder(outputs: list[Path], codec: str | None, crf: int | None, preset: str | None, pix_fmt: str | None):
+    """The encoder settings against every container they will go into, before any work starts."""
+    formats = {container_for(output) for output in outputs}
+    if None in formats and any(value is not None for value in (codec, crf, preset, pix_fmt)):
+        raise UsageError("--codec, --crf, --preset and --pix-fmt are for video outputs; a frames folder is PNG")
+    for container_format in sorted(formats - {None}):
+        check_encoder_settings(EncoderSettings(container_format, codec, crf, preset, pix_fmt))
 
 
 def default_chunk(device: torch.device, width: int, height: int, mid_channels: int) -> int:
@@ -364,16 +527,12 @@ def temporary_path(output: Path) -> Path:
 
 
 def finish(temporary: Path, output: Path) -> None:
-    if output.is_dir():  # only with --overwrite: a folder cannot be replaced in one step
-        shutil.rmtree(output)
+    if output.is_dir():  # only with --overwrite, and only vsrpp's frames (check_output)
+        for frame in output.iterdir():
+            if FRAME_NAME.fullmatch(frame.name):
+                frame.unlink()
+        output.rmdir()  # fails, keeping everything, if anything else appeared meanwhile
     os.replace(temporary, output)
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
 
 
 def path_bytes(path: Path) -> int:
@@ -386,25 +545,34 @@ def path_bytes(path: Path) -> int:
 _DONE = object()
 
 
-def in_background(items: Iterable, maxsize: int = QUEUE_FRAMES) -> Iterator:
-    """Produce `items` in a thread, `maxsize` ahead at most; its exceptions surface here."""
+def in_background(items: Iterator, maxsize: int = QUEUE_FRAMES) -> Iterator:
+    """Produce `items` in a thread, `maxsize` ahead at most; its exceptions surface here. Closing
+    this generator (or a failure of its consumer) stops the thread and closes `items` (and so
+    the input file) before it returns."""
     channel: queue.Queue = queue.Queue(maxsize)
     stop = threading.Event()
+
+    def hand_over(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        channel.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(item):
                     return
-            channel.put(_DONE)
+            hand_over(_DONE)
         except BaseException as error:  # handed to the consumer
-            channel.put(error)
+            hand_over(error)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, daemon=True, name="vsrpp-decode")
     thread.start()
@@ -415,44 +583,7 @@ def in_background(items: Iterable, maxsize: int = QUEUE_FRAMES) -> Iterator:
             yield item
     finally:
         stop.set()
+        thread.join()
 
 
-class BackgroundWriter:
-    """Encodes in a thread; an encoder error is raised at the next put or at close."""
-
-    def __init__(self, sink, maxsize: int = QUEUE_FRAMES) -> None:
-        self.sink = sink
-        self.channel: queue.Queue = queue.Queue(maxsize)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._consume, daemon=True, name="vsrpp-encode")
-        self.thread.start()
-
-    def _consume(self) -> None:
-        while (item := self.channel.get()) is not _DONE:
-            if self.error is None:
-                try:
-                    self.sink.write(*item)
-                except BaseException as error:
-                    self.error = error
-
-    def put(self, rgb, pts) -> None:
-        if self.error:
-            raise self.error
-        self.channel.put((rgb, pts))
-
-    def close(self) -> None:
-        self.channel.put(_DONE)
-        self.thread.join()
-        if self.error:
-            raise self.error
-        self.sink.close()
-
-    def abort(self) -> None:
-        if self.thread.is_alive():
-            self.channel.put(_DONE)
-            self.thread.join()
-        if hasattr(self.sink, "abort"):
-            self.sink.abort()
-
-
-__all__ = ["InputError", "Options", "OutputError", "Summary", "upscale"]
+__all__ = ["Options", "Summary", "upscale"]

@@ -110,6 +110,21 @@ def run_tiled(
     return out / weight_sum
 
 
+def run_count(n: int, h: int, w: int, tile: int, overlap: int, batch: int = 1) -> int:
+    """How many calls of `run` run_tiled makes for n clips of h x w (for progress)."""
+    if n > batch:
+        return sum(run_count(len(part), h, w, tile, overlap, batch) for part in torch.arange(n).split(batch))
+    if tile <= 0 or (h <= tile and w <= tile):
+        return 1
+    sizes: dict[tuple[int, int], int] = {}
+    for y0, y1 in tile_spans(h, tile):
+        for x0, x1 in tile_spans(w, tile):
+            size = (min(h, y1 + overlap) - max(0, y0 - overlap), min(w, x1 + overlap) - max(0, x0 - overlap))
+            sizes[size] = sizes.get(size, 0) + 1
+    per_run = max(1, batch // n)
+    return sum(math.ceil(count / per_run) for count in sizes.values())
+
+
 def _ramp(length: int, fade_in: bool, fade_out: bool, overlap: int, scale: int, device) -> Tensor:
     """Weights along one axis of a tile's output: rising over the 2 * overlap pixels it shares
     with the tile before, falling over those it shares with the tile after."""

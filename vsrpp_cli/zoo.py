@@ -25,14 +25,11 @@ import torch
 from torch.hub import download_url_to_file
 
 from .checkpoint import sha256_of
+from .errors import CheckpointError, UsageError, ZooError
 
 OPENMMLAB = "https://download.openmmlab.com/mmediting/restorers/basicvsr_plusplus/"
 AUTHORS_FOLDER = "https://www.dropbox.com/sh/gopo637rbutlxde/AACGnXDlvQMjwfCey3m2g34za?dl=0"
 DEFAULT_MODEL = "reds4"
-
-
-class ZooError(Exception):
-    """A model that cannot be had as asked; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +238,20 @@ def is_intact(model: Model) -> bool:
 def known_file(sha256: str) -> Model | None:
     """The zoo model whose checksum prefix this file's sha256 starts with, if any."""
     return next((m for m in models().values() if sha256.startswith(m.sha256_prefix)), None)
+
+
+def resolve_weights(
+    model: str | None, weights: Path | None, progress: bool = True, notice=lambda message: None
+) -> Path:
+    """The checkpoint a command runs with: --weights FILE, else --model NAME (fetched once and
+    verified), else the default model. Every command that needs weights chooses them here."""
+    if weights is not None and model is not None:
+        raise UsageError("give either --model NAME or --weights FILE, not both")
+    if weights is not None:
+        if not weights.is_file():
+            raise CheckpointError(f"--weights {weights}: no such file; check the path, or use --model NAME")
+        return weights
+    return ensure(model or DEFAULT_MODEL, progress, notice)
 
 
 def ensure(name: str, progress: bool = True, notice=lambda message: None) -> Path:

@@ -116,6 +116,9 @@ class BasicVSRPlusPlus(nn.Module):
         self.conv_hr = nn.Conv2d(64, 64, 3, 1, 1)
         self.conv_last = nn.Conv2d(64, 3, 3, 1, 1)
         self.step_runners: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] | None = None
+        # Called after every propagation step (len(BRANCHES) * t per forward), for progress
+        # bars; it is handed nothing from the device, so it never waits for the GPU.
+        self.on_step: Callable[[], None] | None = None
 
     @property
     def scale(self) -> int:
@@ -221,6 +224,8 @@ class BasicVSRPlusPlus(nn.Module):
                 grids, flows, offset_flows = plan.step(step)
                 feat_prop = aligned_step(feat_prop, feat_n2, grids, flows, offset_flows, *context)
             outputs.append(feat_prop)
+            if self.on_step is not None:
+                self.on_step()
         return outputs[::-1] if backward else outputs
 
     @property

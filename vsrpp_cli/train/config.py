@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
+
 REDS4_CLIPS = ("000", "011", "015", "020")
 
 
@@ -53,13 +55,43 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        return cls().updated(json.loads(Path(path).read_text()))
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--config {path}: not a readable JSON file of settings ({error})") from None
+        if not isinstance(values, dict):
+            raise UsageError(f'--config {path}: give a JSON object of settings, e.g. {{"iters": 1000}}')
+        return cls().updated(values)
+
+    @classmethod
+    def from_sources(cls, config_file: Path | None, flags: dict[str, Any]) -> TrainConfig:
+        """Flags the user gave win; what they did not give comes from the file, then from the
+        recipe's defaults. A flag not given is None."""
+        start = cls.load(config_file) if config_file else cls()
+        return start.updated(flags)
+
+    @classmethod
+    def finetune(cls, init_from: Path, frames_root: Path, work_dir: Path, arch: dict[str, Any], **recipe: Any):
+        """Finetuning: the user's footage in folders, the checkpoint's architecture, SPyNet
+        trained from the start (no frozen phase), no REDS4 validation; `recipe` as given."""
+        x4 = arch["is_low_res_input"]
+        base = cls(
+            dataset="folders",
+            data_root=str(frames_root),
+            work_dir=str(work_dir),
+            init_from=str(init_from),
+            degradation="bicubic" if x4 else "compress",
+            fix_iter=0,
+            val_interval=0,
+            **arch,
+        )
+        return base.updated(recipe)
 
     def updated(self, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+            raise UsageError(f"unknown training settings: {', '.join(unknown)}; `vsrpp train --help` lists them")
         merged = {**asdict(self), **{k: v for k, v in values.items() if v is not None}}
         merged["betas"] = tuple(merged["betas"])
         merged["val_clips"] = tuple(merged["val_clips"])

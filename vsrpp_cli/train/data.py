@@ -14,11 +14,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from ..decode import frame_files, read_image
+from ..errors import DataError
 from .config import TrainConfig
-
-
-class DataError(Exception):
-    """A data root that lacks what training needs; the message names what is missing."""
 
 
 def reds_clips(config: TrainConfig) -> tuple[list[tuple[Path, Path, list[str]]], list[tuple[str, Path, Path]]]:
@@ -69,6 +66,13 @@ def folder_clips(config: TrainConfig) -> list[tuple[Path | None, Path, list[str]
             clips.append((root / "LQ" / gt_dir.name if paired else None, gt_dir, names))
     if not clips:
         raise DataError(f"{gt_root}: no folder of at least {config.num_frames} frames to learn from")
+    for _, gt_dir, names in clips:  # a crop larger than the frames cannot be taken
+        height, width = read_image(gt_dir / names[0]).shape[:2]
+        if config.patch_size > min(height, width):
+            raise DataError(
+                f"--patch-size {config.patch_size} is larger than the frames of {gt_dir.name} ({width}x{height}); "
+                f"give --patch-size {min(height, width) // 4 * 4} or less"
+            )
     return clips
 
 

@@ -13,6 +13,7 @@ import torch
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from .. import zoo
+from ..errors import ResumeError, UsageError
 from .config import TrainConfig
 from .data import DataError, folder_clips, reds_clips
 from .worker import main as worker_main
@@ -29,6 +30,11 @@ def launch(
     resume: bool = False,
 ) -> None:
     """Check the data, write the resolved configuration into the work dir, run the workers."""
+    if nnodes > 1 and not (master_addr or rdzv_endpoint or "SLURM_JOB_ID" in os.environ):
+        raise UsageError(
+            f"--nnodes {nnodes}: every machine must be told where the first one is: add --master-addr HOST "
+            "(the first machine's address, the same on all of them) or --rdzv-endpoint HOST:PORT"
+        )
     if config.dataset == "reds":
         reds_clips(config)  # fail here, clearly, rather than in N workers
     else:
@@ -38,9 +44,9 @@ def launch(
     work_dir = Path(config.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     if resume and not (work_dir / "latest.state.pth").exists():
-        raise ValueError(f"--resume: {work_dir} holds no run to continue (latest.state.pth)")
+        raise ResumeError(f"--resume: {work_dir} holds no run to continue (latest.state.pth)")
     if not resume and (work_dir / "latest.pth").exists():
-        raise ValueError(f"{work_dir} already holds a run; add --resume to continue it or choose another --work-dir")
+        raise ResumeError(f"{work_dir} already holds a run; add --resume to continue it or choose another --work-dir")
     config.save(work_dir / "config.json")
 
     nnodes, node_rank, master_addr = from_slurm(nnodes, node_rank, master_addr)

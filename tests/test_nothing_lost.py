@@ -1,0 +1,386 @@
+"""Nothing lost, nothing unclear: what a user's folder, a full disk, a signal or a wrong value does
+to a run. Real clips, real files, real processes where the process is what is tested."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from harness import run_vsrpp
+from media import encode_video, moving_scene, probe
+from reference import random_official_checkpoint
+
+from vsrpp_cli.upscale import Options, upscale
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "small.pth"
+    torch.save(random_official_checkpoint(8, 1, True, seed=3), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """36 frames with stereo audio: 6 segments of 3 windows of 2 frames with the options below."""
+    folder = tmp_path_factory.mktemp("clip")
+    return encode_video(folder / "clip.mp4", moving_scene(FRAMES, 48, 64), audio_channels=2)
+
+
+FRAMES, WINDOWS, SEGMENTS = 36, 18, 6
+SEGMENTED = ["--chunk-frames", "2", "--chunk-overlap", "2", "--segment-frames", "6", "-q"]
+
+
+def frames_of(path: Path) -> np.ndarray:
+    if path.is_dir():
+        return np.stack(
+            [next(av.open(str(p)).decode(video=0)).to_ndarray(format="rgb24") for p in sorted(path.iterdir())]
+        )
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- the user's files
+def test_overwrite_replaces_only_what_vsrpp_wrote(tmp_path, weights):
+    source = encode_video(tmp_path / "in.mp4", moving_scene(3, 48, 64))
+    folder = tmp_path / "myfolder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "sub" / "keep.txt").write_text("mine too")
+    (folder / "00000000.png").write_bytes(b"an old frame")
+    mine = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    w = ["--weights", weights, "-q"]
+
+    refused = run_vsrpp("upscale", source, folder, *w, "--overwrite")
+    assert refused.returncode == 1 and "which vsrpp did not write" in one_line(refused)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == mine
+    assert (folder / "notes.txt").read_text() == "mine"
+
+    into = run_vsrpp("upscale", source, source, folder, *w, "--overwrite")  # a folder to write into
+    assert into.returncode == 2 and "two inputs would both be written" in into.stderr
+    other = encode_video(tmp_path / "other.mkv", moving_scene(2, 48, 64, seed=1))
+    into = run_vsrpp("upscale", source, other, folder, *w, "--overwrite")
+    assert into.returncode == 0, into.stderr
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "sub" / "keep.txt").exists()
+    assert (folder / "in.mp4").is_file() and (folder / "other.mkv").is_file()
+
+    frames = tmp_path / "frames"  # a folder holding nothing but vsrpp's frames is replaced
+    assert run_vsrpp("upscale", source, frames, *w).returncode == 0
+    (frames / "00000007.png").write_bytes(b"a frame of an older, longer run")
+    again = run_vsrpp("upscale", source, frames, *w, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in frames.iterdir()) == ["00000000.png", "00000001.png", "00000002.png"]
+    assert not list(tmp_path.glob(".*vsrpp*"))
+
+
+# ----------------------------------------------------------------------------- bounded store
+def watch(folder: Path, stop: threading.Event, seen: dict) -> None:
+    while not stop.is_set():
+        if folder.is_dir():
+            windows = [p for p in folder.glob("window_*.mkv") if ".partial" not in p.name]
+            seen["windows"] = max(seen["windows"], len(windows))
+            seen["segments"] = max(seen["segments"], len(list(folder.glob("segment_*.json"))))
+        time.sleep(0.005)
+
+
+def start(*args: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vsrpp_cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen) -> None:
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+
+
+def test_store_holds_one_segment_and_resume_is_exact(tmp_path, weights, clip):
+    """Killed part-way (kill -9: nothing runs to clean up), the run's folder holds the closed
+    segments and never more than one segment's windows; --resume gives the uninterrupted frames."""
+    full = tmp_path / "full.mp4"
+    assert run_vsrpp("upscale", clip, full, "--weights", weights, *SEGMENTED).returncode == 0
+    output, partial = tmp_path / "out.mp4", tmp_path / ".out.mp4.vsrpp-partial"
+    seen = {"windows": 0, "segments": 0}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(partial, stop, seen))
+    watcher.start()
+    process = start("upscale", clip, output, "--weights", weights, *SEGMENTED)
+    try:
+        wait_for(partial / "segment_000001.json", process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        stop.set()
+        watcher.join()
+    assert 2 <= seen["segments"] < SEGMENTS, "killed part-way"
+    assert seen["windows"] <= 2  # 3 windows a segment; the one that closes it is never stored
+    assert not output.exists()
+
+    again = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED)
+    assert again.returncode == 1 and "--resume" in one_line(again)
+    resumed = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["windows_resumed"] >= 6  # two closed segments, not recomputed
+    assert np.array_equal(frames_of(output), frames_of(full))
+    assert probe(output) == probe(full)
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_cleanly_and_says_how_to_resume(tmp_path, weights, clip, signum, status):
+    output, partial = tmp_path / "out.mkv", tmp_path / ".out.mkv.vsrpp-partial"
+    process = start("upscale", clip, output, "--weights", weights, *SEGMENTED)
+    wait_for(partial / "segment_000000.json", process)
+    process.send_signal(signum)
+    _, stderr = process.communicate()
+    assert process.returncode == status, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]  # no stray .vsrpp-tmp
+    assert not list(partial.glob("*.partial*"))
+    command = stderr[stderr.index("`vsrpp ") + 1 : stderr.rindex("`")].split()
+    assert command[-1] == "--resume" and command[1:3] == ["upscale", str(clip)]
+    resumed = run_vsrpp(*command[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    reference = tmp_path / "reference.mkv"
+    assert run_vsrpp("upscale", clip, reference, "--weights", weights, *SEGMENTED).returncode == 0
+    assert np.array_equal(frames_of(output), frames_of(reference))
+    assert probe(output) == probe(reference)
+
+
+# ----------------------------------------------------------------------------- a full disk
+def test_output_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, weights, clip):
+    """The output file lands on /dev/full (every write: No space left on device). Its header is
+    written before any work, so the run stops at once."""
+    output = tmp_path / "out.mp4"
+    temporary = tmp_path / ".out.mp4.vsrpp-tmp"
+    temporary.symlink_to("/dev/full")
+    result = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED)
+    assert result.returncode == 1
+    line = one_line(result)
+    assert f"no space left in {tmp_path}" in line and "--resume" in line
+    assert list(tmp_path.iterdir()) == []  # the link went with the partial file; nothing else was made
+    assert Path("/dev/full").exists()
+    done = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED)
+    assert done.returncode == 0 and len(probe(output)["times"]) == FRAMES
+
+
+def test_a_store_that_cannot_grow_cleans_its_partial_window(tmp_path, weights, clip):
+    """Files may not grow past 64 KiB (ulimit -f; the kernel then refuses writes with EFBIG, as
+    FAT32 does at 4 GB): storing the first lossless window fails."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    output = tmp_path / "out.mp4"
+    args = [sys.executable, "-m", "vsrpp_cli", "upscale", clip, output, "--weights", weights, *SEGMENTED]
+    limited = subprocess.run(list(map(str, args)), capture_output=True, text=True, preexec_fn=limit_file_size)
+    assert limited.returncode == 1
+    assert "ulimit -f" in one_line(limited) and "--resume" in limited.stderr
+    partial = tmp_path / ".out.mp4.vsrpp-partial"
+    assert not list(tmp_path.glob("*.partial*")) and not list(partial.glob("*.partial*"))
+    assert not (tmp_path / ".out.mp4.vsrpp-tmp").exists()
+    resumed = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(probe(output)["times"]) == FRAMES
+
+
+# ----------------------------------------------------------------------------- wrong values
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tile", "32", "--tile-overlap", "-3"], "'--tile-overlap'"),
+        (["--tile", "32", "--tile-overlap", "16"], "--tile 32 must be larger than twice --tile-overlap"),
+        (["--chunk-frames", "-1"], "'--chunk-frames'"),
+        (["--crf", "99"], "--crf 99: libx264 takes 0 to 51"),
+        (["--crf", "-5"], "--crf -5: libx264 takes 0 to 51"),
+        (["--codec", "libvpx-vp9", "--crf", "64"], "--crf 64: libvpx-vp9 takes 0 to 63"),
+        (["--codec", "ffv1", "--crf", "20"], "--crf: ffv1 has no CRF setting"),
+        (["--device", "tpu"], "'--device': 'tpu': choose auto, cpu, cuda or cuda:N"),
+        (["--precision", "fp64"], "'--precision'"),
+        (["--colour", "rgb"], "'--colour'"),
+        (["--deinterlace", "weave"], "'--deinterlace'"),
+        (["--codec", "aac"], "--codec aac: that encoder makes audio"),
+        (["--codec", "nosuch"], "--codec nosuch: not an encoder this FFmpeg has"),
+        (["--preset", "nonsense"], "--preset nonsense: not a libx264 preset; choose one of ultrafast"),
+        (["--pix-fmt", "pal8"], "--pix-fmt pal8: libx264 cannot write it"),
+        (["--batch", "-1"], "'--batch'"),
+        (["--segment-frames", "0"], "'--segment-frames'"),
+    ],
+)
+def test_wrong_values_are_refused_before_any_work(tmp_path, weights, args, message):
+    result = run_vsrpp("upscale", tmp_path / "in.mp4", tmp_path / "out.mp4", "--weights", weights, *args)
+    assert result.returncode == 2
+    assert message in one_line(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_container_that_cannot_hold_the_codec_says_so(tmp_path, weights):
+    source = encode_video(tmp_path / "in.mp4", moving_scene(2, 48, 64))
+    result = run_vsrpp("upscale", source, tmp_path / "out.webm", "--weights", weights, "--codec", "libx265")
+    assert result.returncode == 2
+    assert "--codec libx265: a .webm file cannot hold it" in one_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "--size", "0x0"], "'--size': '0x0': give HxW"),
+        (["bench", "--frames", "0"], "'--frames'"),
+        (["bench", "--precision", "fp64"], "'fp64': choose from fp32, fp16, bf16"),
+        (["eval", "--dataset", "Set5"], "'--dataset'"),
+        (["finetune", "--from", "reds4", "--data", ".", "--work-dir", ".", "--degradation", "jpeg"], "'--degradation'"),
+        (["train", "--amp", "fp8"], "'--amp'"),
+        (["train", "--nnodes", "2", "--data-root", "x"], "--nnodes 2: every machine must be told"),
+    ],
+)
+def test_other_commands_refuse_wrong_values(monkeypatch, args, message):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    result = run_vsrpp(*args)
+    assert result.returncode == 2
+    assert message in one_line(result)
+
+
+def test_a_text_file_as_weights_is_one_line_everywhere(tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights\n")
+    source = encode_video(tmp_path / "in.mp4", moving_scene(2, 48, 64))
+    for args in (
+        ["upscale", source, tmp_path / "out.mp4", "--weights", text],
+        ["info", text],
+        ["eval", "--lq", tmp_path, "--gt", tmp_path, "--weights", text],
+        ["finetune", "--from", text, "--data", source, "--work-dir", tmp_path / "run"],
+    ):
+        result = run_vsrpp(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "not a readable torch checkpoint" in one_line(result)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_finetune_patch_larger_than_the_frames(tmp_path, weights):
+    source = encode_video(tmp_path / "holiday.mp4", moving_scene(6, 48, 64))
+    result = run_vsrpp(
+        "finetune",
+        "--from",
+        weights,
+        "--data",
+        source,
+        "--work-dir",
+        tmp_path / "run",
+        "--num-frames",
+        "3",
+        "--device",
+        "cpu",
+    )  # the default --patch-size 256 does not fit 64x48 frames
+    assert result.returncode == 1
+    assert "--patch-size 256 is larger than the frames of holiday (64x48); give --patch-size 48" in one_line(result)
+
+
+def test_weights_verify_says_what_it_found():
+    result = run_vsrpp("weights", "verify")
+    assert result.returncode == 0
+    assert "no models downloaded" in result.stderr and "nothing to verify" in result.stderr
+
+
+# ----------------------------------------------------------------------------- what the input is
+def test_interlaced_input_is_deinterlaced_with_a_notice(tmp_path, weights):
+    scene = moving_scene(6, 48, 64)
+    source = tmp_path / "fields.mp4"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"x264-params": "interlaced=1:tff=1", "crf": "10"}
+        for i, rgb in enumerate(scene):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    notices = []
+    summary = upscale(source, tmp_path / "auto.mkv", Options(weights, chunk_frames=6), notice=notices.append)
+    assert summary.frames == 6
+    assert any("interlaced: deinterlaced with FFmpeg's bwdif" in n for n in notices)
+    assert probe(tmp_path / "auto.mkv")["times"] == probe(source)["times"]  # one frame per frame, same times
+    notices.clear()
+    upscale(source, tmp_path / "off.mkv", Options(weights, chunk_frames=6, deinterlace="off"), notice=notices.append)
+    assert any("treated as progressive" in n for n in notices)
+    assert not np.array_equal(frames_of(tmp_path / "auto.mkv"), frames_of(tmp_path / "off.mkv"))
+
+
+def test_alpha_channel_dropped_with_a_notice(tmp_path, weights):
+    scene = moving_scene(3, 48, 64)
+    source = tmp_path / "alpha.mov"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("png", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgba"
+        for rgb in scene:
+            rgba = np.concatenate([rgb, np.full((48, 64, 1), 128, np.uint8)], axis=2)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")))
+        container.mux(stream.encode())
+    notices = []
+    upscale(source, tmp_path / "out.mp4", Options(weights, chunk_frames=3), notice=notices.append)
+    assert any("alpha channel" in n and "dropped" in n for n in notices)
+
+
+# ----------------------------------------------------------------------------- progress
+def test_progress_has_a_total_and_moves_within_a_window(tmp_path, weights):
+    source = encode_video(tmp_path / "in.mkv", moving_scene(8, 48, 64), container_format="matroska")
+    calls = []
+    upscale(
+        source,
+        tmp_path / "out.mp4",
+        Options(weights, chunk_frames=4, chunk_overlap=1),
+        lambda d, t: calls.append((d, t)),
+    )
+    assert calls[0] == (0, 8)  # the total before any work (Matroska states no count: from the duration)
+    assert {total for _, total in calls} == {8}
+    first_window = [done for done, _ in calls if 0 < done < 4]
+    assert len(first_window) >= 4 * 5 - 1  # a tick per propagation step: 4 branches x 5 frames
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls) and calls[-1][0] == 8
+
+
+def test_a_failed_file_stops_its_decode_thread_at_once(tmp_path, weights):
+    source = encode_video(tmp_path / "in.mp4", moving_scene(8, 48, 64))
+
+    def interrupt(done: float, total: int | None) -> None:
+        if done >= 3:  # within the second window: the first is stored
+            raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        upscale(source, tmp_path / "out.mp4", Options(weights, chunk_frames=2, chunk_overlap=1), interrupt)
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("vsrpp-")]
+    assert alive == []
+    assert not (tmp_path / ".out.mp4.vsrpp-tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.mp4.vsrpp-partial", "in.mp4"]
+
+
+def test_timestamps_survive_segments_exactly(tmp_path, weights):
+    """Irregular timestamps in a fine time base, B-frames, segments joined: every time as it was."""
+    pts = [0, 3003, 6006, 9009, 15015, 18018, 21021, 27027, 30030, 33033, 36036, 42042]
+    source = encode_video(tmp_path / "vfr.mp4", moving_scene(12, 48, 64), pts=pts, time_base=Fraction(1, 90000))
+    for name in ("out.mp4", "out.mov"):  # (Matroska keeps milliseconds: tested in test_upscale)
+        upscale(source, tmp_path / name, Options(weights, chunk_frames=1, chunk_overlap=1, segment_frames=2))
+        assert probe(tmp_path / name)["times"] == probe(source)["times"], name

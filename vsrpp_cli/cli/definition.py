@@ -1,0 +1,763 @@
+"""What `vsrpp` accepts: every command and option, each option declared once and checked as it
+is parsed (choices, ranges), so a wrong value is refused before any work starts. Commands turn
+flags into library calls and results into output (cli/output.py). Nothing here imports torch at
+import time: `vsrpp --help` and `--version` stay quick.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from .. import __version__
+from ..errors import ExitStatus, UsageError, VsrppError, ZooError
+from . import output
+from .output import stderr
+
+
+@dataclass
+class State:
+    debug: bool = False
+    on_interrupt: str = ""  # what to tell a user who pressed Ctrl-C (how to continue)
+
+
+state = State()
+
+
+class _QuietHelpFlag:
+    """--help takes no value: help shows none for it (typer would print `<bool>`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_QuietHelpFlag, TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:  # an argument named by its metavar needs no Python type beside it
+            if param.param_type_name == "argument" and param.metavar:
+                param.display_type_rich = lambda ctx: None
+
+
+class Group(_QuietHelpFlag, TyperGroup):
+    pass
+
+
+app = typer.Typer(
+    name="vsrpp",
+    cls=Group,
+    help="Sharper video with BasicVSR++: 4x video super-resolution and same-size restoration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+MODEL, WINDOWS, ENCODING, OUTPUT = "Model", "Windows and tiles", "Encoding", "Output"
+TRAIN, RECIPE, LAUNCH = "Data and output", "Recipe (defaults: the official REDS4 one)", "Processes and machines"
+
+
+def check_device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"{value!r}: choose auto, cpu, cuda or cuda:N")
+    return value
+
+
+def one_of(*choices: str) -> Any:
+    """A check for a repeatable option (typer's Literal choices take single values only)."""
+
+    def check(values: list[str] | None) -> list[str] | None:
+        for value in values or ():
+            if value not in choices:
+                raise typer.BadParameter(f"{value!r}: choose from {', '.join(choices)}")
+        return values
+
+    return check
+
+
+def check_size(value: str) -> str:
+    match = re.fullmatch(r"(\d+)x(\d+)", value.lower())
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise typer.BadParameter(f"{value!r}: give HxW in pixels, each at least 1, e.g. 180x320")
+    return value
+
+
+def flag(help: str, *names: str, panel: str | None = None) -> Any:
+    return typer.Option(*names, help=help, metavar="", rich_help_panel=panel)
+
+
+def option(help: str, *names: str, metavar: str = "N", panel: str | None = None, **checks: Any) -> Any:
+    return typer.Option(*names, help=help, metavar=metavar, rich_help_panel=panel, **checks)
+
+
+# ----------------------------------------------------------------------------- options, once
+ModelName = Annotated[
+    str | None,
+    option("A model of the zoo (`vsrpp weights list`), fetched once; default reds4.", metavar="NAME", panel=MODEL),
+]
+WeightsFile = Annotated[
+    Path | None, option("A local BasicVSR++ checkpoint (.pth) instead of the zoo.", metavar="FILE", panel=MODEL)
+]
+Device = Annotated[
+    str, option("auto (CUDA when present), cpu, cuda or cuda:N.", metavar="DEVICE", panel=MODEL, callback=check_device)
+]
+Precision = Annotated[
+    Literal["auto", "fp32", "fp16", "bf16"],
+    option("Arithmetic: auto is fp16 on CUDA, fp32 on CPU.", metavar=None, panel=MODEL),
+]
+TileSize = Annotated[int, option("Tile size in input pixels; 0 = whole frames.", panel=WINDOWS, min=0)]
+TileOverlap = Annotated[int, option("Input pixels neighbouring tiles share, blended.", panel=WINDOWS, min=0)]
+Quiet = Annotated[bool, flag("No progress bar or notices.", "--quiet", "-q")]
+AsJson = Annotated[bool, flag("Print the result as JSON on stdout.", "--json")]
+NprocPerNode = Annotated[
+    int | None,
+    option(
+        "Processes on this machine, one per GPU (default: every GPU; 1 on CPU).",
+        "--nproc-per-node",
+        "--gpus",
+        panel=LAUNCH,
+        min=1,
+    ),
+]
+TrainDeviceChoice = Literal["auto", "cuda", "cpu"]
+TrainDevice = Annotated[
+    TrainDeviceChoice,
+    option("auto, cuda, or cpu (gloo; for tests and small runs).", metavar=None, panel=LAUNCH),
+]
+AmpMode = Literal["off", "fp16", "bf16"]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"vsrpp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", "-V", metavar="", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = None,
+    debug: Annotated[bool, flag("Show a full traceback on errors.", "--debug")] = False,
+) -> None:
+    state.debug = debug
+
+
+def _tiles(tile: int, tile_overlap: int) -> None:
+    if tile and tile <= 2 * tile_overlap:
+        raise UsageError(
+            f"--tile {tile} must be larger than twice --tile-overlap ({tile_overlap}); "
+            f"e.g. --tile {max(64, 4 * tile_overlap)}"
+        )
+
+
+def _weights(model: str | None, weights: Path | None, quiet: bool = False) -> Path:
+    from ..zoo import resolve_weights
+
+    return resolve_weights(model, weights, progress=not quiet, notice=lambda m: stderr.print(m, highlight=False))
+
+
+# ----------------------------------------------------------------------------- info
+@app.command(cls=Command)
+def info(
+    checkpoint: Annotated[
+        Path, typer.Argument(metavar="CHECKPOINT", help="A BasicVSR++ checkpoint (.pth): official, BasicSR or plain.")
+    ],
+    as_json: AsJson = False,
+) -> None:
+    """What a checkpoint holds: architecture, parameter count, task, layout and metadata.
+
+    The file is read with torch.load(weights_only=True): nothing in it runs.
+    """
+    from ..checkpoint import describe
+
+    facts = describe(checkpoint)
+    if as_json:
+        print(json.dumps(facts, indent=2, default=str))
+    else:
+        output.facts_table(facts)
+
+
+# ----------------------------------------------------------------------------- upscale
+@app.command(cls=Command)
+def upscale(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="PATH",
+            help="INPUT... OUTPUT. Inputs: video files (anything FFmpeg reads), folders of PNG/JPEG frames, or "
+            "folders of videos. Output: a video (.mp4 .mkv .mov .webm), a folder for PNG frames, or, for "
+            "several inputs, the folder to write them into.",
+            show_default=False,
+        ),
+    ],
+    model: ModelName = None,
+    weights: WeightsFile = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    gpus: Annotated[int, option("Spread several inputs over this many GPUs.", panel=MODEL, min=1)] = 1,
+    graphs: Annotated[
+        bool, flag("Replay the propagation steps as CUDA graphs (CUDA only; --no-graphs to run eagerly).", panel=MODEL)
+    ] = True,
+    compile: Annotated[
+        bool,
+        flag(
+            "torch.compile the alignment modules: about 45 s of compilation, then 1.28x faster in bf16 on the "
+            "CPU (measured at 180x320); for long videos with --precision bf16 --device cpu.",
+            "--compile",
+            panel=MODEL,
+        ),
+    ] = False,
+    chunk_frames: Annotated[
+        int, option("Frames kept per window; 0 sizes windows to the device.", panel=WINDOWS, min=0)
+    ] = 0,
+    chunk_overlap: Annotated[
+        int, option("Context frames run on each side of a window, then dropped.", panel=WINDOWS, min=0)
+    ] = 8,
+    tile: TileSize = 0,
+    tile_overlap: TileOverlap = 16,
+    batch: Annotated[
+        int,
+        option(
+            "Windows (and equal-size tiles) run through the network together; 0 = as many as fit in the "
+            "GPU's free memory (up to 8), 1 on CPU. The output does not depend on it.",
+            panel=WINDOWS,
+            min=0,
+        ),
+    ] = 0,
+    codec: Annotated[
+        str | None,
+        option("libx264 (default), libx265, libsvtav1, libvpx-vp9, ffv1, ...", metavar="NAME", panel=ENCODING),
+    ] = None,
+    crf: Annotated[
+        int | None, option("Constant quality, lower is better (libx264/libx265: 0-51; VP9, AV1: 0-63).", panel=ENCODING)
+    ] = None,
+    preset: Annotated[
+        str | None, option("Encoder preset, e.g. slow, medium, fast.", metavar="NAME", panel=ENCODING)
+    ] = None,
+    pix_fmt: Annotated[
+        str | None, option("Output pixel format (default 4:2:0 at the input's depth).", metavar="NAME", panel=ENCODING)
+    ] = None,
+    colour: Annotated[
+        Literal["device", "swscale"],
+        option(
+            "Where YUV<->RGB conversion runs: device (with the network, on the GPU when it runs there; chroma "
+            "sited as each codec expects) or swscale (FFmpeg's, on the CPU).",
+            metavar=None,
+            panel=ENCODING,
+        ),
+    ] = "device",
+    deinterlace: Annotated[
+        Literal["auto", "bwdif", "yadif", "off"],
+        option(
+            "Interlaced input: auto deinterlaces it with FFmpeg's bwdif (frame rate kept) and says so; off treats "
+            "every frame as progressive.",
+            metavar=None,
+            panel=ENCODING,
+        ),
+    ] = "auto",
+    overwrite: Annotated[
+        bool, flag("Replace OUTPUT if it is a file or frames folder vsrpp wrote.", "--overwrite", panel=OUTPUT)
+    ] = False,
+    resume: Annotated[bool, flag("Continue an interrupted run of the same OUTPUT.", "--resume", panel=OUTPUT)] = False,
+    segment_frames: Annotated[
+        int,
+        option(
+            "Output frames per committed segment (each starts on a keyframe). An interruption loses at most "
+            "one segment's work, and the disk holds at most one segment's lossless windows.",
+            panel=OUTPUT,
+            min=1,
+        ),
+    ] = 240,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+) -> None:
+    """Upscale video 4x with BasicVSR++, keeping every frame, its timestamp, the audio and the colours.
+
+    Long videos stream through windows of --chunk-frames frames with --chunk-overlap frames of
+    context each side; large frames can go through in tiles. The output is committed in closed
+    segments as it goes: an interrupted run keeps them, and the same command with --resume
+    continues from the last one.
+
+    Example: vsrpp upscale in.mp4 out.mp4   (the reds4 model, downloaded once)
+    """
+    if len(paths) < 2:
+        raise UsageError("give an INPUT and an OUTPUT, e.g. vsrpp upscale in.mp4 out.mp4")
+    _tiles(tile, tile_overlap)
+    *inputs, destination = paths
+    from ..upscale import Options, check_encoder, plan_jobs, run_jobs
+
+    jobs = plan_jobs(inputs, destination)
+    check_encoder([target for _, target in jobs], codec, crf, preset, pix_fmt)
+    options = Options(
+        weights=_weights(model, weights, quiet),
+        device=device,
+        precision=precision,
+        chunk_frames=chunk_frames,
+        chunk_overlap=chunk_overlap,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        codec=codec,
+        crf=crf,
+        preset=preset,
+        pix_fmt=pix_fmt,
+        overwrite=overwrite,
+        resume=resume,
+        colour=colour,
+        batch=batch,
+        graphs=graphs,
+        compile=compile,
+        deinterlace=deinterlace,
+        segment_frames=segment_frames,
+    )
+    again = [arg for arg in sys.argv[1:] if arg not in ("--overwrite", "--resume")]
+    state.on_interrupt = f": finished segments are kept; continue with `{shlex.join(['vsrpp', *again, '--resume'])}`"
+    with output.UpscaleProgress([source.name for source, _ in jobs], disabled=quiet) as progress:
+        results = run_jobs(jobs, options, gpus, progress.update, output.notice_printer(quiet))
+
+    if as_json:
+        summaries = [None if isinstance(r, Exception) else r.as_dict() for r in results]
+        print(json.dumps(summaries[0] if len(jobs) == 1 else summaries, indent=2))
+    for result in results:
+        if not isinstance(result, Exception):
+            output.upscale_summary(result, lost_only=quiet or as_json)
+    failures = [(source, r) for (source, _), r in zip(jobs, results, strict=True) if isinstance(r, Exception)]
+    if len(jobs) == 1 and failures:
+        raise failures[0][1]
+    for source, error in failures:
+        output.error_line(f"{source}: {error}")
+    if failures:
+        raise typer.Exit(ExitStatus.ERROR)
+
+
+# ----------------------------------------------------------------------------- eval
+@app.command("eval", cls=Command)
+def eval_command(
+    dataset: Annotated[
+        Literal["REDS4", "Vid4-BI", "Vid4-BD", "UDM10-BD", "Vimeo-90K-T-BI", "Vimeo-90K-T-BD"] | None,
+        option(
+            "A standard test set, scored under its official protocol.", metavar=None, panel="Data", case_sensitive=False
+        ),
+    ] = None,
+    data_root: Annotated[
+        Path | None, option("The dataset's folder (default: data/REDS, data/Vid4, ...).", metavar="DIR", panel="Data")
+    ] = None,
+    lq: Annotated[
+        Path | None, option("Low-quality clips (folders of frames) for a custom pair.", metavar="DIR", panel="Data")
+    ] = None,
+    gt: Annotated[Path | None, option("Ground-truth clips matching --lq by name.", metavar="DIR", panel="Data")] = None,
+    y_channel: Annotated[
+        bool, flag("Score BT.601 luma instead of RGB (for --lq/--gt).", "--y-channel", panel="Data")
+    ] = False,
+    crop_border: Annotated[int, option("Pixels cropped from each edge before scoring.", panel="Data", min=0)] = 0,
+    model: ModelName = None,
+    weights: WeightsFile = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    chunk_frames: Annotated[int, option("Frames per window; 0 = each clip as one sequence.", panel=WINDOWS, min=0)] = 0,
+    chunk_overlap: Annotated[int, option("Context frames each side of a window.", panel=WINDOWS, min=0)] = 0,
+    tile: TileSize = 0,
+    tile_overlap: TileOverlap = 16,
+    report_file: Annotated[
+        Path | None,
+        option(
+            "Also write the results to FILE: .json (all facts) or .csv (per clip).",
+            "--report",
+            metavar="FILE",
+            panel=OUTPUT,
+        ),
+    ] = None,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
+) -> None:
+    """Score a model on a standard test set under the official protocol, beside the published number.
+
+    Each clip runs as one sequence; outputs are rounded to 8 bits; PSNR and SSIM are averaged per
+    clip, then over clips (REDS4 on RGB, the others on the Y channel). --precision, --chunk-frames
+    and --tile show what each costs in dB.
+
+    Example: vsrpp eval --dataset REDS4 --data-root data/REDS --model reds4
+    """
+    if report_file is not None and report_file.suffix.lower() not in (".json", ".csv"):
+        raise UsageError(f"--report {report_file}: name a .json or a .csv file")
+    _tiles(tile, tile_overlap)
+    from ..checkpoint import load_model
+    from ..engine import Engine, pick_device, pick_dtype
+    from ..evaluate import EvalPlan, score
+
+    plan = EvalPlan.make(dataset, data_root, lq, gt, y_channel)
+    chosen = _weights(model, weights, quiet)
+    torch_device = pick_device(device)
+    engine = Engine(
+        load_model(chosen),
+        torch_device,
+        pick_dtype(precision, torch_device),
+        tile,
+        tile_overlap,
+        warn=output.notice_printer(quiet),
+    )
+    with output.ClipProgress(len(plan.clips), quiet) as advance:
+        report, facts = score(plan, chosen, engine, chunk_frames, chunk_overlap, crop_border, lambda _: advance())
+    if report_file is not None:
+        text = json.dumps(facts, indent=2) + "\n" if report_file.suffix.lower() == ".json" else output.eval_csv(report)
+        report_file.write_text(text)
+    if as_json:
+        print(json.dumps(facts, indent=2))
+    elif not quiet:
+        output.eval_report(report, facts)
+
+
+# ----------------------------------------------------------------------------- train, finetune
+@app.command(cls=Command)
+def train(
+    data_root: Annotated[
+        Path | None,
+        option("REDS: train_sharp/ and train_sharp_bicubic/X4/ inside (data/REDS).", metavar="DIR", panel=TRAIN),
+    ] = None,
+    work_dir: Annotated[
+        Path | None,
+        option("Checkpoints, logs and the resolved config go here (runs/reds4).", metavar="DIR", panel=TRAIN),
+    ] = None,
+    config: Annotated[
+        Path | None, option("A JSON file of settings; flags given win over it.", metavar="FILE", panel=TRAIN)
+    ] = None,
+    resume: Annotated[
+        bool, flag("Continue the run in --work-dir from its latest checkpoint.", "--resume", panel=TRAIN)
+    ] = False,
+    iters: Annotated[int | None, option("Iterations (600000).", panel=RECIPE, min=1)] = None,
+    num_frames: Annotated[int | None, option("Frames per clip (30).", panel=RECIPE, min=2)] = None,
+    patch_size: Annotated[
+        int | None, option("Ground-truth crop (256; 64 on the low-res side).", panel=RECIPE, min=4)
+    ] = None,
+    batch_size: Annotated[int | None, option("Clips per process per iteration (1).", panel=RECIPE, min=1)] = None,
+    lr: Annotated[
+        float | None, option("Adam learning rate (1e-4), cosine to 1e-7.", metavar="RATE", panel=RECIPE, min=0)
+    ] = None,
+    fix_iter: Annotated[int | None, option("Iterations with SPyNet frozen (5000).", panel=RECIPE, min=0)] = None,
+    mid_channels: Annotated[int | None, option("Channels C (64).", panel=RECIPE, min=1)] = None,
+    num_blocks: Annotated[int | None, option("Residual blocks per branch N (7).", panel=RECIPE, min=1)] = None,
+    val_interval: Annotated[
+        int | None, option("Validate on REDS4 every N iterations (5000; 0 = never).", panel=RECIPE, min=0)
+    ] = None,
+    save_interval: Annotated[
+        int | None, option("Save a checkpoint every N iterations (5000).", panel=RECIPE, min=1)
+    ] = None,
+    log_interval: Annotated[int | None, option("Log every N iterations (100).", panel=RECIPE, min=1)] = None,
+    seed: Annotated[int | None, option("Seed of initial weights and samples (0).", panel=RECIPE)] = None,
+    amp: Annotated[
+        AmpMode | None, option("Mixed precision: off, fp16 or bf16 (off).", metavar=None, panel=RECIPE)
+    ] = None,
+    spynet: Annotated[
+        Path | None, option("SPyNet weights (default: the official one, fetched).", metavar="FILE", panel=RECIPE)
+    ] = None,
+    workers: Annotated[
+        int | None, option("Data-loading processes per training process (4).", panel=RECIPE, min=0)
+    ] = None,
+    stop_after: Annotated[
+        int | None, option("Stop after N iterations this run (resume later).", panel=RECIPE, min=0)
+    ] = None,
+    nproc_per_node: NprocPerNode = None,
+    device: Annotated[
+        TrainDeviceChoice | None,
+        option("auto, cuda, or cpu (gloo; for tests and small runs).", metavar=None, panel=LAUNCH),
+    ] = None,
+    nnodes: Annotated[int, option("Machines taking part.", panel=LAUNCH, min=1)] = 1,
+    node_rank: Annotated[int, option("This machine's rank (0 for the first).", panel=LAUNCH, min=0)] = 0,
+    master_addr: Annotated[
+        str | None, option("Address of the first machine (needed with --nnodes > 1).", metavar="HOST", panel=LAUNCH)
+    ] = None,
+    master_port: Annotated[
+        int | None, option("Port on the first machine.", metavar="PORT", panel=LAUNCH, min=1, max=65535)
+    ] = None,
+    rdzv_endpoint: Annotated[
+        str | None, option("host:port of a c10d rendezvous instead.", metavar="HOST:PORT", panel=LAUNCH)
+    ] = None,
+) -> None:
+    """Train BasicVSR++ on REDS with the official recipe, on N GPUs (or CPU processes).
+
+    Example: vsrpp train --data-root data/REDS --nproc-per-node 8 --work-dir runs/reds4
+    """
+    from ..train.config import TrainConfig
+    from ..train.launch import default_nproc, launch
+
+    flags = dict(
+        iters=iters,
+        num_frames=num_frames,
+        patch_size=patch_size,
+        batch_size=batch_size,
+        lr=lr,
+        fix_iter=fix_iter,
+        mid_channels=mid_channels,
+        num_blocks=num_blocks,
+        val_interval=val_interval,
+        save_interval=save_interval,
+        log_interval=log_interval,
+        seed=seed,
+        amp=amp,
+        spynet=str(spynet) if spynet else None,
+        workers=workers,
+        stop_after=stop_after,
+        device=device,
+        data_root=str(data_root) if data_root else None,
+        work_dir=str(work_dir) if work_dir else None,
+    )
+    settings = TrainConfig.from_sources(config, flags)
+    processes = nproc_per_node or default_nproc(settings.device)
+    launch(settings, processes, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, resume)
+
+
+@app.command(cls=Command)
+def finetune(
+    start: Annotated[
+        str, option("A zoo model name or a checkpoint file to start from.", "--from", metavar="MODEL|FILE", panel=TRAIN)
+    ],
+    data: Annotated[
+        Path,
+        option("Your high-quality videos or folders of frames (or GT/ and LQ/ pairs).", metavar="PATH", panel=TRAIN),
+    ],
+    work_dir: Annotated[Path, option("Checkpoints, logs and the resolved config go here.", metavar="DIR", panel=TRAIN)],
+    degradation: Annotated[
+        Literal["bicubic", "blur", "compress"] | None,
+        option(
+            "How the low-quality side is made: bicubic or blur (x4 models), compress (same-size).",
+            metavar=None,
+            panel=RECIPE,
+        ),
+    ] = None,
+    codec: Annotated[str, option("Encoder for --degradation compress.", metavar="NAME", panel=RECIPE)] = "libx264",
+    crf: Annotated[
+        int, option("Quality for --degradation compress (higher = worse).", panel=RECIPE, min=0, max=63)
+    ] = 32,
+    iters: Annotated[int, option("Iterations.", panel=RECIPE, min=1)] = 5000,
+    lr: Annotated[float, option("Adam learning rate, cosine to 1e-7.", metavar="RATE", panel=RECIPE, min=0)] = 2e-5,
+    num_frames: Annotated[int, option("Frames per clip.", panel=RECIPE, min=2)] = 15,
+    patch_size: Annotated[int, option("High-quality crop size (at most the frames' size).", panel=RECIPE, min=4)] = 256,
+    save_interval: Annotated[int, option("Save every N iterations.", panel=RECIPE, min=1)] = 500,
+    log_interval: Annotated[int, option("Log every N iterations.", panel=RECIPE, min=1)] = 50,
+    amp: Annotated[AmpMode, option("Mixed precision: off, fp16 or bf16.", metavar=None, panel=RECIPE)] = "off",
+    workers: Annotated[int, option("Data-loading processes per training process.", panel=RECIPE, min=0)] = 4,
+    stop_after: Annotated[int, option("Stop after N iterations this run (resume later).", panel=RECIPE, min=0)] = 0,
+    resume: Annotated[bool, flag("Continue the run in --work-dir.", "--resume", panel=TRAIN)] = False,
+    device: TrainDevice = "auto",
+    nproc_per_node: NprocPerNode = None,
+) -> None:
+    """Adapt a checkpoint to your own footage: the low-quality side is made on the fly.
+
+    Videos in --data are decoded once into frames under --work-dir. x4 models learn from bicubic
+    (as REDS) or blur-and-downsample (as Vimeo BD); same-size models from a real encode at --crf.
+
+    Example: vsrpp finetune --from reds4 --data my_videos/ --work-dir runs/mine
+    """
+    from ..checkpoint import infer_architecture, read_checkpoint
+    from ..train.config import TrainConfig
+    from ..train.launch import default_nproc, frames_from_videos, launch
+
+    as_file = Path(start)
+    looks_like_file = as_file.suffix or "/" in start
+    if looks_like_file and not as_file.is_file():
+        raise UsageError(f"--from {start}: no such checkpoint file; give a file or a zoo model name")
+    weights = _weights(None, as_file) if as_file.is_file() else _weights(start, None)
+    arch = infer_architecture(read_checkpoint(weights).state_dict)
+    recipe = dict(
+        compress_codec=codec,
+        compress_crf=crf,
+        iters=iters,
+        lr=lr,
+        num_frames=num_frames,
+        patch_size=patch_size,
+        save_interval=save_interval,
+        log_interval=log_interval,
+        amp=amp,
+        workers=workers,
+        stop_after=stop_after,
+        device=device,
+        degradation=degradation,
+    )
+    settings = TrainConfig.finetune(weights, frames_from_videos(data, work_dir), work_dir, arch, **recipe)
+    launch(settings, nproc_per_node or default_nproc(device), resume=resume)
+
+
+# ----------------------------------------------------------------------------- bench
+@app.command(cls=Command)
+def bench(
+    size: Annotated[str, option("Input size HxW (output is 4x).", metavar="HxW", callback=check_size)] = "180x320",
+    frames: Annotated[int, option("Frames per run.", min=2)] = 30,
+    precision: Annotated[
+        list[str] | None,
+        option(
+            "fp32, fp16 or bf16; repeat for several (default fp32).",
+            metavar="NAME",
+            callback=one_of("fp32", "fp16", "bf16"),
+        ),
+    ] = None,
+    device: Device = "auto",
+    backend: Annotated[
+        list[str] | None,
+        option(
+            "Deformable-conv backend(s); repeat for several.",
+            metavar="NAME",
+            callback=one_of("auto", "triton", "torch", "torchvision", "mmcv", "plain"),
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None, option("A checkpoint (default: random weights; speed does not depend on them).", metavar="FILE")
+    ] = None,
+    graphs: Annotated[
+        Literal["on", "off", "both"], option("CUDA graphs for the propagation steps (CUDA only).", metavar=None)
+    ] = "on",
+    batch: Annotated[list[int] | None, option("Clips per forward; repeat for several (default 1).", min=1)] = None,
+    stages: Annotated[
+        bool, flag("Also time each stage of the forward (SPyNet, a step, the DCN...).", "--stages")
+    ] = False,
+    compiled: Annotated[
+        bool, flag("Also time the model with its alignment modules through torch.compile.", "--compile")
+    ] = False,
+    encoders: Annotated[
+        list[str] | None,
+        option("Also time these encoders alone at 720p and 4K (e.g. libx264, h264_nvenc).", metavar="NAME"),
+    ] = None,
+    baseline: Annotated[bool, flag("Also time the plain fp32 implementation.")] = True,
+    pipeline: Annotated[bool, flag("Also time the whole upscale pipeline (decode, encode).")] = True,
+    repeat: Annotated[int, option("Timed runs after a warm-up; the best is kept.", min=1)] = 2,
+    colour: Annotated[
+        list[str] | None,
+        option(
+            "Pipeline colour conversion; repeat for both (default device).",
+            metavar="NAME",
+            callback=one_of("device", "swscale"),
+        ),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Frames per second, milliseconds per frame and peak memory, for the network alone and for
+    the whole upscale pipeline, with reduced precision checked against fp32.
+
+    Example: vsrpp bench --size 540x960 --frames 30 --precision fp16 --precision bf16 --graphs both
+    """
+    from dataclasses import asdict
+
+    from ..bench import bench as run_bench
+    from ..bench import time_encoders
+
+    h, w = (int(v) for v in size.lower().split("x"))
+    graph_modes = {"on": (True,), "off": (False,), "both": (False, True)}[graphs]
+    with stderr.status("benchmarking..."):
+        rows = run_bench(
+            (h, w),
+            frames,
+            list(precision or ["fp32"]),
+            device,
+            tuple(backend or ["auto"]),
+            weights,
+            baseline,
+            pipeline,
+            repeat,
+            tuple(colour or ["device"]),
+            graph_modes,
+            tuple(batch or [1]),
+            stages,
+            (False, True) if compiled else (False,),
+        )
+        if encoders:
+            rows += time_encoders([(720, 1280), (2160, 3840)], min(frames, 30), tuple(encoders))
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        output.bench_table(rows, f"vsrpp bench: {h}x{w} -> {4 * h}x{4 * w}, {frames} frames")
+
+
+# ----------------------------------------------------------------------------- weights
+weights_app = typer.Typer(
+    cls=Group, help="The model zoo: list, download, locate and verify official checkpoints.", no_args_is_help=True
+)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list", cls=Command)
+def weights_list(as_json: AsJson = False) -> None:
+    """Every model of the zoo: task, scale, size, and whether it is on this machine."""
+    from .. import zoo
+
+    models = [zoo.describe(m) for m in zoo.models().values()]
+    if as_json:
+        print(json.dumps(models, indent=2))
+    else:
+        output.zoo_table(models, str(zoo.weights_dir()), zoo.DEFAULT_MODEL)
+
+
+@weights_app.command("download", cls=Command)
+def weights_download(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A model name from `vsrpp weights list`, or `all`.")],
+    quiet: Quiet = False,
+) -> None:
+    """Fetch a model (or all of them), verify its checksum, and keep it for later runs."""
+    from .. import zoo
+
+    names = list(zoo.models()) if name == "all" else [zoo.get(name).name]
+    failures = []
+    for each in names:
+        try:
+            path = zoo.ensure(each, progress=not quiet, notice=lambda m: stderr.print(m))
+            stderr.print(f"{each}: {path}", highlight=False)
+        except ZooError as error:
+            if len(names) == 1:
+                raise
+            failures.append(f"{each}: {error}")
+    for failure in failures:
+        output.error_line(failure)
+    if failures:
+        raise typer.Exit(ExitStatus.ERROR)
+
+
+@weights_app.command("path", cls=Command)
+def weights_path(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A model name from `vsrpp weights list`.")],
+) -> None:
+    """Where a model's file lives (or will, once downloaded)."""
+    from .. import zoo
+
+    model = zoo.get(name)
+    print(zoo.path_of(model))
+    if not zoo.path_of(model).is_file():
+        stderr.print(f"(not downloaded yet: vsrpp weights download {name})", highlight=False)
+
+
+@weights_app.command("verify", cls=Command)
+def weights_verify(as_json: AsJson = False) -> None:
+    """Re-hash every downloaded model against the checksum in its name, and say what was found."""
+    from .. import zoo
+
+    results = {m.name: zoo.is_intact(m) for m in zoo.models().values() if zoo.path_of(m).is_file()}
+    if as_json:
+        print(json.dumps({"folder": str(zoo.weights_dir()), "models": results}, indent=2))
+    for name, intact in results.items():
+        if not as_json:
+            output.stdout.print(f"{name}: {'ok' if intact else 'DAMAGED'}", highlight=False)
+    if not results and not as_json:
+        stderr.print(
+            f"no models downloaded in {zoo.weights_dir()}: nothing to verify (`vsrpp weights download NAME`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif not as_json:
+        stderr.print(f"{len(results)} model(s) checked in {zoo.weights_dir()}", highlight=False, soft_wrap=True)
+    bad = [name for name, intact in results.items() if not intact]
+    if bad:
+        raise ZooError(f"{', '.join(bad)} damaged; fetch again with `vsrpp weights download NAME`")
+
+
+__all__ = ["VsrppError", "app", "state"]
