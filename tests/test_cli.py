@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from harness import run_vsrpp
+from harness import run_vsrpp, vsrpp_process
 from reference import random_official_checkpoint
 
 import vsrpp_cli
@@ -19,7 +19,7 @@ def test_help_and_version():
     result = vsrpp("--help")
     assert result.returncode == 0
     assert "info" in result.stdout
-    result = vsrpp("--version")
+    result = vsrpp_process("--version")  # the entry point itself
     assert result.returncode == 0
     assert result.stdout.strip() == f"vsrpp {vsrpp_cli.__version__}"
 

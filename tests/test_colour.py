@@ -24,8 +24,8 @@ from vsrpp_cli.colour import (
     yuv_to_rgb,
 )
 from vsrpp_cli.decode import VideoInfo, open_source
-from vsrpp_cli.encode import VideoSink
-from vsrpp_cli.resume import WindowStore
+from vsrpp_cli.encode import EncoderSettings, Muxer, StoredPacket, VideoEncoder
+from vsrpp_cli.resume import RunStore
 
 CPU = torch.device("cpu")
 RED, GREEN = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
@@ -154,12 +154,19 @@ def test_encoded_output_is_sited_as_its_codec_expects(tmp_path, codec):
     def error_after_encoding(flip: bool) -> float:
         path = tmp_path / f"out{flip}.mkv"
         crf = 0 if codec == "libx264" else None  # x264 at crf 0 is lossless
-        sink = VideoSink(path, "matroska", info, (64, 48), None, codec, crf=crf, pix_fmt="yuv420p")
-        target = sink.planes_target
+        settings = EncoderSettings("matroska", codec, crf=crf, pix_fmt="yuv420p")
+        encoder = VideoEncoder(settings, info, (64, 48))
+        target = encoder.planes_target
         assert target is not None and target.cosited == chroma_cosited(codec)
+        packets = []
         for pts, planes in enumerate(rgb_to_yuv(scene, dataclasses.replace(target, cosited=target.cosited ^ flip))):
-            sink.write(planes, pts)
-        sink.close()
+            packets += encoder.encode(planes, pts)
+        packets += encoder.flush()
+        stored = [StoredPacket(p.pts, p.duration or 0, p.is_keyframe, p.size) for p in packets]
+        data = [bytes(p) for p in packets]
+        muxer = Muxer(path, settings, info, (64, 48), None)
+        muxer.mux([(stored, lambda: iter(data))])
+        muxer.close()
         source = open_source(path)  # read through swscale, which sites chroma by the codec
         assert (source.info.matrix, source.info.full_range) == ("bt709", False)
         shown = [frame.image for frame in source.frames()]
@@ -193,9 +200,9 @@ def test_semi_planar_frames_hold_the_same_samples_as_planar_ones(tmp_path, semi_
     target = YuvTarget(semi_planar, 64, 48, "bt709", False, True)
     packed = rgb_to_yuv(rgb, target)
     expected = rgb_to_yuv(rgb, dataclasses.replace(target, format=planar))
-    store = WindowStore.open(tmp_path / "store", {}, resume=False, overwrite=False)
-    store.save(0, packed)
-    stored = store.load(0, target)
+    store = RunStore.open(tmp_path / "store", {}, {}, resume=False, overwrite=False)
+    store.save_window(0, packed)
+    stored = store.load_window(0, target)
     for ours, want, kept in zip(packed, expected, stored, strict=True):
         unpacked_by_ffmpeg = read_planes(to_video_frame(ours).reformat(format=planar), "bt709", False, True)
         packed_by_ffmpeg = read_planes(to_video_frame(want).reformat(format=semi_planar), "bt709", False, True)

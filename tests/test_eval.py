@@ -145,8 +145,7 @@ def test_reds4_matches_an_independent_computation(tmp_path, reds, weights):
         "--weights",
         str(weights),
         "--json",
-        "-",
-        "--csv",
+        "--report",
         str(csv),
         "-q",
     )
@@ -167,9 +166,7 @@ def test_reds4_matches_an_independent_computation(tmp_path, reds, weights):
 
 def test_windows_and_tiles_cost_is_measurable(reds, weights):
     whole = json.loads(
-        vsrpp(
-            "eval", "--dataset", "REDS4", "--data-root", str(reds), "--weights", str(weights), "--json", "-", "-q"
-        ).stdout
+        vsrpp("eval", "--dataset", "REDS4", "--data-root", str(reds), "--weights", str(weights), "--json", "-q").stdout
     )
     tiled = vsrpp(
         "eval",
@@ -180,7 +177,6 @@ def test_windows_and_tiles_cost_is_measurable(reds, weights):
         "--weights",
         str(weights),
         "--json",
-        "-",
         "-q",
         "--tile",
         "40",
@@ -199,7 +195,7 @@ def test_vimeo_scores_the_mirrored_centre_frame(tmp_path, weights):
     make_clip(root / "BIx4" / "00001" / "0001", root / "GT" / "00001" / "0001", 7, 3, names)
     (root / "meta_info_Vimeo90K_test_GT.txt").write_text("00001/0001 (256,448,3)\n")
     result = vsrpp(
-        "eval", "--dataset", "Vimeo-90K-T-BI", "--data-root", str(root), "--weights", str(weights), "--json", "-", "-q"
+        "eval", "--dataset", "Vimeo-90K-T-BI", "--data-root", str(root), "--weights", str(weights), "--json", "-q"
     )
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
@@ -227,7 +223,6 @@ def test_paired_folders_on_y(tmp_path, weights):
         "--weights",
         str(weights),
         "--json",
-        "-",
         "-q",
     )
     assert result.returncode == 0, result.stderr
@@ -239,16 +234,16 @@ def test_paired_folders_on_y(tmp_path, weights):
 
 def test_missing_data_is_named(tmp_path, reds, weights):
     result = vsrpp("eval", "--dataset", "REDS4", "--data-root", str(tmp_path / "nothing"), "--weights", str(weights))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "REDS4 needs" in result.stderr and "train_sharp_bicubic" in result.stderr
 
     partial = tmp_path / "REDS"
     make_clip(partial / "train_sharp_bicubic" / "X4" / "000", partial / "train_sharp" / "000", 1, 0)
     result = vsrpp("eval", "--dataset", "REDS4", "--data-root", str(partial), "--weights", str(weights))
-    assert result.returncode == 2 and "011" in result.stderr
+    assert result.returncode == 1 and "011" in result.stderr
 
     result = vsrpp("eval", "--dataset", "Set5", "--weights", str(weights))
-    assert result.returncode == 2 and "no dataset named 'Set5'" in result.stderr
+    assert result.returncode == 2 and "'Set5' is not one of 'reds4'" in result.stderr
 
 
 def test_published_number_beside_ours(tmp_path, reds, weights, monkeypatch):
@@ -273,7 +268,7 @@ def test_published_number_beside_ours(tmp_path, reds, weights, monkeypatch):
         )
     )
     monkeypatch.setenv("VSRPP_MODELS", str(manifest))
-    result = vsrpp("eval", "--dataset", "REDS4", "--data-root", str(reds), "--weights", str(weights), "--json", "-")
+    result = vsrpp("eval", "--dataset", "REDS4", "--data-root", str(reds), "--weights", str(weights), "--json")
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
     assert facts["zoo_model"] == "tiny" and facts["published_psnr"] == 30.0

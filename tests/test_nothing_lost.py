@@ -39,6 +39,14 @@ def clip(tmp_path_factory) -> Path:
     return encode_video(folder / "clip.mp4", moving_scene(FRAMES, 48, 64), audio_channels=2)
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, weights, clip) -> Path:
+    """The clip upscaled in one uninterrupted run: what every interrupted and resumed run must give."""
+    path = tmp_path_factory.mktemp("reference") / "full.mp4"
+    assert run_vsrpp("upscale", clip, path, "--weights", weights, *SEGMENTED).returncode == 0
+    return path
+
+
 FRAMES, WINDOWS, SEGMENTS = 36, 18, 6
 SEGMENTED = ["--chunk-frames", "2", "--chunk-overlap", "2", "--segment-frames", "6", "-q"]
 
@@ -117,11 +125,9 @@ def wait_for(path: Path, process: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
-def test_store_holds_one_segment_and_resume_is_exact(tmp_path, weights, clip):
+def test_store_holds_one_segment_and_resume_is_exact(tmp_path, weights, clip, reference):
     """Killed part-way (kill -9: nothing runs to clean up), the run's folder holds the closed
     segments and never more than one segment's windows; --resume gives the uninterrupted frames."""
-    full = tmp_path / "full.mp4"
-    assert run_vsrpp("upscale", clip, full, "--weights", weights, *SEGMENTED).returncode == 0
     output, partial = tmp_path / "out.mp4", tmp_path / ".out.mp4.vsrpp-partial"
     seen = {"windows": 0, "segments": 0}
     stop = threading.Event()
@@ -144,14 +150,14 @@ def test_store_holds_one_segment_and_resume_is_exact(tmp_path, weights, clip):
     resumed = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["windows_resumed"] >= 6  # two closed segments, not recomputed
-    assert np.array_equal(frames_of(output), frames_of(full))
-    assert probe(output) == probe(full)
+    assert np.array_equal(frames_of(output), frames_of(reference))
+    assert probe(output) == probe(reference)
     assert not partial.exists()
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_stops_cleanly_and_says_how_to_resume(tmp_path, weights, clip, signum, status):
-    output, partial = tmp_path / "out.mkv", tmp_path / ".out.mkv.vsrpp-partial"
+def test_a_signal_stops_cleanly_and_says_how_to_resume(tmp_path, weights, clip, reference, signum, status):
+    output, partial = tmp_path / "out.mp4", tmp_path / ".out.mp4.vsrpp-partial"
     process = start("upscale", clip, output, "--weights", weights, *SEGMENTED)
     wait_for(partial / "segment_000000.json", process)
     process.send_signal(signum)
@@ -161,13 +167,12 @@ def test_a_signal_stops_cleanly_and_says_how_to_resume(tmp_path, weights, clip, 
     assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]  # no stray .vsrpp-tmp
     assert not list(partial.glob("*.partial*"))
     command = stderr[stderr.index("`vsrpp ") + 1 : stderr.rindex("`")].split()
-    assert command[-1] == "--resume" and command[1:3] == ["upscale", str(clip)]
-    resumed = run_vsrpp(*command[1:])
-    assert resumed.returncode == 0, resumed.stderr
-    reference = tmp_path / "reference.mkv"
-    assert run_vsrpp("upscale", clip, reference, "--weights", weights, *SEGMENTED).returncode == 0
-    assert np.array_equal(frames_of(output), frames_of(reference))
-    assert probe(output) == probe(reference)
+    assert command[-1] == "--resume" and command[1:4] == ["upscale", str(clip), str(output)]
+    if signum == signal.SIGTERM:  # (the same clean-up: resuming once is enough)
+        resumed = run_vsrpp(*command[1:])
+        assert resumed.returncode == 0, resumed.stderr
+        assert np.array_equal(frames_of(output), frames_of(reference))
+        assert probe(output) == probe(reference)
 
 
 # ----------------------------------------------------------------------------- a full disk
@@ -183,8 +188,6 @@ def test_output_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, weights,
     assert f"no space left in {tmp_path}" in line and "--resume" in line
     assert list(tmp_path.iterdir()) == []  # the link went with the partial file; nothing else was made
     assert Path("/dev/full").exists()
-    done = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED)
-    assert done.returncode == 0 and len(probe(output)["times"]) == FRAMES
 
 
 def test_a_store_that_cannot_grow_cleans_its_partial_window(tmp_path, weights, clip):
@@ -384,3 +387,16 @@ def test_timestamps_survive_segments_exactly(tmp_path, weights):
     for name in ("out.mp4", "out.mov"):  # (Matroska keeps milliseconds: tested in test_upscale)
         upscale(source, tmp_path / name, Options(weights, chunk_frames=1, chunk_overlap=1, segment_frames=2))
         assert probe(tmp_path / name)["times"] == probe(source)["times"], name
+
+
+def test_a_resumed_run_keeps_the_plan_it_was_made_with(tmp_path):
+    """Windows sized to free GPU memory: a resumed run reuses the stored size, even where free
+    memory has moved since (the fingerprint holds what was asked: 0, automatic)."""
+    from vsrpp_cli.resume import RunStore
+
+    fingerprint = {"input": "in.mp4", "chunk_frames": 0}
+    RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 20, "windows_per_segment": 12}, False, False)
+    resumed = RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 35, "windows_per_segment": 7}, True, False)
+    assert resumed.plan == {"chunk_frames": 20, "windows_per_segment": 12}
+    fresh = RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 35, "windows_per_segment": 7}, False, True)
+    assert fresh.plan == {"chunk_frames": 35, "windows_per_segment": 7}

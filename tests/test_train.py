@@ -130,7 +130,7 @@ def test_resumed_run_continues_the_same_curve(tmp_path, reds, spynet):
     assert first.returncode == 0, first.stderr[-3000:]
     assert [i for i, _ in losses(parts)] == [1, 2, 3]
     again = train(reds, spynet, parts, *common)
-    assert again.returncode == 2 and "--resume" in again.stderr
+    assert again.returncode == 1 and "--resume" in again.stderr
     second = train(reds, spynet, parts, *common, "--resume")
     assert second.returncode == 0, second.stderr[-3000:]
     assert losses(parts) == losses(whole)  # to the last bit
@@ -138,9 +138,25 @@ def test_resumed_run_continues_the_same_curve(tmp_path, reds, spynet):
 
 def test_broken_data_root_fails_clearly(tmp_path, reds, spynet):
     result = train(tmp_path / "nothing", spynet, tmp_path / "run", "--iters", "1")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "train_sharp" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_config_file_values_hold_unless_a_flag_is_given(tmp_path):
+    """The file's data_root, work_dir and device are used when no flag says otherwise (they were
+    once overridden by the flags' defaults); a flag given wins over the file."""
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"data_root": str(tmp_path / "from-file"), "work_dir": str(tmp_path / "runs")}))
+    from_file = run_vsrpp("train", "--config", config, "--iters", "1")
+    assert from_file.returncode == 1 and "from-file" in from_file.stderr, from_file.stderr
+    flagged = run_vsrpp("train", "--config", config, "--data-root", tmp_path / "from-flag")
+    assert flagged.returncode == 1 and "from-flag" in flagged.stderr and "from-file" not in flagged.stderr
+    from vsrpp_cli.train.config import TrainConfig
+
+    config.write_text(json.dumps({"device": "cpu", "iters": 7, "lr": 0.5}))
+    settings = TrainConfig.from_sources(config, {"iters": 9, "lr": None, "device": None})
+    assert (settings.device, settings.iters, settings.lr, settings.work_dir) == ("cpu", 9, 0.5, "runs/reds4")
 
 
 def test_finetune_on_own_videos(tmp_path, spynet):

@@ -296,7 +296,7 @@ def test_bad_inputs(tmp_path, weights):
         ([str(mixed), str(tmp_path / "o.mp4"), *w], "must be the same size"),
         ([str(good), str(tmp_path / "o.avi"), *w], "unknown output extension '.avi'", 2),
         ([str(good), str(existing), *w], "already exists; add --overwrite"),
-        ([str(good), str(tmp_path / "o.mp4"), "--weights", str(tmp_path / "none.pth")], "no such checkpoint file"),
+        ([str(good), str(tmp_path / "o.mp4"), "--weights", str(tmp_path / "none.pth")], "none.pth: no such file"),
         ([str(good), str(tmp_path / "o.mp4"), "--weights", str(corrupt_weights)], "not a readable torch checkpoint"),
         ([str(good), str(tmp_path / "o.mp4"), "--weights", str(other_weights)], "not a BasicVSR++ state_dict"),
         ([str(good), str(tmp_path / "o.mp4"), *w, "--codec", "nosuch"], "--codec nosuch: not an encoder", 2),

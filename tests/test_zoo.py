@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import vsrpp_process
+from harness import run_vsrpp
 from media import encode_video, moving_scene
 from reference import random_official_checkpoint
 
@@ -78,7 +78,15 @@ def tiny_model(tmp_path, server):
 
 
 def vsrpp(env, *args):
-    return vsrpp_process(*args, env=env)
+    """The command in this process, under `env` (the zoo reads its variables when called)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        return run_vsrpp(*args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_list_has_all_ten_official_models(monkeypatch):
@@ -122,7 +130,7 @@ def test_wrong_file_under_an_official_name_is_refused(tmp_path, server):
     (folder / model.file).write_bytes(b"not the checkpoint")
     env = {**os.environ, "VSRPP_HOME": str(tmp_path / "home"), "VSRPP_WEIGHTS_URL": url}
     result = vsrpp(env, "weights", "download", "reds4", "-q")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "does not match the checksum" in result.stderr and "Traceback" not in result.stderr
     weights = tmp_path / "home" / "weights"
     assert not weights.exists() or not any(weights.iterdir())  # nothing left behind
@@ -137,7 +145,7 @@ def test_server_down_says_exactly_what_to_do(tmp_path):
     result = vsrpp(env, "upscale", str(video), str(tmp_path / "out.mp4"))  # the default model, reds4
     model = zoo.get("reds4")
     expected_path = tmp_path / "home" / "weights" / model.file
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"http://127.0.0.1:{port}/{model.file}" in result.stderr
     assert f"place the file at {expected_path}" in result.stderr
     assert not (tmp_path / "out.mp4").exists()
@@ -147,7 +155,7 @@ def test_interrupted_transfer_leaves_nothing(tiny_model, server):
     env, _, local = tiny_model
     server[2].truncate = True
     result = vsrpp(env, "weights", "download", "tiny", "-q")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     assert not local.parent.exists() or not any(local.parent.iterdir())
 
 
@@ -164,7 +172,7 @@ def test_corrupt_cached_file_is_fetched_again_and_model_used_by_upscale(tmp_path
 
     local.write_bytes(b"damaged again")
     verify = vsrpp(env, "weights", "verify")
-    assert verify.returncode == 2 and "tiny: DAMAGED" in verify.stdout
+    assert verify.returncode == 1 and "tiny: DAMAGED" in verify.stdout
 
 
 def test_weights_path_skips_the_zoo(tmp_path):
@@ -181,7 +189,7 @@ def test_models_by_hand_say_where_to_get_them(tmp_path):
     env = {**os.environ, "VSRPP_HOME": str(tmp_path / "home")}
     env.pop("VSRPP_WEIGHTS_URL", None)
     result = vsrpp(env, "weights", "download", "denoise")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "not on the OpenMMLab download host" in result.stderr and "dropbox.com" in result.stderr
     assert str(tmp_path / "home" / "weights" / zoo.get("denoise").file) in result.stderr
 

@@ -1,8 +1,13 @@
 """Encoding: RGB frames back to a video file (with the input's timestamps, colour tags, audio
 and subtitles) or to a folder of PNG frames.
 
+A video is encoded segment by segment (`VideoEncoder`, a fresh encoder each, so each starts on a
+keyframe), and the segments' packets are joined into the file by `Muxer` without re-encoding.
+Both set the stream up with `add_video_stream`, so the file's headers match every segment's.
+Encoder settings are checked, by opening the encoder, before any work (`check_encoder_settings`).
+
 RGB goes back to YUV with the matrix and range the input was read with (here through swscale,
-or already on the compute device: frames arrive as colour.Planes in `VideoSink.planes_target`),
+or already on the compute device: frames arrive as colour.Planes in `VideoEncoder.planes_target`),
 and the output is tagged with them (plus primaries and transfer), so players show the colours
 the input had.
 Audio and subtitle packets are copied as they are, interleaved by time; an audio codec the

@@ -20,6 +20,7 @@ from .engine import PRECISIONS, Engine
 from .errors import EvalError, UsageError
 from .metrics import psnr, ssim
 from .tensors import tensor_to_frames
+from .train.config import REDS4_CLIPS
 from .windows import temporal_windows
 
 
@@ -38,9 +39,7 @@ class Dataset:
 DATASETS = {
     d.name.lower(): d
     for d in (
-        Dataset(
-            "REDS4", "REDS4", "data/REDS", "train_sharp_bicubic/X4", "train_sharp", False, ("000", "011", "015", "020")
-        ),
+        Dataset("REDS4", "REDS4", "data/REDS", "train_sharp_bicubic/X4", "train_sharp", False, REDS4_CLIPS),
         Dataset("Vid4-BI", "Vid4 BI", "data/Vid4", "BIx4", "GT", True),
         Dataset("Vid4-BD", "Vid4 BD", "data/Vid4", "BDx4", "GT", True),
         Dataset("UDM10-BD", "UDM10 BD", "data/UDM10", "BDx4", "GT", True),

@@ -144,6 +144,7 @@ def upscale(
         # The final file is opened now, so that its encoder, container and audio settings are
         # refused before any work rather than after hours; it is written at the end.
         if container_format is None:
+            remove(temporary)  # a folder left by a killed run
             temporary.mkdir()
         else:
             muxer = Muxer(temporary, settings, info, size, source_path if source_path.is_file() else None, tell)

@@ -417,7 +417,7 @@ def eval_command(
         report_file.write_text(text)
     if as_json:
         print(json.dumps(facts, indent=2))
-    elif not quiet:
+    if not quiet:  # on stderr: beside --json too
         output.eval_report(report, facts)
 
 
