@@ -400,3 +400,11 @@ def test_a_resumed_run_keeps_the_plan_it_was_made_with(tmp_path):
     assert resumed.plan == {"chunk_frames": 20, "windows_per_segment": 12}
     fresh = RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 35, "windows_per_segment": 7}, False, True)
     assert fresh.plan == {"chunk_frames": 35, "windows_per_segment": 7}
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, weights):
+    """/sys takes no new files, even from root: the OS error comes back in the user's words."""
+    source = encode_video(tmp_path / "in.mp4", moving_scene(2, 48, 64))
+    result = run_vsrpp("upscale", source, "/sys/out.mp4", "--weights", weights)
+    assert result.returncode == 1
+    assert "no permission to write out.mp4" in one_line(result) and "/sys" in result.stderr

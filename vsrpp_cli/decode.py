@@ -110,8 +110,10 @@ class Source:
         )
         return name
 
-    def frames(self, keep_yuv: bool = False) -> Iterator[Frame]:
-        return self._folder_frames() if self.files else self._video_frames(keep_yuv)
+    def frames(self, keep_yuv: bool = False, first: int = 0) -> Iterator[Frame]:
+        """Every frame from frame `first` on. A video seeks to the keyframe before it and counts
+        frames from their timestamps at the average frame rate (exact for constant-rate video)."""
+        return self._folder_frames(first) if self.files else self._video_frames(keep_yuv, first)
 
     # --------------------------------------------------------------------- frame folders
     def _folder_info(self) -> VideoInfo:
@@ -120,8 +122,8 @@ class Source:
         depth = 16 if first.dtype == np.uint16 else 8
         return VideoInfo(w, h, Fraction(1, 25), Fraction(25), len(self.files), depth, *RGB_SOURCE_YUV)
 
-    def _folder_frames(self) -> Iterator[Frame]:
-        for index, file in enumerate(self.files):
+    def _folder_frames(self, first: int = 0) -> Iterator[Frame]:
+        for index, file in enumerate(self.files[first:], start=first):
             rgb = read_image(file)
             if rgb.shape[:2] != (self.info.height, self.info.width):
                 raise InputError(
@@ -178,17 +180,27 @@ class Source:
                 container_metadata=dict(container.metadata),
             )
 
-    def _video_frames(self, keep_yuv: bool) -> Iterator[Frame]:
+    def _video_frames(self, keep_yuv: bool, first: int = 0) -> Iterator[Frame]:
         info = self.info
         out_format = "rgb48le" if info.bit_depth > 8 else "rgb24"
-        index = 0
+        index: int | None = 0
         with self._open() as container:
             stream = container.streams.video[0]
             # Frame threading drops the frames it holds when a packet fails (a truncated file loses
             # its last good frames silently); slice threading keeps every frame that decodes.
             stream.thread_type = "SLICE"
+            origin = stream.start_time or 0
+            rate = info.frame_rate or Fraction(25)
+            if first > 0:  # from the keyframe at or before half a frame ahead of the one wanted
+                container.seek(origin + int((first - 0.5) / (rate * info.time_base)), stream=stream, backward=True)
+                index = None
             deinterlace = Deinterlacer(self.deinterlacer, stream) if self.deinterlacer else None
             for frame in self._decoded(container, stream, deinterlace):
+                if index is None:
+                    index = round((frame.pts - origin) * info.time_base * rate) if frame.pts is not None else first
+                if index < first:
+                    index += 1
+                    continue
                 if keep_yuv and converts_here(frame.format.name):
                     cosited = chroma_cosited(info.codec)
                     image = read_planes(frame, info.matrix, info.full_range, cosited)
@@ -206,9 +218,9 @@ class Source:
                     )
                 yield Frame(index, frame.pts, image)
                 index += 1
-        if index == 0:
+        if not index and not first:
             raise InputError(f"{self.path}: no frame could be decoded; the file is damaged or empty")
-        if info.frame_count and index < info.frame_count:
+        if info.frame_count and index is not None and index < info.frame_count:
             missing = info.frame_count - index
             self.report.lost.append(f"{missing} of {info.frame_count} frames are missing: the file ends early")
 

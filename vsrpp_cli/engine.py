@@ -64,7 +64,11 @@ class Engine:
         graphs: bool = True,
         batch: int = 1,
         compile: bool = False,
+        strength: float = 1.0,
     ) -> None:
+        if not 0.0 <= strength <= 1.0:
+            raise UsageError(f"--strength {strength}: give a value from 0 (the enlarged source) to 1 (the network)")
+        self.strength = strength  # the output blended with the enlarged source: 1 is the network alone
         # Full-precision weights stay on the host for windows that must be recomputed in fp32.
         self.fp32_state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
         self.device, self.dtype = device, dtype
@@ -132,11 +136,17 @@ class Engine:
         def clips(dtype: torch.dtype) -> Tensor:
             return torch.cat([frames_to_tensor(frames, self.device, dtype) for frames in windows])
 
-        out = self._run_fitting_memory(clips(self.dtype), mirrored)
+        clip = clips(self.dtype)
+        out = self._run_fitting_memory(clip, mirrored)
         if self.dtype != torch.float32 and not torch.isfinite(out).all():  # no scan in fp32
             self.fp32_fallbacks += 1
             self.warn("non-finite values in reduced precision; this window was recomputed in fp32")
-            out = self._in_fp32(clips(torch.float32), mirrored)
+            clip = clips(torch.float32)
+            out = self._in_fp32(clip, mirrored)
+        if self.strength != 1.0:  # 1: the network's output as it is, bit for bit
+            # Blended with what the network's own skip connection adds (bilinear x4, or the
+            # frames for same-size models): strength 0 is that enlarged source.
+            out = torch.lerp(self.model.skip(clip).to(out.dtype), out, self.strength)
         return out
 
     def _run_fitting_memory(self, clip: Tensor, mirrored: bool = False) -> Tensor:

@@ -56,6 +56,7 @@ class ClipScore:
     frames: int
     psnr: float
     ssim: float
+    frame_psnrs: list[float] = field(default_factory=list)  # (a perfect frame: 100, as the average)
 
 
 @dataclass
@@ -155,6 +156,7 @@ def score(
         chunk_overlap=chunk_overlap,
         tile=engine.tile,
         crop_border=crop_border,
+        strength=engine.strength,
     )
     return report, facts
 
@@ -232,7 +234,9 @@ def evaluate(
                 )
         psnrs = [psnr(o, g, y_channel, crop_border) for o, g in zip(outputs, gt, strict=True)]
         ssims = [ssim(o, g, y_channel, crop_border) for o, g in zip(outputs, gt, strict=True)]
-        score = ClipScore(clip, len(outputs), float(np.mean(psnrs)), float(np.mean(ssims)))
+        score = ClipScore(
+            clip, len(outputs), float(np.mean(psnrs)), float(np.mean(ssims)), [min(float(p), 100.0) for p in psnrs]
+        )
         if math.isinf(score.psnr):
             score.psnr = 100.0  # identical images: report a finite ceiling
         report.clips.append(score)

@@ -77,6 +77,7 @@ class Options:
     compile: bool = False  # torch.compile the alignment modules (pays on long runs in bf16 on the CPU)
     deinterlace: str = "auto"  # interlaced input: "auto" (bwdif when the stream is interlaced), "bwdif", "yadif", "off"
     segment_frames: int = SEGMENT_FRAMES
+    strength: float = 1.0  # 0: the source enlarged as the network's skip connection does; 1: the network
 
 
 @dataclass
@@ -170,6 +171,7 @@ def upscale(
             graphs=options.graphs,
             batch=batch,
             compile=options.compile,
+            strength=options.strength,
         )
         summary.chunk_frames, summary.chunk_overlap, summary.batch = chunk, options.chunk_overlap, batch
 
@@ -292,6 +294,7 @@ def fingerprint(
         "pix_fmt": options.pix_fmt,
         "deinterlace": options.deinterlace,
         "segment_frames": options.segment_frames,
+        "strength": options.strength,
         "vsrpp": __version__,
     }
 

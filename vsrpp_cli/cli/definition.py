@@ -6,6 +6,7 @@ import time: `vsrpp --help` and `--version` stay quick.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -136,6 +137,17 @@ TrainDevice = Annotated[
     option("auto, cuda, or cpu (gloo; for tests and small runs).", metavar=None, panel=LAUNCH),
 ]
 AmpMode = Literal["off", "fp16", "bf16"]
+Strength = Annotated[
+    float,
+    option(
+        "How much of the network's result: 1 = all of it; 0 = the source enlarged as the network's own skip "
+        "connection enlarges it (bilinear for x4 models); between, a blend of the two.",
+        metavar="S",
+        panel=MODEL,
+        min=0.0,
+        max=1.0,
+    ),
+]
 
 
 def _show_version(value: bool) -> None:
@@ -163,6 +175,18 @@ def _tiles(tile: int, tile_overlap: int) -> None:
             f"--tile {tile} must be larger than twice --tile-overlap ({tile_overlap}); "
             f"e.g. --tile {max(64, 4 * tile_overlap)}"
         )
+
+
+def _plot_target(path: Path) -> None:
+    """Checked before the work: a PNG name in a folder that exists, and matplotlib to draw it."""
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--plot {path}: name a .png file")
+    if not path.parent.is_dir():
+        raise UsageError(f"--plot {path}: no such folder {path.parent}")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot draws with matplotlib, which is not installed: pip install 'vsrpp[plot]'")
 
 
 def _weights(model: str | None, weights: Path | None, quiet: bool = False) -> Path:
@@ -209,6 +233,7 @@ def upscale(
     weights: WeightsFile = None,
     device: Device = "auto",
     precision: Precision = "auto",
+    strength: Strength = 1.0,
     gpus: Annotated[int, option("Spread several inputs over this many GPUs.", panel=MODEL, min=1)] = 1,
     graphs: Annotated[
         bool, flag("Replay the propagation steps as CUDA graphs (CUDA only; --no-graphs to run eagerly).", panel=MODEL)
@@ -323,6 +348,7 @@ def upscale(
         compile=compile,
         deinterlace=deinterlace,
         segment_frames=segment_frames,
+        strength=strength,
     )
     again = [arg for arg in sys.argv[1:] if arg not in ("--overwrite", "--resume")]
     state.on_interrupt = f": finished segments are kept; continue with `{shlex.join(['vsrpp', *again, '--resume'])}`"
@@ -342,6 +368,101 @@ def upscale(
         output.error_line(f"{source}: {error}")
     if failures:
         raise typer.Exit(ExitStatus.ERROR)
+
+
+# ----------------------------------------------------------------------------- preview
+@app.command(cls=Command)
+def preview(
+    source: Annotated[Path, typer.Argument(metavar="INPUT", help="A video file or a folder of frames.")],
+    at: Annotated[
+        list[str] | None,
+        option(
+            "A moment to show (SECONDS, MM:SS or HH:MM:SS); repeat for several. Default: three spread over the video.",
+            "--at",
+            metavar="TIME",
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        option("A model of the zoo; repeat to compare several side by side.", metavar="NAME", panel=MODEL),
+    ] = None,
+    weights: Annotated[
+        list[Path] | None, option("A local checkpoint; repeat to compare several.", metavar="FILE", panel=MODEL)
+    ] = None,
+    strength: Annotated[
+        list[float] | None,
+        option("Strength(s) to compare (0 to 1; default 1): each model is shown at each.", metavar="S", panel=MODEL),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        option("Where the images go (default: INPUT's name + -preview).", "--output", metavar="DIR", panel=OUTPUT),
+    ] = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    chunk_frames: Annotated[
+        int, option("Frames kept per window, as for upscale; 0 sizes windows to the device.", panel=WINDOWS, min=0)
+    ] = 0,
+    chunk_overlap: Annotated[
+        int, option("Context frames each side of a window, as for upscale.", panel=WINDOWS, min=0)
+    ] = 8,
+    tile: TileSize = 0,
+    tile_overlap: TileOverlap = 16,
+    codec: Annotated[
+        str | None, option("The output's encoder, for the size estimate.", metavar="NAME", panel=ENCODING)
+    ] = None,
+    crf: Annotated[int | None, option("Its constant quality, for the size estimate.", panel=ENCODING)] = None,
+    preset: Annotated[str | None, option("Its preset.", metavar="NAME", panel=ENCODING)] = None,
+    colour: Annotated[Literal["device", "swscale"], option("As for upscale.", metavar=None, panel=ENCODING)] = "device",
+    deinterlace: Annotated[
+        Literal["auto", "bwdif", "yadif", "off"], option("As for upscale.", metavar=None, panel=ENCODING)
+    ] = "auto",
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+) -> None:
+    """See what `upscale` will give before spending hours: a few moments upscaled exactly as the
+    whole run would upscale them, beside the source enlarged bicubically, with a zoom on detail.
+
+    Prints how long the whole video would take on this device and how large it would be, and the
+    `vsrpp upscale` command that makes it.
+
+    Example: vsrpp preview film.mp4 --at 00:01:23 --model reds4 --strength 1 --strength 0.6
+    """
+    for value in strength or ():
+        if not 0 <= value <= 1:
+            raise UsageError(f"--strength {value}: give a value from 0 to 1")
+    _tiles(tile, tile_overlap)
+    from ..preview import Setting, parse_time
+    from ..preview import preview as run_preview
+    from ..upscale import Options, check_encoder
+
+    times = [parse_time(text) for text in at or ()]
+    check_encoder([Path("estimate.mp4")], codec, crf, preset, None)
+    chosen = [Setting(_weights(name, None, quiet), name) for name in model or ()]
+    chosen += [Setting(_weights(None, path, quiet)) for path in weights or ()]
+    if not chosen:
+        chosen = [Setting(_weights(None, None, quiet), "reds4")]
+    settings = [Setting(s.weights, s.model, value) for s in chosen for value in (strength or [1.0])]
+    options = Options(
+        weights=settings[0].weights,
+        device=device,
+        precision=precision,
+        chunk_frames=chunk_frames,
+        chunk_overlap=chunk_overlap,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        codec=codec,
+        crf=crf,
+        preset=preset,
+        colour=colour,
+        deinterlace=deinterlace,
+    )
+    folder = output_dir or Path(f"{source.stem}-preview")
+    with contextlib.nullcontext() if quiet else stderr.status("upscaling the moments..."):
+        report = run_preview(source, folder, settings, options, times, output.notice_printer(quiet))
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif not quiet:
+        output.preview_report(report)
 
 
 # ----------------------------------------------------------------------------- eval
@@ -368,6 +489,7 @@ def eval_command(
     weights: WeightsFile = None,
     device: Device = "auto",
     precision: Precision = "auto",
+    strength: Strength = 1.0,
     chunk_frames: Annotated[int, option("Frames per window; 0 = each clip as one sequence.", panel=WINDOWS, min=0)] = 0,
     chunk_overlap: Annotated[int, option("Context frames each side of a window.", panel=WINDOWS, min=0)] = 0,
     tile: TileSize = 0,
@@ -379,6 +501,12 @@ def eval_command(
             "--report",
             metavar="FILE",
             panel=OUTPUT,
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        option(
+            "Also draw PSNR per frame for each clip into FILE.png (needs matplotlib).", metavar="FILE", panel=OUTPUT
         ),
     ] = None,
     as_json: AsJson = False,
@@ -394,6 +522,8 @@ def eval_command(
     """
     if report_file is not None and report_file.suffix.lower() not in (".json", ".csv"):
         raise UsageError(f"--report {report_file}: name a .json or a .csv file")
+    if plot is not None:
+        _plot_target(plot)
     _tiles(tile, tile_overlap)
     from ..checkpoint import load_model
     from ..engine import Engine, pick_device, pick_dtype
@@ -409,12 +539,17 @@ def eval_command(
         tile,
         tile_overlap,
         warn=output.notice_printer(quiet),
+        strength=strength,
     )
     with output.ClipProgress(len(plan.clips), quiet) as advance:
         report, facts = score(plan, chosen, engine, chunk_frames, chunk_overlap, crop_border, lambda _: advance())
     if report_file is not None:
         text = json.dumps(facts, indent=2) + "\n" if report_file.suffix.lower() == ".json" else output.eval_csv(report)
         report_file.write_text(text)
+    if plot is not None:
+        from ..plots import psnr_per_frame
+
+        psnr_per_frame(report, plot)
     if as_json:
         print(json.dumps(facts, indent=2))
     if not quiet:  # on stderr: beside --json too
@@ -641,6 +776,9 @@ def bench(
             callback=one_of("device", "swscale"),
         ),
     ] = None,
+    plot: Annotated[
+        Path | None, option("Also draw frames/s per configuration into FILE.png (needs matplotlib).", metavar="FILE")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Frames per second, milliseconds per frame and peak memory, for the network alone and for
@@ -653,6 +791,8 @@ def bench(
     from ..bench import bench as run_bench
     from ..bench import time_encoders
 
+    if plot is not None:
+        _plot_target(plot)
     h, w = (int(v) for v in size.lower().split("x"))
     graph_modes = {"on": (True,), "off": (False,), "both": (False, True)}[graphs]
     with stderr.status("benchmarking..."):
@@ -674,10 +814,15 @@ def bench(
         )
         if encoders:
             rows += time_encoders([(720, 1280), (2160, 3840)], min(frames, 30), tuple(encoders))
+    title = f"vsrpp bench: {h}x{w} -> {4 * h}x{4 * w}, {frames} frames"
+    if plot is not None:
+        from ..plots import frames_per_second
+
+        frames_per_second(rows, plot, f"{title}, {rows[0].device}")
     if as_json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:
-        output.bench_table(rows, f"vsrpp bench: {h}x{w} -> {4 * h}x{4 * w}, {frames} frames")
+        output.bench_table(rows, title)
 
 
 # ----------------------------------------------------------------------------- weights

@@ -183,3 +183,21 @@ def zoo_table(models: Iterable[dict[str, Any]], folder: str, default: str) -> No
         table.add_row(name, m["task"], f"x{m['scale']}", f"{m['parameters'] / 1e6:.1f}M", here)
     table.caption = "* the default. `vsrpp weights list --json` has URLs, checksums, training data and scores."
     stdout.print(table)
+
+
+def preview_report(report: Any) -> None:
+    for path in report.images:
+        stdout.print(path, highlight=False, soft_wrap=True)
+    for e in report.estimates:
+        stderr.print(
+            f"[bold]{e.setting}[/]: the whole video in about {_duration(e.whole_video_seconds)} here "
+            f"({e.windows} windows of {e.seconds_per_window:.1f} s), about {e.output_bytes / 1e6:,.0f} MB of video",
+            highlight=False,
+            soft_wrap=True,
+        )
+        stderr.print(f"  {e.command}", highlight=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"

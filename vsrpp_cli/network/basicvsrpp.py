@@ -260,6 +260,15 @@ class BasicVSRPlusPlus(nn.Module):
         )
         return aligned + self.backbone[name](torch.cat([*context, aligned], dim=1))
 
+    def skip(self, frames: Tensor) -> Tensor:
+        """What the output adds to the learned residual: the frames enlarged bilinearly (x4), or
+        the frames themselves (same-size models). (..., c, h, w) -> (..., c, 4h, 4w) or as given."""
+        if not self.is_low_res_input:
+            return frames
+        *lead, c, h, w = frames.shape
+        enlarged = F.interpolate(frames.reshape(-1, c, h, w), scale_factor=4, mode="bilinear", align_corners=False)
+        return enlarged.view(*lead, c, 4 * h, 4 * w)
+
     def reconstruct(self, lqs: Tensor, feats: dict[str, list[Tensor]]) -> Tensor:
         """All frames from the spatial and four branch features (5C channels) plus the skip, in
         batches of frames as large as RECONSTRUCT_BYTES allows on a GPU, one by one on the CPU."""
@@ -281,11 +290,7 @@ class BasicVSRPlusPlus(nn.Module):
             hr = F.leaky_relu(self.upsample2(hr), 0.1)
             hr = F.leaky_relu(self.conv_hr(hr), 0.1)
             hr = self.conv_last(hr)
-            lq = lqs[:, start:stop].reshape(-1, c, h, w)
-            if self.is_low_res_input:
-                hr = hr + F.interpolate(lq, scale_factor=4, mode="bilinear", align_corners=False)
-            else:
-                hr = hr + lq
+            hr = hr + self.skip(lqs[:, start:stop].reshape(-1, c, h, w))
             outputs.append(hr.view(n, stop - start, *hr.shape[1:]))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
