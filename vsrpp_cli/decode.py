@@ -9,6 +9,7 @@ conversion on the compute device; other formats are still converted here.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -110,10 +111,23 @@ class Source:
         )
         return name
 
-    def frames(self, keep_yuv: bool = False, first: int = 0) -> Iterator[Frame]:
-        """Every frame from frame `first` on. A video seeks to the keyframe before it and counts
-        frames from their timestamps at the average frame rate (exact for constant-rate video)."""
-        return self._folder_frames(first) if self.files else self._video_frames(keep_yuv, first)
+    def frames(self, keep_yuv: bool = False, first: int = 0, times: list[int] | None = None) -> Iterator[Frame]:
+        """Every frame from frame `first` on. A video seeks to the keyframe before it and knows
+        each frame's index from its timestamp: exactly with `times` (frame_times()), else at the
+        average frame rate (exact for constant-rate video)."""
+        return self._folder_frames(first) if self.files else self._video_frames(keep_yuv, first, times)
+
+    def frame_times(self) -> list[int]:
+        """Every frame's timestamp in presentation order, from the packets alone (no decoding):
+        what lets a worker seek to frame i of a variable-rate video exactly."""
+        if self.files:
+            return list(range(len(self.files)))
+        with self._open() as container:
+            stream = container.streams.video[0]
+            times = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+        if not times:
+            raise InputError(f"{self.path}: its video packets carry no timestamps; it cannot be shared among workers")
+        return times
 
     # --------------------------------------------------------------------- frame folders
     def _folder_info(self) -> VideoInfo:
@@ -180,7 +194,7 @@ class Source:
                 container_metadata=dict(container.metadata),
             )
 
-    def _video_frames(self, keep_yuv: bool, first: int = 0) -> Iterator[Frame]:
+    def _video_frames(self, keep_yuv: bool, first: int = 0, times: list[int] | None = None) -> Iterator[Frame]:
         info = self.info
         out_format = "rgb48le" if info.bit_depth > 8 else "rgb24"
         index: int | None = 0
@@ -191,12 +205,18 @@ class Source:
             stream.thread_type = "SLICE"
             origin = stream.start_time or 0
             rate = info.frame_rate or Fraction(25)
-            if first > 0:  # from the keyframe at or before half a frame ahead of the one wanted
-                container.seek(origin + int((first - 0.5) / (rate * info.time_base)), stream=stream, backward=True)
+            if first > 0:
+                # From the keyframe before two frames ahead of the one wanted: a deinterlacer
+                # then sees the fields before it, as it would have in a run from the start.
+                ahead = max(0, first - 2)
+                target = times[ahead] if times else origin + int((ahead - 0.5) / (rate * info.time_base))
+                container.seek(target, stream=stream, backward=True)
                 index = None
             deinterlace = Deinterlacer(self.deinterlacer, stream) if self.deinterlacer else None
             for frame in self._decoded(container, stream, deinterlace):
-                if index is None:
+                if index is None and times is not None:
+                    index = bisect.bisect_left(times, frame.pts) if frame.pts is not None else first
+                elif index is None:
                     index = round((frame.pts - origin) * info.time_base * rate) if frame.pts is not None else first
                 if index < first:
                     index += 1

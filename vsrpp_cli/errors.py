@@ -71,6 +71,10 @@ class DataError(VsrppError):
     """A data root that lacks what training needs; the message names what is missing."""
 
 
+class WorkerError(VsrppError):
+    """A worker process of a shared run stopped; what it finished is kept for --resume."""
+
+
 class Interrupted(BaseException):
     """Ctrl-C or SIGTERM: unwinds like KeyboardInterrupt, so every `finally` cleans up."""
 

@@ -70,7 +70,8 @@ class RunStore:
         return cls(folder, plan)
 
     def remove_partials(self) -> None:
-        for path in self.folder.glob(f"*{PARTIAL}*"):
+        """What was being written when a run stopped, and the claims of workers (parallel.py)."""
+        for path in [*self.folder.glob(f"*{PARTIAL}*"), *self.folder.glob("*.claim")]:
             remove(path)
 
     # --------------------------------------------------------------------- windows

@@ -98,6 +98,7 @@ class Summary:
     fp32_fallbacks: int = 0
     lost: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    workers: list[dict[str, Any]] = field(default_factory=list)  # shared runs: each worker's frames and fps
 
     @property
     def fps(self) -> float:

@@ -12,6 +12,7 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -234,7 +235,26 @@ def upscale(
     device: Device = "auto",
     precision: Precision = "auto",
     strength: Strength = 1.0,
-    gpus: Annotated[int, option("Spread several inputs over this many GPUs.", panel=MODEL, min=1)] = 1,
+    nproc_per_node: Annotated[
+        int,
+        option(
+            "Processes on this machine, one per GPU: one input's windows are shared among them (with --device cpu, "
+            "CPU processes); several inputs go one per GPU.",
+            "--nproc-per-node",
+            "--gpus",
+            panel=LAUNCH,
+            min=1,
+        ),
+    ] = 1,
+    nnodes: Annotated[
+        int,
+        option(
+            "Machines sharing one input's windows through OUTPUT's folder (on a shared file system).",
+            panel=LAUNCH,
+            min=1,
+        ),
+    ] = 1,
+    node_rank: Annotated[int, option("This machine's rank; 0 writes the output.", panel=LAUNCH, min=0)] = 0,
     graphs: Annotated[
         bool, flag("Replay the propagation steps as CUDA graphs (CUDA only; --no-graphs to run eagerly).", panel=MODEL)
     ] = True,
@@ -352,8 +372,25 @@ def upscale(
     )
     again = [arg for arg in sys.argv[1:] if arg not in ("--overwrite", "--resume")]
     state.on_interrupt = f": finished segments are kept; continue with `{shlex.join(['vsrpp', *again, '--resume'])}`"
+    from ..train.launch import from_slurm
+
+    nnodes, node_rank, _ = from_slurm(nnodes, node_rank, None)
+    shared = len(jobs) == 1 and (nproc_per_node > 1 or nnodes > 1)
+    if not shared and nnodes > 1:
+        raise UsageError("--nnodes: machines share the windows of one input; give one INPUT")
     with output.UpscaleProgress([source.name for source, _ in jobs], disabled=quiet) as progress:
-        results = run_jobs(jobs, options, gpus, progress.update, output.notice_printer(quiet))
+        if shared:
+            from ..parallel import upscale_shared
+
+            source, target = jobs[0]
+            update = partial(progress.update, 0)
+            results = [
+                upscale_shared(
+                    source, target, options, nproc_per_node, nnodes, node_rank, update, output.notice_printer(quiet)
+                )
+            ]
+        else:
+            results = run_jobs(jobs, options, nproc_per_node, progress.update, output.notice_printer(quiet))
 
     if as_json:
         summaries = [None if isinstance(r, Exception) else r.as_dict() for r in results]
