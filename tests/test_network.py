@@ -7,7 +7,7 @@ import collections
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import Reference, official_shapes
+from reference import Reference, official_shapes, random_official_checkpoint
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vsrpp_cli import BasicVSRPlusPlus, load_model
@@ -235,3 +235,20 @@ def test_compiled_alignment_equals_eager(official_checkpoint, video_clip):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # traced (one graph serves all four)
     assert not torch._dynamo.utils.counters["graph_break"]
     assert (compiled - eager).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("x4, size", [(True, (32, 40)), (True, (64, 72)), (False, (100, 132))])
+def test_the_plain_baseline_computes_the_same_network(tmp_path, x4, size):
+    """bench's baseline (network/plain.py) is written apart from ours, step by step as mmagic
+    lays the forward out; both must give the same output, or the comparison means nothing."""
+    from vsrpp_cli.network.plain import PlainBasicVSRPlusPlus
+
+    path = tmp_path / "w.pth"
+    torch.save(random_official_checkpoint(16, 1, x4, seed=9), path)
+    model = load_model(path)
+    clip = torch.rand(1, 4, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(clip)
+    plain = PlainBasicVSRPlusPlus(model.state_dict())(clip)
+    assert plain.shape == ours.shape
+    assert (plain - ours).abs().max() < 1e-5

@@ -1,6 +1,6 @@
 """`vsrpp bench`: frames/s of the network alone and of the whole `upscale` pipeline, time per
 stage, the encoder's own speed, memory, and a quality guard (reduced precision against fp32),
-beside the plain fp32 implementation.
+beside a plain fp32 implementation written apart from ours (network/plain.py).
 
 Every row measures itself: the GPU's peak-memory counter is reset before each, and each model
 row builds its own model. benchmarks/gpu.sh runs the whole matrix on a GPU machine.
@@ -24,6 +24,7 @@ from .engine import PRECISIONS, compile_alignment, pick_device, place_model
 from .network import BasicVSRPlusPlus
 from .network.basicvsrpp import BRANCHES, AlignmentPlan
 from .network.deform_conv import modulated_deform_conv2d, resolve_backend
+from .network.plain import PlainBasicVSRPlusPlus
 from .threads import use_threads
 
 IDENTICAL_DB = 200.0  # reported for bit-identical outputs: JSON has no infinity
@@ -154,7 +155,12 @@ def bench(
         dtype = PRECISIONS[precision]
         concrete = resolve_backend(backend, device, dtype)
         reset_peak(device)
-        model = build_model(weights, device, dtype, concrete, graphed, compile_it)
+        if backend == "plain":  # the baseline: a separate, straightforward implementation (network/plain.py)
+            ours = build_model(weights, device, torch.float32, "torch")
+            model = PlainBasicVSRPlusPlus(ours.state_dict()).to(device)
+            del ours
+        else:
+            model = build_model(weights, device, dtype, concrete, graphed, compile_it)
         clip = clip32.to(dtype).expand(batch, *clip32.shape[1:]).contiguous()
         seconds, out, warmup = time_model(model, clip, repeat)
         out = out[:1].float().clamp(0, 1)
