@@ -105,3 +105,20 @@ def test_gpus_asked_for_but_absent(tmp_path, weights, clip):
     assert result.returncode == 2
     assert "CUDA device" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_silent_worker_on_another_machine_stops_the_writer(tmp_path):
+    """Workers on other machines cannot be watched as processes: the writer goes by their signs of
+    life in the shared folder (worker_<rank>.alive, rewritten every few seconds)."""
+    from vsrpp_cli.errors import WorkerError
+    from vsrpp_cli.parallel import SILENT, check_remote
+
+    (tmp_path / "window_000004.claim").write_text("3")  # rank 3: the second machine's (2 per machine)
+    alive = tmp_path / "worker_3.alive"
+    alive.write_text("")
+    check_remote(tmp_path, 4, local=2)  # heard from just now: keep waiting
+    past = time.time() - SILENT - 1
+    os.utime(alive, (past, past))
+    with pytest.raises(WorkerError, match=r"worker 3 .*has not been heard from.*--resume"):
+        check_remote(tmp_path, 4, local=2)
+    check_remote(tmp_path, 5, local=2)  # a window nobody has claimed yet: nothing to say

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from .upscale import (
 )
 
 POLL = 0.05  # seconds between looks at the folder
+HEARTBEAT = 5.0  # seconds between a worker's signs of life (worker_<rank>.alive)
+SILENT = 120.0  # a worker on another machine not heard from for this long has stopped
 
 
 @dataclass
@@ -225,6 +228,7 @@ def write_in_order(
         if segment not in closed:
             while not store.has_window(index):
                 check(workers, store.folder)
+                check_remote(store.folder, index, len(workers))
                 time.sleep(POLL)
             for frame, image in zip(kept, store.load_window(index, target), strict=True):
                 writer.put(segment, image, times[frame])
@@ -241,6 +245,7 @@ def work(job: WorkerJob) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(job.threads))
     store = RunStore(job.folder, {})
     (job.folder / f"worker_{job.rank}.pid").write_text(str(os.getpid()))  # which process is which
+    threading.Thread(target=beat, args=(job.folder / f"worker_{job.rank}.alive",), daemon=True).start()
     stats = {"rank": job.rank, "device": job.device, "windows": 0, "frames": 0, "seconds": 0.0}
     try:
         options = job.options
@@ -309,6 +314,29 @@ def check(workers: list[multiprocessing.Process], folder: Path) -> None:
                 f"worker {rank} ({process.name}) stopped ({how}); the windows finished so far are kept: run the "
                 "same command with --resume (any number of workers) to continue"
             )
+
+
+def check_remote(folder: Path, index: int, local: int) -> None:
+    """The window the writer waits for is claimed by a worker on another machine: that worker
+    must have been heard from lately, or its machine has stopped (it cannot be watched as a
+    process from here)."""
+    try:
+        rank = int((folder / f"window_{index:06d}.claim").read_text() or -1)
+        heard = (folder / f"worker_{rank}.alive").stat().st_mtime
+    except (OSError, ValueError):
+        return  # not claimed yet, or just finished
+    if rank >= local and time.time() - heard > SILENT:
+        raise WorkerError(
+            f"worker {rank} (another machine) has not been heard from for {SILENT:.0f} s while holding window "
+            f"{index}; the windows finished so far are kept: run the same command with --resume to continue"
+        )
+
+
+def beat(path: Path) -> None:
+    """A worker's sign of life, from a thread (the network may hold the main one for minutes)."""
+    while True:
+        path.write_text(str(time.time()))
+        time.sleep(HEARTBEAT)
 
 
 def wait_for(workers: list[multiprocessing.Process], folder: Path) -> None:
