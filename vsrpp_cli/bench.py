@@ -25,6 +25,7 @@ from .network import BasicVSRPlusPlus
 from .network.basicvsrpp import BRANCHES, AlignmentPlan
 from .network.deform_conv import modulated_deform_conv2d, resolve_backend
 from .network.plain import PlainBasicVSRPlusPlus
+from .tensors import frames_to_tensor
 from .threads import use_threads
 
 IDENTICAL_DB = 200.0  # reported for bit-identical outputs: JSON has no infinity
@@ -144,7 +145,7 @@ def bench(
     graph_modes = graphs if device.type == "cuda" else (False,)  # graphs exist on CUDA only
     h, w = size
     frames_u8 = scene(frames, h, w)
-    clip32 = torch.from_numpy(frames_u8).permute(0, 3, 1, 2).float().div(255)[None].to(device)
+    clip32 = frames_to_tensor(list(frames_u8), device, torch.float32)
     rows: list[Row] = []
     reference = None
     runs = [("fp32", "plain", False, 1, False)] if baseline else []

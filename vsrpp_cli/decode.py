@@ -25,6 +25,24 @@ from .errors import InputError, UsageError
 
 FRAME_EXTENSIONS = {".png", ".jpg", ".jpeg"}
 DEINTERLACERS = ("bwdif", "yadif")
+# What counts as a video file where a folder is read for them (upscale, finetune): by extension.
+VIDEO_EXTENSIONS = {
+    ".mp4",
+    ".mkv",
+    ".mov",
+    ".webm",
+    ".avi",
+    ".m4v",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".flv",
+    ".wmv",
+    ".mpg",
+    ".mpeg",
+    ".y4m",
+    ".3gp",
+}
 SWS_COLORSPACE = {
     "bt709": Colorspace.ITU709,
     "bt601": Colorspace.ITU601,
@@ -290,6 +308,11 @@ class Deinterlacer:
             if out.pts is not None:
                 out.pts = round(out.pts * out.time_base / self.time_base)
             yield out
+
+
+def is_video_file(path: Path) -> bool:
+    """The one rule for a video file in a folder of inputs: a file with a video extension."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 def open_source(

@@ -133,17 +133,13 @@ def score(
     from .checkpoint import sha256_of
 
     known = zoo.known_file(sha256_of(weights))
-    report = evaluate(
-        plan.clips,
-        engine,
-        plan.name,
-        plan.y_channel,
-        plan.centre_frame_only,
-        chunk_frames,
-        chunk_overlap,
-        crop_border,
-        on_clip,
-    )
+
+    def upscale_clip(lq: list[np.ndarray]) -> list[np.ndarray]:
+        if plan.centre_frame_only:
+            return [centre_output(engine, lq)]
+        return run_clip(engine, lq, chunk_frames or len(lq), chunk_overlap)
+
+    report = evaluate(plan.clips, upscale_clip, plan.name, plan.y_channel, plan.centre_frame_only, crop_border, on_clip)
     if plan.dataset is not None and known is not None:
         report.published = known.scores.get(plan.dataset.score_key)
     facts = report.as_dict()
@@ -208,29 +204,30 @@ def paired_clips(lq_root: Path, gt_root: Path) -> list[tuple[str, Path, Path]]:
 
 def evaluate(
     clips: list[tuple[str, Path, Path]],
-    engine: Engine,
+    upscale_clip: Callable[[list[np.ndarray]], list[np.ndarray]],
     name: str,
     y_channel: bool,
     centre_frame_only: bool = False,
-    chunk_frames: int = 0,
-    chunk_overlap: int = 0,
     crop_border: int = 0,
     on_clip: Callable[[ClipScore], None] = lambda score: None,
 ) -> Report:
+    """The protocol, whatever makes the outputs (`vsrpp eval`'s engine, training's validation):
+    each clip's LQ frames in, 8-bit outputs back, PSNR and SSIM per frame, averaged per clip.
+    With `centre_frame_only` the clip gives one output, scored against the centre GT frame."""
     report = Report(name, y_channel)
     for clip, lq_folder, gt_folder in clips:
         lq, gt = load_frames(lq_folder), load_frames(gt_folder)
         if centre_frame_only:
-            outputs, gt = [centre_output(engine, lq)], [gt[len(gt) // 2]]
-        else:
-            if len(lq) != len(gt):
-                raise EvalError(f"{clip}: {len(lq)} LQ frames but {len(gt)} GT frames")
-            outputs = run_clip(engine, lq, chunk_frames or len(lq), chunk_overlap)
+            gt = [gt[len(gt) // 2]]
+        elif len(lq) != len(gt):
+            raise EvalError(f"{clip}: {len(lq)} LQ frames but {len(gt)} GT frames")
+        outputs = upscale_clip(lq)
         for out, truth in zip(outputs, gt, strict=True):
             if out.shape != truth.shape:
+                scale = out.shape[0] // max(1, lq[0].shape[0])
                 raise EvalError(
                     f"{clip}: output is {out.shape[1]}x{out.shape[0]}, GT {truth.shape[1]}x{truth.shape[0]}"
-                    f"; is this the right model (x{engine.scale}) for the data?"
+                    f"; is this the right model (x{scale}) for the data?"
                 )
         psnrs = [psnr(o, g, y_channel, crop_border) for o, g in zip(outputs, gt, strict=True)]
         ssims = [ssim(o, g, y_channel, crop_border) for o, g in zip(outputs, gt, strict=True)]

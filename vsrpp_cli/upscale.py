@@ -27,30 +27,13 @@ import torch
 from . import __version__
 from .checkpoint import load_model, sha256_of
 from .colour import YuvTarget
-from .decode import FRAME_EXTENSIONS, Frame, VideoInfo, open_source
+from .decode import FRAME_EXTENSIONS, Frame, VideoInfo, is_video_file, open_source
 from .encode import CONTAINERS, EncoderSettings, Muxer, VideoEncoder, check_encoder_settings, container_for
 from .engine import PRECISIONS, Engine, pick_device, pick_dtype
 from .errors import OutputError, UsageError, VsrppError, os_error_advice
 from .resume import FrameSegment, RunStore, VideoSegment, remove
 from .windows import Window, temporal_windows
 
-VIDEO_EXTENSIONS = {
-    ".mp4",
-    ".mkv",
-    ".mov",
-    ".webm",
-    ".avi",
-    ".m4v",
-    ".ts",
-    ".mts",
-    ".m2ts",
-    ".flv",
-    ".wmv",
-    ".mpg",
-    ".mpeg",
-    ".y4m",
-    ".3gp",
-}
 QUEUE_FRAMES = 8  # decoded frames waiting for the network, and upscaled ones waiting for the encoder
 SEGMENT_FRAMES = 240  # output frames per committed segment (whole windows: a segment may hold more)
 FRAME_NAME = re.compile(r"\d{8}\.png")  # what a frames-folder output holds (encode.FrameFolderSink)
@@ -458,10 +441,6 @@ def is_video_folder(path: Path) -> bool:
         return False
     entries = [p for p in path.iterdir() if p.is_file()]
     return not any(p.suffix.lower() in FRAME_EXTENSIONS for p in entries) and any(map(is_video_file, entries))
-
-
-def is_video_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 def check_output(output: Path, overwrite: bool) -> None:

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..decode import frame_files, read_image
 from ..errors import DataError
+from ..tensors import frames_to_tensor
 from .config import TrainConfig
 
 
@@ -116,8 +117,8 @@ class ClipSamples(Dataset):
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    peak = 65535.0 if frames.dtype == np.uint16 else 255.0
-    return torch.from_numpy(np.ascontiguousarray(frames).astype(np.float32)).permute(0, 3, 1, 2) / peak
+    """(t, h, w, 3) uint8/uint16 -> (t, 3, h, w) in [0, 1], by the one path frames take (tensors.py)."""
+    return frames_to_tensor(list(np.ascontiguousarray(frames)), torch.device("cpu"), torch.float32)[0]
 
 
 def degrade(gt: torch.Tensor, config: TrainConfig, rng: np.random.Generator) -> torch.Tensor:

@@ -70,15 +70,12 @@ def launch(
 
 def frames_from_videos(data: Path, work_dir: Path) -> Path:
     """Finetuning reads frames: videos in `data` are decoded once into work_dir/frames/<name>/."""
-    from ..decode import open_source
+    from ..decode import is_video_file, open_source
     from ..encode import FrameFolderSink
 
     if not data.exists():
         raise DataError(f"{data}: no such file or folder")
-    videos = (
-        [data] if data.is_file() else sorted(p for p in data.iterdir() if p.is_file() and not p.name.startswith("."))
-    )
-    videos = [v for v in videos if v.suffix.lower() not in (".png", ".jpg", ".jpeg", ".txt", ".json")]
+    videos = [data] if data.is_file() else sorted(filter(is_video_file, data.iterdir()))
     if not videos:
         return data  # already folders of frames
     target = work_dir / "frames"

@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..checkpoint import load_strict, read_checkpoint
-from ..decode import frame_files, read_image
-from ..metrics import psnr
+from ..evaluate import evaluate
 from ..network import BasicVSRPlusPlus
+from ..tensors import frames_to_tensor, tensor_to_frames
 from ..threads import use_threads
 from .config import TrainConfig
 from .data import ClipSamples, SampleNumbers, folder_clips, reds_clips
@@ -184,22 +184,21 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> None:
-        """REDS4: every clip as one sequence, outputs rounded to 8 bits, PSNR on RGB (rank 0)."""
+        """REDS4 under the evaluation protocol (evaluate.py), each clip as one sequence (rank 0)."""
         if self.rank == 0:
             self.model.eval()
-            scores = {}
-            for clip, lq_dir, gt_dir in self.val_clips:
-                files = frame_files(lq_dir)
-                lq = torch.from_numpy(np.stack([read_image(f) for f in files])).permute(0, 3, 1, 2)
-                out = self.model(lq.float().div(255)[None].to(self.device))[0]
-                frames = (out.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-                gts = [read_image(gt_dir / f.name) for f in files]
-                scores[clip] = float(np.mean([psnr(o, g) for o, g in zip(frames, gts, strict=True)]))
-            mean = float(np.mean(list(scores.values())))
-            if mean > self.best_psnr:
-                self.best_psnr = mean
+
+            def upscale_clip(lq: list[np.ndarray]) -> list[np.ndarray]:
+                with torch.no_grad():
+                    return tensor_to_frames(self.model(frames_to_tensor(lq, self.device, torch.float32)), 8)
+
+            report = evaluate(self.val_clips, upscale_clip, "REDS4", y_channel=False)
+            if report.psnr > self.best_psnr:
+                self.best_psnr = report.psnr
                 self._save_weights(self.work_dir / "best.pth")
-            self.log({"val_psnr": mean, "val_clips": scores})
+            self.log(
+                {"val_psnr": report.psnr, "val_ssim": report.ssim, "val_clips": {c.clip: c.psnr for c in report.clips}}
+            )
         dist.barrier()
 
     # ------------------------------------------------------------------ checkpoints
