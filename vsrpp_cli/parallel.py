@@ -39,7 +39,7 @@ from .decode import open_source
 from .encode import EncoderSettings, Muxer, VideoEncoder, container_for
 from .engine import PRECISIONS, Engine, pick_device, pick_dtype
 from .errors import UsageError, VsrppError, WorkerError, os_error_advice
-from .resume import FrameSegment, RunStore, VideoSegment
+from .resume import FrameSegment, RunStore, VideoSegment, remove
 from .threads import available_cores, user_threads
 from .upscale import (
     Options,
@@ -136,7 +136,8 @@ def upscale_shared(
         if writes and container_format is not None:
             muxer = Muxer(temporary, settings, info, size, source_path if source_path.is_file() else None, tell)
         elif writes:
-            temporary.mkdir(exist_ok=True)
+            remove(temporary)  # a folder left by a killed run
+            temporary.mkdir()
         target = muxer_target(settings, info, size) if muxer and options.colour == "device" else None
         summary.device = ",".join(dict.fromkeys(devices))
         run = fingerprint(source_path, source, options, summary, target)
