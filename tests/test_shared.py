@@ -122,3 +122,21 @@ def test_a_silent_worker_on_another_machine_stops_the_writer(tmp_path):
     with pytest.raises(WorkerError, match=r"worker 3 .*has not been heard from.*--resume"):
         check_remote(tmp_path, 4, local=2)
     check_remote(tmp_path, 5, local=2)  # a window nobody has claimed yet: nothing to say
+
+
+def test_two_machines_sharing_a_folder(tmp_path, weights, clip, single):
+    """Two launches with --nnodes 2 (here on one machine, as two machines on a shared file system
+    would run them): machine 1 only works, machine 0 also writes; the frames of one process."""
+    output = tmp_path / "out.mp4"
+    args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nproc-per-node", "1", "--device", "cpu"]
+    args += ["--nnodes", "2"]
+    second = subprocess.Popen(
+        [sys.executable, "-m", "vsrpp_cli", *map(str, args), "--node-rank", "1"], stderr=subprocess.PIPE, text=True
+    )
+    first = run_vsrpp(*args, "--node-rank", "0", "--json")
+    _, stderr = second.communicate()
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, stderr
+    assert np.array_equal(frames_of(output), frames_of(single))
+    assert probe(output) == probe(single)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]

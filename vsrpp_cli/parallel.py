@@ -138,7 +138,9 @@ def upscale_shared(
         elif writes:
             remove(temporary)  # a folder left by a killed run
             temporary.mkdir()
-        target = muxer_target(settings, info, size) if muxer and options.colour == "device" else None
+        # Every machine's workers store windows in the output's YUV format when colour runs on the device.
+        on_device = container_format is not None and options.colour == "device"
+        target = muxer_target(settings, info, size) if on_device else None
         summary.device = ",".join(dict.fromkeys(devices))
         run = fingerprint(source_path, source, options, summary, target)
         first_plan = plan(options, pick_device(devices[0]), info, model.mid_channels)
@@ -173,14 +175,16 @@ def upscale_shared(
             join_frame_segments(store.frame_segments(), temporary)
     except OSError as error:
         stop(workers)
-        cleanup(writer, muxer, temporary, store)
+        if writes:  # the other machines leave the output and the run's folder to the first
+            cleanup(writer, muxer, temporary, store)
         advice = os_error_advice(error, output.parent, f"{output.name} or its finished segments")
         if advice is None:
             raise
         raise advice from None
     except BaseException:
         stop(workers)
-        cleanup(writer, muxer, temporary, store)
+        if writes:
+            cleanup(writer, muxer, temporary, store)
         raise
     summary.workers = worker_stats(store.folder, nnodes * nproc)
     if writes:
@@ -203,9 +207,11 @@ def open_store(folder: Path, run: dict, first_plan: dict, options: Options, writ
     while not (folder / "run.json").exists():
         time.sleep(POLL)
     saved = json.loads((folder / "run.json").read_text())
-    if saved["fingerprint"] != run:
+    differing = [key for key in run if saved["fingerprint"].get(key) != run[key]]
+    if differing:
         raise UsageError(
-            f"{folder} holds a run with other settings than this machine's; give every machine the same command"
+            f"{folder} holds a run with another {', '.join(differing)} than this machine's; give every machine the "
+            "same command and the same input"
         )
     return RunStore(folder, saved["plan"])
 
@@ -269,7 +275,8 @@ def work(job: WorkerJob) -> None:
             stats["frames"] += kept.stop - kept.start
         stats["seconds"] = round(time.perf_counter() - began, 3)
         stats["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        (job.folder / f"worker_{job.rank}.json").write_text(json.dumps(stats))
+        if job.folder.is_dir():  # (a worker on another machine may outlive the run's folder)
+            (job.folder / f"worker_{job.rank}.json").write_text(json.dumps(stats))
     except BaseException as error:
         message = str(error) if isinstance(error, VsrppError) else f"{type(error).__name__}: {error}"
         (job.folder / f"worker_{job.rank}.error").write_text(message.splitlines()[0] if message else "failed")
@@ -277,18 +284,25 @@ def work(job: WorkerJob) -> None:
 
 
 def claim_next(job: WorkerJob, store: RunStore) -> int | None:
-    """The first window nobody has done or claimed, within what the writer can take soon."""
+    """The first window nobody has done or claimed, within what the writer can take soon; None
+    when there is none, or when the run is over (the writer removed its folder)."""
+    if not job.folder.is_dir():
+        return None
     closed = store.closed_segments()
     first_open = next(s for s in itertools.count() if s not in closed) * job.per_segment
     for index in range(first_open, job.windows):
         if index // job.per_segment in closed or store.has_window(index):
             continue
         while index >= writer_frontier(store, job):  # the writer is behind: wait for it
+            if not job.folder.is_dir():
+                return None
             time.sleep(POLL)
         try:
             descriptor = os.open(job.folder / f"window_{index:06d}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             continue
+        except FileNotFoundError:  # the folder went: the run is over
+            return None
         os.write(descriptor, str(job.rank).encode())
         os.close(descriptor)
         if store.has_window(index):  # finished by another worker between our look and our claim
@@ -334,9 +348,13 @@ def check_remote(folder: Path, index: int, local: int) -> None:
 
 
 def beat(path: Path) -> None:
-    """A worker's sign of life, from a thread (the network may hold the main one for minutes)."""
+    """A worker's sign of life, from a thread (the network may hold the main one for minutes),
+    until the run's folder goes."""
     while True:
-        path.write_text(str(time.time()))
+        try:
+            path.write_text(str(time.time()))
+        except OSError:
+            return
         time.sleep(HEARTBEAT)
 
 
