@@ -158,3 +158,21 @@ def with_subtitles(video: Path, cues: list[tuple[int, int, str]], path: Path) ->
 
 def _srt_time(ms: int) -> str:
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    """One (h, w, 3) uint8 RGB image as a PNG."""
+    with av.open(str(path), "w", format="image2") as container:
+        stream = container.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "rgb24"
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def read_frames(path: Path) -> np.ndarray:
+    """(t, h, w, 3) uint8: every frame of a video, or of a folder of images in name order."""
+    if path.is_dir():
+        return np.stack([read_frames(p)[0] for p in sorted(path.iterdir())])
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

@@ -17,19 +17,15 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from harness import run_vsrpp
-from media import encode_video, moving_scene, probe
-from reference import random_official_checkpoint
+from media import encode_video, moving_scene, probe, read_frames
 
 from vsrpp_cli.upscale import Options, upscale
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "small.pth"
-    torch.save(random_official_checkpoint(8, 1, True, seed=3), path)
-    return path
+def weights(official_checkpoint) -> Path:
+    return official_checkpoint(8, 1, True, seed=3)[0]
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +45,6 @@ def reference(tmp_path_factory, weights, clip) -> Path:
 
 FRAMES, WINDOWS, SEGMENTS = 36, 18, 6
 SEGMENTED = ["--chunk-frames", "2", "--chunk-overlap", "2", "--segment-frames", "6", "-q"]
-
-
-def frames_of(path: Path) -> np.ndarray:
-    if path.is_dir():
-        return np.stack(
-            [next(av.open(str(p)).decode(video=0)).to_ndarray(format="rgb24") for p in sorted(path.iterdir())]
-        )
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def one_line(result) -> str:
@@ -150,7 +137,7 @@ def test_store_holds_one_segment_and_resume_is_exact(tmp_path, weights, clip, re
     resumed = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["windows_resumed"] >= 6  # two closed segments, not recomputed
-    assert np.array_equal(frames_of(output), frames_of(reference))
+    assert np.array_equal(read_frames(output), read_frames(reference))
     assert probe(output) == probe(reference)
     assert not partial.exists()
 
@@ -171,7 +158,7 @@ def test_a_signal_stops_cleanly_and_says_how_to_resume(tmp_path, weights, clip, 
     if signum == signal.SIGTERM:  # (the same clean-up: resuming once is enough)
         resumed = run_vsrpp(*command[1:])
         assert resumed.returncode == 0, resumed.stderr
-        assert np.array_equal(frames_of(output), frames_of(reference))
+        assert np.array_equal(read_frames(output), read_frames(reference))
         assert probe(output) == probe(reference)
 
 
@@ -330,7 +317,7 @@ def test_interlaced_input_is_deinterlaced_with_a_notice(tmp_path, weights):
     notices.clear()
     upscale(source, tmp_path / "off.mkv", Options(weights, chunk_frames=6, deinterlace="off"), notice=notices.append)
     assert any("treated as progressive" in n for n in notices)
-    assert not np.array_equal(frames_of(tmp_path / "auto.mkv"), frames_of(tmp_path / "off.mkv"))
+    assert not np.array_equal(read_frames(tmp_path / "auto.mkv"), read_frames(tmp_path / "off.mkv"))
 
 
 def test_alpha_channel_dropped_with_a_notice(tmp_path, weights):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from harness import run_vsrpp
-from media import encode_video, moving_scene
+from media import encode_video, moving_scene, read_frames, write_png
 from reference import random_official_checkpoint
 
 from vsrpp_cli.upscale import Options, upscale
@@ -31,14 +30,9 @@ def clip(tmp_path_factory) -> Path:
     return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", moving_scene(24, 48, 64))
 
 
-def read_png(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return next(container.decode(video=0)).to_ndarray(format="rgb24")
-
-
 def upscaled_frames(source: Path, folder: Path, weights: Path, strength: float = 1.0) -> list[np.ndarray]:
     upscale(source, folder, Options(weights, chunk_frames=8, chunk_overlap=2, strength=strength))
-    return [read_png(p) for p in sorted(folder.iterdir())]
+    return list(read_frames(folder))
 
 
 def test_preview_shows_exactly_what_upscale_gives(tmp_path, weights, clip):
@@ -54,7 +48,7 @@ def test_preview_shows_exactly_what_upscale_gives(tmp_path, weights, clip):
         0.5: upscaled_frames(clip, tmp_path / "s05", weights, 0.5),
     }
     for moment in facts["moments"]:
-        image = read_png(Path(moment["image"]))
+        image = read_frames(Path(moment["image"]))[0]
         assert image.shape == (24 + 192 + 4 + 192, 3 * 256 + 2 * 4, 3)  # label band, panels, zooms
         bicubic, full, half = moment["panels"]
         assert [p["label"] for p in moment["panels"]] == ["bicubic", "small.pth", "small.pth strength 0.5"]
@@ -81,11 +75,7 @@ def test_strength_blends_with_the_enlarged_source(tmp_path, weights):
     frames = tmp_path / "frames"
     frames.mkdir()
     for i, rgb in enumerate(scene):  # a lossless source: its pixels are known exactly
-        with av.open(str(frames / f"{i}.png"), "w", format="image2") as container:
-            stream = container.add_stream("png", rate=1)
-            stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-            container.mux(stream.encode())
+        write_png(frames / f"{i}.png", rgb)
     zero = upscaled_frames(frames, tmp_path / "s0", weights, 0.0)
     x = torch.from_numpy(scene).permute(0, 3, 1, 2).float() / 255
     bilinear = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
@@ -93,7 +83,7 @@ def test_strength_blends_with_the_enlarged_source(tmp_path, weights):
     assert np.array_equal(np.stack(zero), expected)
     one = upscaled_frames(frames, tmp_path / "s1", weights, 1.0)
     upscale(frames, tmp_path / "default", Options(weights, chunk_frames=8, chunk_overlap=2))
-    default = [read_png(p) for p in sorted((tmp_path / "default").iterdir())]
+    default = list(read_frames(tmp_path / "default"))
     assert all(np.array_equal(a, b) for a, b in zip(one, default, strict=True))
     half = upscaled_frames(frames, tmp_path / "s05", weights, 0.5)
     middle = (np.stack(zero).astype(int) + np.stack(one)) / 2
@@ -110,17 +100,13 @@ def test_eval_and_bench_draw_plots(tmp_path, weights):
     small = F.interpolate(torch.from_numpy(scene).permute(0, 3, 1, 2).float(), scale_factor=0.25, mode="area")
     for i, (big, little) in enumerate(zip(scene, small.round().byte().permute(0, 2, 3, 1).numpy(), strict=True)):
         for folder, rgb in ((gt, big), (lq, little)):
-            with av.open(str(folder / f"{i:03d}.png"), "w", format="image2") as container:
-                stream = container.add_stream("png", rate=1)
-                stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "rgb24"
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
-                container.mux(stream.encode())
+            write_png(folder / f"{i:03d}.png", rgb)
     plot = tmp_path / "psnr.png"
     args = ["eval", "--lq", lq.parent, "--gt", gt.parent, "--weights", weights, "--plot", plot, "--json", "-q"]
     result = run_vsrpp(*args)
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["clips"][0]["frame_psnrs"]) == 4
-    assert read_png(plot).shape[2] == 3 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_frames(plot)[0].shape[2] == 3 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     chart = tmp_path / "fps.png"
     bench = run_vsrpp(
@@ -138,7 +124,7 @@ def test_eval_and_bench_draw_plots(tmp_path, weights):
         chart,
     )
     assert bench.returncode == 0, bench.stderr
-    assert read_png(chart).shape[0] > 100
+    assert read_frames(chart)[0].shape[0] > 100
     assert run_vsrpp("bench", "--plot", tmp_path / "fps.svg").returncode == 2
 
 

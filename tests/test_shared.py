@@ -12,13 +12,11 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 from harness import run_vsrpp
-from media import encode_video, moving_scene, probe
-from reference import random_official_checkpoint
+from media import encode_video, moving_scene, probe, read_frames
 
 VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192, 9216, 9728, 10240, 11264]
 # 8 windows in 4 segments: after the first segment closes, workers may claim at most one segment
@@ -34,10 +32,8 @@ def one_thread_each(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "small.pth"
-    torch.save(random_official_checkpoint(8, 1, True, seed=4), path)
-    return path
+def weights(official_checkpoint) -> Path:
+    return official_checkpoint(8, 1, True, seed=4)[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +52,12 @@ def single(tmp_path_factory, weights, clip) -> Path:
     return path
 
 
-def frames_of(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
 def test_two_workers_give_the_frames_of_one(tmp_path, weights, clip, single):
     output = tmp_path / "two.mp4"
     args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nproc-per-node", "2", "--device", "cpu"]
     result = run_vsrpp(*args, "--json")
     assert result.returncode == 0, result.stderr
-    assert np.array_equal(frames_of(output), frames_of(single))
+    assert np.array_equal(read_frames(output), read_frames(single))
     assert probe(output) == probe(single)  # every timestamp and audio sample
     workers = json.loads(result.stdout)["workers"]
     assert [w["rank"] for w in workers] == [0, 1] and sum(w["frames"] for w in workers) == 16
@@ -94,7 +85,7 @@ def test_a_killed_worker_stops_the_run_and_another_count_resumes(tmp_path, weigh
     resumed = run_vsrpp(*args[:-4], "--resume", "--json")  # one process now
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["windows_resumed"] >= 2
-    assert np.array_equal(frames_of(output), frames_of(single))
+    assert np.array_equal(read_frames(output), read_frames(single))
     assert probe(output) == probe(single)
 
 
@@ -137,6 +128,6 @@ def test_two_machines_sharing_a_folder(tmp_path, weights, clip, single):
     _, stderr = second.communicate()
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, stderr
-    assert np.array_equal(frames_of(output), frames_of(single))
+    assert np.array_equal(read_frames(output), read_frames(single))
     assert probe(output) == probe(single)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]

@@ -68,6 +68,18 @@ def container_for(path: Path) -> str | None:
     return CONTAINERS[path.suffix.lower()]
 
 
+def write_png(rgb: np.ndarray, path: Path) -> None:
+    """(h, w, 3) uint8 RGB, or uint16 as a 16-bit PNG, through FFmpeg's PNG encoder."""
+    deep = rgb.dtype == np.uint16
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if deep else "rgb24")
+    with av.open(str(path), "w", format="image2") as container:
+        stream = container.add_stream("png", rate=1)
+        stream.width, stream.height = rgb.shape[1], rgb.shape[0]
+        stream.pix_fmt = "rgb48be" if deep else "rgb24"
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
 class FrameFolderSink:
     """PNG frames 00000000.png, 00000001.png, ...; 16-bit PNG for sources deeper than 8 bits."""
 
@@ -77,14 +89,7 @@ class FrameFolderSink:
         self.count = 0
 
     def write(self, rgb: np.ndarray, pts: int | None) -> None:
-        deep = rgb.dtype == np.uint16
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if deep else "rgb24")
-        with av.open(str(self.folder / f"{self.count:08d}.png"), "w", format="image2") as container:
-            stream = container.add_stream("png", rate=1)
-            stream.width, stream.height = rgb.shape[1], rgb.shape[0]
-            stream.pix_fmt = "rgb48be" if deep else "rgb24"
-            container.mux(stream.encode(frame))
-            container.mux(stream.encode())
+        write_png(rgb, self.folder / f"{self.count:08d}.png")
         self.count += 1
 
     def close(self) -> None:

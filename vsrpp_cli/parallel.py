@@ -36,10 +36,10 @@ import torch
 
 from .checkpoint import load_model
 from .decode import open_source
-from .encode import EncoderSettings, Muxer, VideoEncoder, container_for
+from .encode import EncoderSettings, Muxer, container_for
 from .engine import PRECISIONS, Engine, pick_device, pick_dtype
 from .errors import UsageError, VsrppError, WorkerError, os_error_advice
-from .resume import FrameSegment, RunStore, VideoSegment, remove
+from .resume import RunStore, remove
 from .threads import available_cores, user_threads
 from .upscale import (
     Options,
@@ -54,6 +54,7 @@ from .upscale import (
     partial_folder,
     path_bytes,
     plan,
+    segment_maker,
     temporary_path,
 )
 
@@ -120,7 +121,7 @@ def upscale_shared(
     source = open_source(source_path, options.deinterlace, tell if writes else lambda m: None)
     info = source.info
     devices = shared_devices(options.device, nproc)
-    summary.device = ",".join(sorted(set(devices)))
+    summary.device = ",".join(dict.fromkeys(devices))
     dtype = pick_dtype(options.precision, pick_device(devices[0]))
     summary.precision = next(n for n, v in PRECISIONS.items() if v == dtype)
     model = load_model(options.weights)
@@ -141,7 +142,6 @@ def upscale_shared(
         # Every machine's workers store windows in the output's YUV format when colour runs on the device.
         on_device = container_format is not None and options.colour == "device"
         target = muxer_target(settings, info, size) if on_device else None
-        summary.device = ",".join(dict.fromkeys(devices))
         run = fingerprint(source_path, source, options, summary, target)
         first_plan = plan(options, pick_device(devices[0]), info, model.mid_channels)
         store = open_store(partial_folder(output), run, first_plan, options, writes)
@@ -158,13 +158,7 @@ def upscale_shared(
             process.start()
             workers.append(process)
         if writes:
-
-            def new_segment(index: int) -> VideoSegment | FrameSegment:
-                if container_format is None:
-                    return FrameSegment(store, index)
-                return VideoSegment(store, index, lambda: VideoEncoder(settings, info, size))
-
-            writer = SegmentWriter(new_segment, store)
+            writer = SegmentWriter(segment_maker(store, settings, info, size), store)
             write_in_order(store, writer, workers, windows, per_segment, chunk, times, target, summary, on_progress)
             writer.close()
         wait_for(workers, store.folder)
@@ -289,8 +283,7 @@ def claim_next(job: WorkerJob, store: RunStore) -> int | None:
     if not job.folder.is_dir():
         return None
     closed = store.closed_segments()
-    first_open = next(s for s in itertools.count() if s not in closed) * job.per_segment
-    for index in range(first_open, job.windows):
+    for index in range(first_open_window(closed, job.per_segment), job.windows):
         if index // job.per_segment in closed or store.has_window(index):
             continue
         while index >= writer_frontier(store, job):  # the writer is behind: wait for it
@@ -314,9 +307,12 @@ def claim_next(job: WorkerJob, store: RunStore) -> int | None:
 
 def writer_frontier(store: RunStore, job: WorkerJob) -> int:
     """Windows up to here may be claimed: the segment being written, then one window per worker."""
-    closed = store.closed_segments()
-    first_open = next(s for s in itertools.count() if s not in closed) * job.per_segment
-    return first_open + job.per_segment + job.world
+    return first_open_window(store.closed_segments(), job.per_segment) + job.per_segment + job.world
+
+
+def first_open_window(closed: set[int], per_segment: int) -> int:
+    """The first window of the first segment not yet closed (segments close in order)."""
+    return next(s for s in itertools.count() if s not in closed) * per_segment
 
 
 def check(workers: list[multiprocessing.Process], folder: Path) -> None:

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_model
 from .decode import Source, open_source
-from .encode import CONTAINERS, EncoderSettings, VideoEncoder
+from .encode import CONTAINERS, EncoderSettings, VideoEncoder, write_png
 from .engine import Engine, pick_device, pick_dtype
 from .errors import OutputError, UsageError, os_error_advice
 from .labels import draw_text
@@ -166,7 +165,7 @@ def preview(
     for number, frame in enumerate(frames, start=1):
         image, boxes = compose(sources[frame], columns[frame], f"{source_path.name} {_clock(frame / rate)}")
         path = folder / f"preview-{number:02d}-{_clock(frame / rate).replace(':', '-')}.png"
-        write_png(image, path)
+        write_whole_png(image, path)
         report.images.append(str(path))
         report.moments.append({"frame": frame, "seconds": round(frame / rate, 3), "image": str(path), "panels": boxes})
     return report
@@ -261,15 +260,11 @@ def folder_ready(folder: Path) -> None:
         raise OutputError(f"{folder} is not a folder; choose a folder for the preview images")
 
 
-def write_png(image: np.ndarray, path: Path) -> None:
+def write_whole_png(image: np.ndarray, path: Path) -> None:
     """Written under a temporary name and renamed: an image is whole or absent."""
     partial = path.with_name(f".{path.name}.partial")
     try:
-        with av.open(str(partial), "w", format="image2") as container:
-            stream = container.add_stream("png", rate=1)
-            stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            container.mux(stream.encode())
+        write_png(image, partial)
         partial.replace(path)
     except OSError as error:
         partial.unlink(missing_ok=True)

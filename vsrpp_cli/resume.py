@@ -165,9 +165,8 @@ class VideoSegment:
         self.encoder.close()
         self.file.close()
         self.partial.replace(self.final.with_suffix(".packets"))
-        index = self.final.with_name(self.final.name + ".json" + PARTIAL)
-        _write_json(index, {"packets": [dataclasses.astuple(p) for p in self.packets]})
-        index.replace(self.final.with_suffix(".json"))  # last: its presence marks the segment closed
+        # Last: the index's presence marks the segment closed.
+        _write_json(self.final.with_suffix(".json"), {"packets": [dataclasses.astuple(p) for p in self.packets]})
 
     def abort(self) -> None:
         self.encoder.close()
@@ -242,7 +241,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + PARTIAL) if PARTIAL not in path.name else path
+    """Written under a temporary name and renamed: whole or absent."""
+    partial = path.with_name(path.name + PARTIAL)
     partial.write_text(json.dumps(value, indent=2))
-    if partial != path:
-        partial.replace(path)
+    partial.replace(path)

@@ -159,12 +159,7 @@ def upscale(
         )
         summary.chunk_frames, summary.chunk_overlap, summary.batch = chunk, options.chunk_overlap, batch
 
-        def new_segment(index: int) -> VideoSegment | FrameSegment:
-            if container_format is None:
-                return FrameSegment(store, index)
-            return VideoSegment(store, index, lambda: VideoEncoder(settings, info, size))
-
-        writer = SegmentWriter(new_segment, store)
+        writer = SegmentWriter(segment_maker(store, settings, info, size), store)
         closed = store.closed_segments()
         frames = in_background(source.frames(keep_yuv=options.colour == "device"))
         pending: list[Window[Frame]] = []  # windows of one length, waiting to fill a batch
@@ -240,6 +235,19 @@ def upscale(
     summary.seconds = time.perf_counter() - started
     summary.output_bytes = path_bytes(output)
     return summary
+
+
+def segment_maker(
+    store: RunStore, settings: EncoderSettings, info: VideoInfo, size: tuple[int, int]
+) -> Callable[[int], VideoSegment | FrameSegment]:
+    """What opens segment i of the output: a fresh encoder for a video, a folder for frames."""
+
+    def new_segment(index: int) -> VideoSegment | FrameSegment:
+        if settings.container_format is None:
+            return FrameSegment(store, index)
+        return VideoSegment(store, index, lambda: VideoEncoder(settings, info, size))
+
+    return new_segment
 
 
 def cleanup(writer: SegmentWriter | None, muxer: Muxer | None, temporary: Path, store: RunStore | None) -> None:

@@ -137,6 +137,36 @@ TrainDevice = Annotated[
     TrainDeviceChoice,
     option("auto, cuda, or cpu (gloo; for tests and small runs).", metavar=None, panel=LAUNCH),
 ]
+ChunkFrames = Annotated[int, option("Frames kept per window; 0 sizes windows to the device.", panel=WINDOWS, min=0)]
+ChunkOverlap = Annotated[
+    int, option("Context frames run on each side of a window, then dropped.", panel=WINDOWS, min=0)
+]
+Codec = Annotated[
+    str | None,
+    option("libx264 (default), libx265, libsvtav1, libvpx-vp9, ffv1, ...", metavar="NAME", panel=ENCODING),
+]
+Crf = Annotated[
+    int | None, option("Constant quality, lower is better (libx264/libx265: 0-51; VP9, AV1: 0-63).", panel=ENCODING)
+]
+Preset = Annotated[str | None, option("Encoder preset, e.g. slow, medium, fast.", metavar="NAME", panel=ENCODING)]
+Colour = Annotated[
+    Literal["device", "swscale"],
+    option(
+        "Where YUV<->RGB conversion runs: device (with the network, on the GPU when it runs there; chroma "
+        "sited as each codec expects) or swscale (FFmpeg's, on the CPU).",
+        metavar=None,
+        panel=ENCODING,
+    ),
+]
+Deinterlace = Annotated[
+    Literal["auto", "bwdif", "yadif", "off"],
+    option(
+        "Interlaced input: auto deinterlaces it with FFmpeg's bwdif (frame rate kept) and says so; off treats "
+        "every frame as progressive.",
+        metavar=None,
+        panel=ENCODING,
+    ),
+]
 AmpMode = Literal["off", "fp16", "bf16"]
 Strength = Annotated[
     float,
@@ -267,12 +297,8 @@ def upscale(
             panel=MODEL,
         ),
     ] = False,
-    chunk_frames: Annotated[
-        int, option("Frames kept per window; 0 sizes windows to the device.", panel=WINDOWS, min=0)
-    ] = 0,
-    chunk_overlap: Annotated[
-        int, option("Context frames run on each side of a window, then dropped.", panel=WINDOWS, min=0)
-    ] = 8,
+    chunk_frames: ChunkFrames = 0,
+    chunk_overlap: ChunkOverlap = 8,
     tile: TileSize = 0,
     tile_overlap: TileOverlap = 16,
     batch: Annotated[
@@ -284,37 +310,14 @@ def upscale(
             min=0,
         ),
     ] = 0,
-    codec: Annotated[
-        str | None,
-        option("libx264 (default), libx265, libsvtav1, libvpx-vp9, ffv1, ...", metavar="NAME", panel=ENCODING),
-    ] = None,
-    crf: Annotated[
-        int | None, option("Constant quality, lower is better (libx264/libx265: 0-51; VP9, AV1: 0-63).", panel=ENCODING)
-    ] = None,
-    preset: Annotated[
-        str | None, option("Encoder preset, e.g. slow, medium, fast.", metavar="NAME", panel=ENCODING)
-    ] = None,
+    codec: Codec = None,
+    crf: Crf = None,
+    preset: Preset = None,
     pix_fmt: Annotated[
         str | None, option("Output pixel format (default 4:2:0 at the input's depth).", metavar="NAME", panel=ENCODING)
     ] = None,
-    colour: Annotated[
-        Literal["device", "swscale"],
-        option(
-            "Where YUV<->RGB conversion runs: device (with the network, on the GPU when it runs there; chroma "
-            "sited as each codec expects) or swscale (FFmpeg's, on the CPU).",
-            metavar=None,
-            panel=ENCODING,
-        ),
-    ] = "device",
-    deinterlace: Annotated[
-        Literal["auto", "bwdif", "yadif", "off"],
-        option(
-            "Interlaced input: auto deinterlaces it with FFmpeg's bwdif (frame rate kept) and says so; off treats "
-            "every frame as progressive.",
-            metavar=None,
-            panel=ENCODING,
-        ),
-    ] = "auto",
+    colour: Colour = "device",
+    deinterlace: Deinterlace = "auto",
     overwrite: Annotated[
         bool, flag("Replace OUTPUT if it is a file or frames folder vsrpp wrote.", "--overwrite", panel=OUTPUT)
     ] = False,
@@ -436,23 +439,15 @@ def preview(
     ] = None,
     device: Device = "auto",
     precision: Precision = "auto",
-    chunk_frames: Annotated[
-        int, option("Frames kept per window, as for upscale; 0 sizes windows to the device.", panel=WINDOWS, min=0)
-    ] = 0,
-    chunk_overlap: Annotated[
-        int, option("Context frames each side of a window, as for upscale.", panel=WINDOWS, min=0)
-    ] = 8,
+    chunk_frames: ChunkFrames = 0,
+    chunk_overlap: ChunkOverlap = 8,
     tile: TileSize = 0,
     tile_overlap: TileOverlap = 16,
-    codec: Annotated[
-        str | None, option("The output's encoder, for the size estimate.", metavar="NAME", panel=ENCODING)
-    ] = None,
-    crf: Annotated[int | None, option("Its constant quality, for the size estimate.", panel=ENCODING)] = None,
-    preset: Annotated[str | None, option("Its preset.", metavar="NAME", panel=ENCODING)] = None,
-    colour: Annotated[Literal["device", "swscale"], option("As for upscale.", metavar=None, panel=ENCODING)] = "device",
-    deinterlace: Annotated[
-        Literal["auto", "bwdif", "yadif", "off"], option("As for upscale.", metavar=None, panel=ENCODING)
-    ] = "auto",
+    codec: Codec = None,
+    crf: Crf = None,
+    preset: Preset = None,
+    colour: Colour = "device",
+    deinterlace: Deinterlace = "auto",
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
