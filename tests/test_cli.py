@@ -62,9 +62,11 @@ def test_missing_checkpoint(tmp_path):
     assert "no such checkpoint file" in result.stderr
 
 
-def test_bench_reports_model_pipeline_and_quality_guard():
+def test_bench_reports_model_pipeline_and_quality_guard(official_checkpoint):
     result = vsrpp(
         "bench",
+        "--weights",
+        official_checkpoint(16, 2, True)[0],
         "--size",
         "32x40",
         "--frames",

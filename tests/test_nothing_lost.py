@@ -30,7 +30,7 @@ def weights(official_checkpoint) -> Path:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    """36 frames with stereo audio: 6 segments of 3 windows of 2 frames with the options below."""
+    """24 frames with stereo audio: 4 segments of 3 windows of 2 frames with the options below."""
     folder = tmp_path_factory.mktemp("clip")
     return encode_video(folder / "clip.mp4", moving_scene(FRAMES, 48, 64), audio_channels=2)
 
@@ -43,8 +43,8 @@ def reference(tmp_path_factory, weights, clip) -> Path:
     return path
 
 
-FRAMES, WINDOWS, SEGMENTS = 36, 18, 6
-SEGMENTED = ["--chunk-frames", "2", "--chunk-overlap", "2", "--segment-frames", "6", "-q"]
+FRAMES, SEGMENTS = 24, 4
+SEGMENTED = ["--chunk-frames", "2", "--chunk-overlap", "1", "--segment-frames", "6", "-q"]
 
 
 def one_line(result) -> str:

