@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under pytest-xdist the workers share the machine's cores: each takes its share (torch threads,
+# and the processes tests start), since oversubscribed OpenMP threads are ruinous (threads.py).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, share))
+
+import torch  # noqa: E402 (after the thread budget is set)
 from media import decode_video, encode_video, moving_scene
 from reference import random_official_checkpoint
 

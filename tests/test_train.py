@@ -76,24 +76,21 @@ def losses(work_dir: Path) -> list[tuple[int, float]]:
     return [(r["iter"], r["loss"]) for r in records if "loss" in r]
 
 
-def test_two_processes_learn_and_write_official_checkpoints(tmp_path, reds, spynet):
-    run = tmp_path / "run"
-    result = train(
-        reds,
-        spynet,
-        run,
-        "--iters",
-        "8",
-        "--lr",
-        "2e-3",
-        "--fix-iter",
-        "2",
-        "--val-interval",
-        "4",
-        "--save-interval",
-        "4",
-    )
+# lr 2e-3 so that 8 iterations show learning; validated and saved half-way and at the end.
+RECIPE = ("--iters", "8", "--lr", "2e-3", "--fix-iter", "2", "--val-interval", "4", "--save-interval", "4")
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, reds: Path, spynet: Path) -> Path:
+    """One uninterrupted run on 2 processes: what the first test reads and the second resumes to."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    result = train(reds, spynet, run, *RECIPE)
     assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def test_two_processes_learn_and_write_official_checkpoints(tmp_path, whole_run):
+    run = whole_run
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert all(r["world_size"] == 2 for r in records)
     # No OMP_NUM_THREADS: each of the 2 processes takes its half of the cores, not all of them.
@@ -125,19 +122,17 @@ def test_two_processes_learn_and_write_official_checkpoints(tmp_path, reds, spyn
     assert upscaled.returncode == 0, upscaled.stderr
 
 
-def test_resumed_run_continues_the_same_curve(tmp_path, reds, spynet):
-    common = ("--iters", "4", "--fix-iter", "2", "--val-interval", "0", "--save-interval", "100", "--lr", "1e-3")
-    whole = tmp_path / "whole"
-    assert train(reds, spynet, whole, *common).returncode == 0
+def test_resumed_run_continues_the_same_curve(tmp_path, reds, spynet, whole_run):
+    """Stopped at a validation and a save, then resumed: the curve of the run never stopped."""
     parts = tmp_path / "parts"
-    first = train(reds, spynet, parts, *common, "--stop-after", "2")
+    first = train(reds, spynet, parts, *RECIPE, "--stop-after", "4")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert [i for i, _ in losses(parts)] == [1, 2]
-    again = run_vsrpp(*train_args(reds, spynet, parts, *common))  # refused before any process starts
+    assert [i for i, _ in losses(parts)] == [1, 2, 3, 4]
+    again = run_vsrpp(*train_args(reds, spynet, parts, *RECIPE))  # refused before any process starts
     assert again.returncode == 1 and "--resume" in again.stderr
-    second = train(reds, spynet, parts, *common, "--resume")
+    second = train(reds, spynet, parts, *RECIPE, "--resume")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert losses(parts) == losses(whole)  # to the last bit
+    assert losses(parts) == losses(whole_run)  # to the last bit
 
 
 def test_broken_data_root_fails_clearly(tmp_path, reds, spynet):
