@@ -13,7 +13,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.env
     share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ["OMP_NUM_THREADS"] = str(max(1, share))
 
-import torch  # noqa: E402 (after the thread budget is set)
+import torch  # after the thread budget is set
 from media import decode_video, encode_video, moving_scene
 from reference import random_official_checkpoint
 

@@ -370,6 +370,7 @@ def test_fp16_overflow_is_recomputed_in_fp32(tmp_path):
     options = Options(weights, precision="fp16", chunk_frames=1, chunk_overlap=0)
     summary = upscale(source, tmp_path / "fp16", options, notice=notices.append)
     assert summary.fp32_fallbacks == 1 and any("recomputed in fp32" in n for n in notices)
+    assert any(n.startswith("fp16 on the CPU is about 90x slower") for n in notices)
     upscale(source, tmp_path / "fp32", Options(weights, precision="fp32", chunk_frames=1, chunk_overlap=0))
     assert np.array_equal(read_frames(tmp_path / "fp16"), read_frames(tmp_path / "fp32"))
 
