@@ -131,3 +131,16 @@ def test_two_machines_sharing_a_folder(tmp_path, weights, clip, single):
     assert np.array_equal(read_frames(output), read_frames(single))
     assert probe(output) == probe(single)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_a_machine_that_comes_after_the_run_finished_stops_at_once(tmp_path, weights, clip):
+    """No run folder beside a finished output: a late machine has nothing to wait for (it used to
+    wait for the run's folder forever)."""
+    output = tmp_path / "out.mp4"
+    output.write_bytes(b"a finished video")
+    args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nnodes", "2", "--node-rank", "1"]
+    late = run_vsrpp(*args, "--device", "cpu", "--json")
+    assert late.returncode == 0, late.stderr
+    facts = json.loads(late.stdout)
+    assert facts["frames"] == 0 and any("out.mp4 is finished and no run is open" in n for n in facts["notices"])
+    assert output.read_bytes() == b"a finished video" and list(tmp_path.iterdir()) == [output]

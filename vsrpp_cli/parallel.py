@@ -118,6 +118,10 @@ def upscale_shared(
         summary.notices.append(message)
         notice(message)
 
+    if not writes and not wait_for_first_machine(partial_folder(output), output, options.overwrite, tell):
+        tell(f"{output.name} is finished and no run is open for it: nothing left for this machine")
+        return summary
+
     source = open_source(source_path, options.deinterlace, tell if writes else lambda m: None)
     info = source.info
     devices = shared_devices(options.device, nproc)
@@ -190,16 +194,28 @@ def upscale_shared(
     return summary
 
 
+def wait_for_first_machine(folder: Path, output: Path, overwrite: bool, notice: Callable[[str], None]) -> bool:
+    """The other machines wait for the first to open the run's folder. False when there is nothing
+    to wait for: the output is there and no run is open for it (a machine that came late)."""
+    told = False
+    while not (folder / "run.json").exists():
+        if output.exists() and not overwrite:  # with --overwrite, the first machine has yet to start
+            return False
+        if not told:
+            notice(f"waiting for the machine with --node-rank 0 to open the run's folder ({folder.name})")
+            told = True
+        time.sleep(POLL)
+    return True
+
+
 def open_store(folder: Path, run: dict, first_plan: dict, options: Options, writes: bool) -> RunStore:
-    """The first machine makes (or, with --resume, reopens) the run's folder; the others wait
-    for it and take its plan."""
+    """The first machine makes (or, with --resume, reopens) the run's folder; the others take its
+    plan (they have waited for it: wait_for_first_machine)."""
     if writes:
         store = RunStore.open(folder, run, first_plan, options.resume, options.overwrite)
         for stale in folder.glob("worker_*"):
             stale.unlink()
         return store
-    while not (folder / "run.json").exists():
-        time.sleep(POLL)
     saved = json.loads((folder / "run.json").read_text())
     differing = [key for key in run if saved["fingerprint"].get(key) != run[key]]
     if differing:
