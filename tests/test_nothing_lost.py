@@ -92,7 +92,8 @@ def watch(folder: Path, stop: threading.Event, seen: dict) -> None:
         if folder.is_dir():
             windows = [p for p in folder.glob("window_*.mkv") if ".partial" not in p.name]
             seen["windows"] = max(seen["windows"], len(windows))
-            seen["segments"] = max(seen["segments"], len(list(folder.glob("segment_*.json"))))
+            closed = {p.name.split(".")[0] for p in folder.glob("segment_*") if ".partial" not in p.name}
+            seen["segments"] = max(seen["segments"], len(closed))  # a video's .json/.packets, or a folder
         time.sleep(0.005)
 
 
@@ -139,6 +140,32 @@ def test_store_holds_one_segment_and_resume_is_exact(tmp_path, weights, clip, re
     assert json.loads(resumed.stdout)["windows_resumed"] >= 6  # two closed segments, not recomputed
     assert np.array_equal(read_frames(output), read_frames(reference))
     assert probe(output) == probe(reference)
+    assert not partial.exists()
+
+
+def test_a_frames_folder_commits_every_window_and_stores_none(tmp_path, weights, clip):
+    """No encoder to restart: each window's PNGs are a segment of their own, so nothing is kept
+    losslessly, and a run killed part-way resumes to the frames of an uninterrupted one."""
+    output, partial = tmp_path / "frames", tmp_path / ".frames.vsrpp-partial"
+    seen = {"windows": 0, "segments": 0}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(partial, stop, seen))
+    watcher.start()
+    process = start("upscale", clip, output, "--weights", weights, *SEGMENTED)
+    try:
+        wait_for(partial / "segment_000002", process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen["windows"] == 0 and 3 <= seen["segments"] < FRAMES // 2, seen
+    resumed = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["windows_resumed"] >= 3
+    whole = run_vsrpp("upscale", clip, tmp_path / "whole", "--weights", weights, *SEGMENTED)
+    assert whole.returncode == 0, whole.stderr
+    assert np.array_equal(read_frames(output), read_frames(tmp_path / "whole"))
     assert not partial.exists()
 
 

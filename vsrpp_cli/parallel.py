@@ -147,7 +147,7 @@ def upscale_shared(
         on_device = container_format is not None and options.colour == "device"
         target = muxer_target(settings, info, size) if on_device else None
         run = fingerprint(source_path, source, options, summary, target)
-        first_plan = plan(options, pick_device(devices[0]), info, model.mid_channels)
+        first_plan = plan(options, pick_device(devices[0]), info, model.mid_channels, container_format is None)
         store = open_store(partial_folder(output), run, first_plan, options, writes)
         chunk, per_segment = store.plan["chunk_frames"], store.plan["windows_per_segment"]
         windows = math.ceil(total / chunk)

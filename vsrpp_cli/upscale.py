@@ -138,7 +138,7 @@ def upscale(
         store = RunStore.open(
             partial_folder(output),
             fingerprint(source_path, source, options, summary, target),
-            plan(options, device, info, model.mid_channels),
+            plan(options, device, info, model.mid_channels, frames_output=container_format is None),
             options.resume,
             options.overwrite,
         )
@@ -291,11 +291,16 @@ def fingerprint(
     }
 
 
-def plan(options: Options, device: torch.device, info: VideoInfo, mid_channels: int) -> dict[str, int]:
+def plan(
+    options: Options, device: torch.device, info: VideoInfo, mid_channels: int, frames_output: bool = False
+) -> dict[str, int]:
     """Window size and segment length. Stored with the run: a resumed run keeps them even where
-    free GPU memory (which sizes windows) has changed since."""
+    free GPU memory (which sizes windows) has changed since. A frames folder has no encoder to
+    restart on a keyframe, so there every window is a segment of its own: its PNGs are committed
+    as it is done and no window is ever stored losslessly."""
     chunk = options.chunk_frames or default_chunk(device, info.width, info.height, mid_channels)
-    return {"chunk_frames": chunk, "windows_per_segment": max(1, math.ceil(options.segment_frames / chunk))}
+    per_segment = 1 if frames_output else max(1, math.ceil(options.segment_frames / chunk))
+    return {"chunk_frames": chunk, "windows_per_segment": per_segment}
 
 
 def muxer_target(settings: EncoderSettings, info: VideoInfo, size: tuple[int, int]) -> YuvTarget | None:

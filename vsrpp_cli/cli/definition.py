@@ -325,8 +325,9 @@ def upscale(
     segment_frames: Annotated[
         int,
         option(
-            "Output frames per committed segment (each starts on a keyframe). An interruption loses at most "
-            "one segment's work, and the disk holds at most one segment's lossless windows.",
+            "Output frames per committed segment of a video (each starts on a keyframe). An interruption "
+            "loses at most one window's work, and the disk holds at most one segment's lossless windows. "
+            "A frames folder commits every window as it is done.",
             panel=OUTPUT,
             min=1,
         ),
