@@ -1,5 +1,6 @@
-"""The `vsrpp` command line: `definition.py` says what it accepts, `output.py` how results look;
-the work is the library's. `run` turns what a user can cause into one line and an exit code."""
+"""The `vsrpp` command line: `definition.py` says what it accepts, `core.py` what each command
+does, `output.py` how results look; the work is the library's. `run` turns what a user can
+cause into one line and an exit code."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 from types import FrameType
 
 from ..errors import ExitStatus, Interrupted, VsrppError
-from .definition import app, state
+from .core import state
+from .definition import app
 from .output import error_line, stderr
 
 

@@ -1,18 +1,14 @@
 """What `vsrpp` accepts: every command and option, each option declared once and checked as it
-is parsed (choices, ranges), so a wrong value is refused before any work starts. Commands turn
-flags into library calls and results into output (cli/output.py). Nothing here imports torch at
-import time: `vsrpp --help` and `--version` stay quick.
+is parsed (choices, ranges), so a wrong value is refused before any work starts. Each command
+hands its values to cli/core.py, which does the work (`Namespace(**locals())`: the command's
+parameters by name, as httpie's parser hands its namespace to its core). Nothing here imports torch: `vsrpp --help`
+and `--version` stay quick.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
-import shlex
-import sys
-from dataclasses import dataclass
-from functools import partial
+from argparse import Namespace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,18 +16,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
-from ..errors import ExitStatus, UsageError, VsrppError, ZooError
-from . import output
-from .output import stderr
-
-
-@dataclass
-class State:
-    debug: bool = False
-    on_interrupt: str = ""  # what to tell a user who pressed Ctrl-C (how to continue)
-
-
-state = State()
+from . import core
+from .core import state
 
 
 class _QuietHelpFlag:
@@ -200,32 +186,6 @@ def _root(
     state.debug = debug
 
 
-def _tiles(tile: int, tile_overlap: int) -> None:
-    if tile and tile <= 2 * tile_overlap:
-        raise UsageError(
-            f"--tile {tile} must be larger than twice --tile-overlap ({tile_overlap}); "
-            f"e.g. --tile {max(64, 4 * tile_overlap)}"
-        )
-
-
-def _plot_target(path: Path) -> None:
-    """Checked before the work: a PNG name in a folder that exists, and matplotlib to draw it."""
-    if path.suffix.lower() != ".png":
-        raise UsageError(f"--plot {path}: name a .png file")
-    if not path.parent.is_dir():
-        raise UsageError(f"--plot {path}: no such folder {path.parent}")
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot draws with matplotlib, which is not installed: pip install 'vsrpp[plot]'")
-
-
-def _weights(model: str | None, weights: Path | None, quiet: bool = False) -> Path:
-    from ..zoo import resolve_weights
-
-    return resolve_weights(model, weights, progress=not quiet, notice=lambda m: stderr.print(m, highlight=False))
-
-
 # ----------------------------------------------------------------------------- info
 @app.command(cls=Command)
 def info(
@@ -238,13 +198,7 @@ def info(
 
     The file is read with torch.load(weights_only=True): nothing in it runs.
     """
-    from ..checkpoint import describe
-
-    facts = describe(checkpoint)
-    if as_json:
-        print(json.dumps(facts, indent=2, default=str))
-    else:
-        output.facts_table(facts)
+    core.info(Namespace(**locals()))
 
 
 # ----------------------------------------------------------------------------- upscale
@@ -344,71 +298,7 @@ def upscale(
 
     Example: vsrpp upscale in.mp4 out.mp4   (the reds4 model, downloaded once)
     """
-    if len(paths) < 2:
-        raise UsageError("give an INPUT and an OUTPUT, e.g. vsrpp upscale in.mp4 out.mp4")
-    _tiles(tile, tile_overlap)
-    *inputs, destination = paths
-    from ..upscale import Options, check_encoder, plan_jobs, run_jobs
-
-    jobs = plan_jobs(inputs, destination)
-    check_encoder([target for _, target in jobs], codec, crf, preset, pix_fmt)
-    options = Options(
-        weights=_weights(model, weights, quiet),
-        device=device,
-        precision=precision,
-        chunk_frames=chunk_frames,
-        chunk_overlap=chunk_overlap,
-        tile=tile,
-        tile_overlap=tile_overlap,
-        codec=codec,
-        crf=crf,
-        preset=preset,
-        pix_fmt=pix_fmt,
-        overwrite=overwrite,
-        resume=resume,
-        colour=colour,
-        batch=batch,
-        graphs=graphs,
-        compile=compile,
-        deinterlace=deinterlace,
-        segment_frames=segment_frames,
-        strength=strength,
-    )
-    again = [arg for arg in sys.argv[1:] if arg not in ("--overwrite", "--resume")]
-    state.on_interrupt = f": finished segments are kept; continue with `{shlex.join(['vsrpp', *again, '--resume'])}`"
-    from ..train.launch import from_slurm
-
-    nnodes, node_rank, _ = from_slurm(nnodes, node_rank, None)
-    shared = len(jobs) == 1 and (nproc_per_node > 1 or nnodes > 1)
-    if not shared and nnodes > 1:
-        raise UsageError("--nnodes: machines share the windows of one input; give one INPUT")
-    with output.UpscaleProgress([source.name for source, _ in jobs], disabled=quiet) as progress:
-        if shared:
-            from ..parallel import upscale_shared
-
-            source, target = jobs[0]
-            update = partial(progress.update, 0)
-            results = [
-                upscale_shared(
-                    source, target, options, nproc_per_node, nnodes, node_rank, update, output.notice_printer(quiet)
-                )
-            ]
-        else:
-            results = run_jobs(jobs, options, nproc_per_node, progress.update, output.notice_printer(quiet))
-
-    if as_json:
-        summaries = [None if isinstance(r, Exception) else r.as_dict() for r in results]
-        print(json.dumps(summaries[0] if len(jobs) == 1 else summaries, indent=2))
-    for result in results:
-        if not isinstance(result, Exception):
-            output.upscale_summary(result, lost_only=quiet or as_json)
-    failures = [(source, r) for (source, _), r in zip(jobs, results, strict=True) if isinstance(r, Exception)]
-    if len(jobs) == 1 and failures:
-        raise failures[0][1]
-    for source, error in failures:
-        output.error_line(f"{source}: {error}")
-    if failures:
-        raise typer.Exit(ExitStatus.ERROR)
+    core.upscale(Namespace(**locals()))
 
 
 # ----------------------------------------------------------------------------- preview
@@ -460,42 +350,7 @@ def preview(
 
     Example: vsrpp preview film.mp4 --at 00:01:23 --model reds4 --strength 1 --strength 0.6
     """
-    for value in strength or ():
-        if not 0 <= value <= 1:
-            raise UsageError(f"--strength {value}: give a value from 0 to 1")
-    _tiles(tile, tile_overlap)
-    from ..preview import Setting, parse_time
-    from ..preview import preview as run_preview
-    from ..upscale import Options, check_encoder
-
-    times = [parse_time(text) for text in at or ()]
-    check_encoder([Path("estimate.mp4")], codec, crf, preset, None)
-    chosen = [Setting(_weights(name, None, quiet), name) for name in model or ()]
-    chosen += [Setting(_weights(None, path, quiet)) for path in weights or ()]
-    if not chosen:
-        chosen = [Setting(_weights(None, None, quiet), "reds4")]
-    settings = [Setting(s.weights, s.model, value) for s in chosen for value in (strength or [1.0])]
-    options = Options(
-        weights=settings[0].weights,
-        device=device,
-        precision=precision,
-        chunk_frames=chunk_frames,
-        chunk_overlap=chunk_overlap,
-        tile=tile,
-        tile_overlap=tile_overlap,
-        codec=codec,
-        crf=crf,
-        preset=preset,
-        colour=colour,
-        deinterlace=deinterlace,
-    )
-    folder = output_dir or Path(f"{source.stem}-preview")
-    with contextlib.nullcontext() if quiet else stderr.status("upscaling the moments..."):
-        report = run_preview(source, folder, settings, options, times, output.notice_printer(quiet))
-    if as_json:
-        print(json.dumps(report.as_dict(), indent=2))
-    elif not quiet:
-        output.preview_report(report)
+    core.preview(Namespace(**locals()))
 
 
 # ----------------------------------------------------------------------------- eval
@@ -553,40 +408,7 @@ def eval_command(
 
     Example: vsrpp eval --dataset REDS4 --data-root data/REDS --model reds4
     """
-    if report_file is not None and report_file.suffix.lower() not in (".json", ".csv"):
-        raise UsageError(f"--report {report_file}: name a .json or a .csv file")
-    if plot is not None:
-        _plot_target(plot)
-    _tiles(tile, tile_overlap)
-    from ..checkpoint import load_model
-    from ..engine import Engine, pick_device, pick_dtype
-    from ..evaluate import EvalPlan, score
-
-    plan = EvalPlan.make(dataset, data_root, lq, gt, y_channel)
-    chosen = _weights(model, weights, quiet)
-    torch_device = pick_device(device)
-    engine = Engine(
-        load_model(chosen),
-        torch_device,
-        pick_dtype(precision, torch_device),
-        tile,
-        tile_overlap,
-        warn=output.notice_printer(quiet),
-        strength=strength,
-    )
-    with output.ClipProgress(len(plan.clips), quiet) as advance:
-        report, facts = score(plan, chosen, engine, chunk_frames, chunk_overlap, crop_border, lambda _: advance())
-    if report_file is not None:
-        text = json.dumps(facts, indent=2) + "\n" if report_file.suffix.lower() == ".json" else output.eval_csv(report)
-        report_file.write_text(text)
-    if plot is not None:
-        from ..plots import psnr_per_frame
-
-        psnr_per_frame(report, plot)
-    if as_json:
-        print(json.dumps(facts, indent=2))
-    if not quiet:  # on stderr: beside --json too
-        output.eval_report(report, facts)
+    core.evaluate(Namespace(**locals()))
 
 
 # ----------------------------------------------------------------------------- train, finetune
@@ -659,33 +481,7 @@ def train(
 
     Example: vsrpp train --data-root data/REDS --nproc-per-node 8 --work-dir runs/reds4
     """
-    from ..train.config import TrainConfig
-    from ..train.launch import default_nproc, launch
-
-    flags = dict(
-        iters=iters,
-        num_frames=num_frames,
-        patch_size=patch_size,
-        batch_size=batch_size,
-        lr=lr,
-        fix_iter=fix_iter,
-        mid_channels=mid_channels,
-        num_blocks=num_blocks,
-        val_interval=val_interval,
-        save_interval=save_interval,
-        log_interval=log_interval,
-        seed=seed,
-        amp=amp,
-        spynet=str(spynet) if spynet else None,
-        workers=workers,
-        stop_after=stop_after,
-        device=device,
-        data_root=str(data_root) if data_root else None,
-        work_dir=str(work_dir) if work_dir else None,
-    )
-    settings = TrainConfig.from_sources(config, flags)
-    processes = nproc_per_node or default_nproc(settings.device)
-    launch(settings, processes, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, resume)
+    core.train(Namespace(**locals()))
 
 
 @app.command(cls=Command)
@@ -730,33 +526,7 @@ def finetune(
 
     Example: vsrpp finetune --from reds4 --data my_videos/ --work-dir runs/mine
     """
-    from ..checkpoint import infer_architecture, read_checkpoint
-    from ..train.config import TrainConfig
-    from ..train.launch import default_nproc, frames_from_videos, launch
-
-    as_file = Path(start)
-    looks_like_file = as_file.suffix or "/" in start
-    if looks_like_file and not as_file.is_file():
-        raise UsageError(f"--from {start}: no such checkpoint file; give a file or a zoo model name")
-    weights = _weights(None, as_file) if as_file.is_file() else _weights(start, None)
-    arch = infer_architecture(read_checkpoint(weights).state_dict)
-    recipe = dict(
-        compress_codec=codec,
-        compress_crf=crf,
-        iters=iters,
-        lr=lr,
-        num_frames=num_frames,
-        patch_size=patch_size,
-        save_interval=save_interval,
-        log_interval=log_interval,
-        amp=amp,
-        workers=workers,
-        stop_after=stop_after,
-        device=device,
-        degradation=degradation,
-    )
-    settings = TrainConfig.finetune(weights, frames_from_videos(data, work_dir), work_dir, arch, **recipe)
-    launch(settings, nproc_per_node or default_nproc(device), resume=resume)
+    core.finetune(Namespace(**locals()))
 
 
 # ----------------------------------------------------------------------------- bench
@@ -819,43 +589,7 @@ def bench(
 
     Example: vsrpp bench --size 540x960 --frames 30 --precision fp16 --precision bf16 --graphs both
     """
-    from dataclasses import asdict
-
-    from ..bench import bench as run_bench
-    from ..bench import time_encoders
-
-    if plot is not None:
-        _plot_target(plot)
-    h, w = (int(v) for v in size.lower().split("x"))
-    graph_modes = {"on": (True,), "off": (False,), "both": (False, True)}[graphs]
-    with stderr.status("benchmarking..."):
-        rows = run_bench(
-            (h, w),
-            frames,
-            list(precision or ["fp32"]),
-            device,
-            tuple(backend or ["auto"]),
-            weights,
-            baseline,
-            pipeline,
-            repeat,
-            tuple(colour or ["device"]),
-            graph_modes,
-            tuple(batch or [1]),
-            stages,
-            (False, True) if compiled else (False,),
-        )
-        if encoders:
-            rows += time_encoders([(720, 1280), (2160, 3840)], min(frames, 30), tuple(encoders))
-    title = f"vsrpp bench: {h}x{w} -> {4 * h}x{4 * w}, {frames} frames"
-    if plot is not None:
-        from ..plots import frames_per_second
-
-        frames_per_second(rows, plot, f"{title}, {rows[0].device}")
-    if as_json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
-    else:
-        output.bench_table(rows, title)
+    core.bench(Namespace(**locals()))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -868,13 +602,7 @@ app.add_typer(weights_app, name="weights")
 @weights_app.command("list", cls=Command)
 def weights_list(as_json: AsJson = False) -> None:
     """Every model of the zoo: task, scale, size, and whether it is on this machine."""
-    from .. import zoo
-
-    models = [zoo.describe(m) for m in zoo.models().values()]
-    if as_json:
-        print(json.dumps(models, indent=2))
-    else:
-        output.zoo_table(models, str(zoo.weights_dir()), zoo.DEFAULT_MODEL)
+    core.weights_list(Namespace(**locals()))
 
 
 @weights_app.command("download", cls=Command)
@@ -883,22 +611,7 @@ def weights_download(
     quiet: Quiet = False,
 ) -> None:
     """Fetch a model (or all of them), verify its checksum, and keep it for later runs."""
-    from .. import zoo
-
-    names = list(zoo.models()) if name == "all" else [zoo.get(name).name]
-    failures = []
-    for each in names:
-        try:
-            path = zoo.ensure(each, progress=not quiet, notice=lambda m: stderr.print(m))
-            stderr.print(f"{each}: {path}", highlight=False)
-        except ZooError as error:
-            if len(names) == 1:
-                raise
-            failures.append(f"{each}: {error}")
-    for failure in failures:
-        output.error_line(failure)
-    if failures:
-        raise typer.Exit(ExitStatus.ERROR)
+    core.weights_download(Namespace(**locals()))
 
 
 @weights_app.command("path", cls=Command)
@@ -906,36 +619,13 @@ def weights_path(
     name: Annotated[str, typer.Argument(metavar="NAME", help="A model name from `vsrpp weights list`.")],
 ) -> None:
     """Where a model's file lives (or will, once downloaded)."""
-    from .. import zoo
-
-    model = zoo.get(name)
-    print(zoo.path_of(model))
-    if not zoo.path_of(model).is_file():
-        stderr.print(f"(not downloaded yet: vsrpp weights download {name})", highlight=False)
+    core.weights_path(Namespace(**locals()))
 
 
 @weights_app.command("verify", cls=Command)
 def weights_verify(as_json: AsJson = False) -> None:
     """Re-hash every downloaded model against the checksum in its name, and say what was found."""
-    from .. import zoo
-
-    results = {m.name: zoo.is_intact(m) for m in zoo.models().values() if zoo.path_of(m).is_file()}
-    if as_json:
-        print(json.dumps({"folder": str(zoo.weights_dir()), "models": results}, indent=2))
-    for name, intact in results.items():
-        if not as_json:
-            output.stdout.print(f"{name}: {'ok' if intact else 'DAMAGED'}", highlight=False)
-    if not results and not as_json:
-        stderr.print(
-            f"no models downloaded in {zoo.weights_dir()}: nothing to verify (`vsrpp weights download NAME`)",
-            highlight=False,
-            soft_wrap=True,
-        )
-    elif not as_json:
-        stderr.print(f"{len(results)} model(s) checked in {zoo.weights_dir()}", highlight=False, soft_wrap=True)
-    bad = [name for name, intact in results.items() if not intact]
-    if bad:
-        raise ZooError(f"{', '.join(bad)} damaged; fetch again with `vsrpp weights download NAME`")
+    core.weights_verify(Namespace(**locals()))
 
 
-__all__ = ["VsrppError", "app", "state"]
+__all__ = ["app", "state"]
