@@ -114,7 +114,7 @@ def test_ten_bit_in_ten_bit_out(tmp_path, weights):
 
 
 # ----------------------------------------------------------------------------- colour
-def colour_patches(height: int, width: int, frames: int = 4) -> np.ndarray:
+def colour_patches(height: int, width: int, frames: int = 2) -> np.ndarray:
     """Six saturated flat patches, where a BT.601/709 or range slip moves colours by 10+ levels."""
     colours = np.array([[200, 40, 40], [40, 180, 60], [50, 60, 210], [220, 200, 40], [30, 190, 200], [128, 128, 128]])
     image = np.zeros((height, width, 3), np.uint8)
@@ -130,7 +130,7 @@ def colour_patches(height: int, width: int, frames: int = 4) -> np.ndarray:
         ("bt601", {"chunk_frames": 4}),
         ("bt709", {"chunk_frames": 4}),
         (None, {"chunk_frames": 4}),  # untagged: PyAV's default conversion, BT.601
-        ("bt709", {"chunk_frames": 1, "chunk_overlap": 1, "tile": 64, "tile_overlap": 16}),  # 2x3 tiles
+        ("bt709", {"chunk_frames": 1, "chunk_overlap": 1, "tile": 64, "tile_overlap": 16}),  # 2x3 tiles, 2 windows
         ("bt709", {"chunk_frames": 4, "colour": "swscale"}),
         ("bt601", {"chunk_frames": 4, "colour": "swscale"}),
     ],
