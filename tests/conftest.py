@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 # Under pytest-xdist the workers share the machine's cores: each takes its share (torch threads,
-# and the processes tests start), since oversubscribed OpenMP threads are ruinous (threads.py).
+# and the processes tests start), since oversubscribed OpenMP threads are ruinous (threads.py,
+# whose threads_per_process this is: it cannot be imported here, as OpenMP reads the variable
+# when torch is imported).
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
     share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ["OMP_NUM_THREADS"] = str(max(1, share))

@@ -113,22 +113,29 @@ def wait_for(path: Path, process: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
-def test_store_holds_one_segment_and_resume_is_exact(tmp_path, weights, clip, reference):
-    """Killed part-way (kill -9: nothing runs to clean up), the run's folder holds the closed
-    segments and never more than one segment's windows; --resume gives the uninterrupted frames."""
-    output, partial = tmp_path / "out.mp4", tmp_path / ".out.mp4.vsrpp-partial"
+def kill_at(marker: Path, *args: object) -> dict[str, int]:
+    """Start `vsrpp upscale ARGS`, kill it (kill -9) once `marker` appears in its run's folder, and
+    say the most windows and closed segments that folder held meanwhile."""
     seen = {"windows": 0, "segments": 0}
     stop = threading.Event()
-    watcher = threading.Thread(target=watch, args=(partial, stop, seen))
+    watcher = threading.Thread(target=watch, args=(marker.parent, stop, seen))
     watcher.start()
-    process = start("upscale", clip, output, "--weights", weights, *SEGMENTED)
+    process = start("upscale", *args)
     try:
-        wait_for(partial / "segment_000001.json", process)
+        wait_for(marker, process)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     finally:
         stop.set()
         watcher.join()
+    return seen
+
+
+def test_store_holds_one_segment_and_resume_is_exact(tmp_path, weights, clip, reference):
+    """Killed part-way (kill -9: nothing runs to clean up), the run's folder holds the closed
+    segments and never more than one segment's windows; --resume gives the uninterrupted frames."""
+    output, partial = tmp_path / "out.mp4", tmp_path / ".out.mp4.vsrpp-partial"
+    seen = kill_at(partial / "segment_000001.json", clip, output, "--weights", weights, *SEGMENTED)
     assert 2 <= seen["segments"] < SEGMENTS, "killed part-way"
     assert seen["windows"] <= 2  # 3 windows a segment; the one that closes it is never stored
     assert not output.exists()
@@ -147,18 +154,7 @@ def test_a_frames_folder_commits_every_window_and_stores_none(tmp_path, weights,
     """No encoder to restart: each window's PNGs are a segment of their own, so nothing is kept
     losslessly, and a run killed part-way resumes to the frames of an uninterrupted one."""
     output, partial = tmp_path / "frames", tmp_path / ".frames.vsrpp-partial"
-    seen = {"windows": 0, "segments": 0}
-    stop = threading.Event()
-    watcher = threading.Thread(target=watch, args=(partial, stop, seen))
-    watcher.start()
-    process = start("upscale", clip, output, "--weights", weights, *SEGMENTED)
-    try:
-        wait_for(partial / "segment_000002", process)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    finally:
-        stop.set()
-        watcher.join()
+    seen = kill_at(partial / "segment_000002", clip, output, "--weights", weights, *SEGMENTED)
     assert seen["windows"] == 0 and 3 <= seen["segments"] < FRAMES // 2, seen
     resumed = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr

@@ -82,7 +82,11 @@ class Engine:
         self.fp32_fallbacks = 0
         if device.type == "cpu":
             use_threads()  # all of this process's cores, unless OMP_NUM_THREADS says otherwise
-            if dtype == torch.float16:  # measured: 14.3 s against 0.16 s a 64x64 frame, 1 thread
+            # fp16 convolutions fall back to PyTorch's slow reference kernel on the CPU. 90x: the
+            # tests' C8/N1 network, one thread (14.3 s against 0.16 s a 64x64 frame); the official
+            # size is worse: `vsrpp bench --size 64x64 --frames 2 --precision fp32 --precision fp16
+            # --device cpu --no-pipeline --no-baseline` gave 381 ms and 93.9 s a frame on 2 cores.
+            if dtype == torch.float16:
                 warn(
                     "fp16 on the CPU is about 90x slower than fp32 (PyTorch has no fast fp16 convolution "
                     "there); --precision fp32 or bf16 is faster"

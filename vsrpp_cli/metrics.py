@@ -56,6 +56,7 @@ def blur(planes: torch.Tensor) -> torch.Tensor:
     """(n, h, w) -> (n, h - 10, w - 10): the Gaussian-weighted mean of every 11x11 window that fits
     ('valid', as the protocol crops). The 2-D window is the outer product of a 1-D Gaussian, so
     rows then columns: 22 products a pixel instead of 121, as matrix products (PyTorch's float64
-    convolution takes a slow path: one SSIM of a 720p frame, 5.6 s before, 1.0 s now, on 2 cores)."""
+    convolution takes a slow path: `python benchmarks/ssim_speed.py 720 1280`, 5.8 s against 0.8 s
+    on 2 cores, benchmarks/RESULTS.md)."""
     g = gaussian()
     return (planes.unfold(-1, g.numel(), 1) @ g).unfold(-2, g.numel(), 1) @ g

@@ -51,6 +51,17 @@ def check_plot_target(path: Path) -> None:
         raise UsageError("--plot draws with matplotlib, which is not installed: pip install 'vsrpp[plot]'")
 
 
+# The model, window, tile, encoder and colour options that upscale and preview both take.
+SHARED_OPTIONS = (
+    "device", "precision", "chunk_frames", "chunk_overlap", "tile", "tile_overlap",
+    "codec", "crf", "preset", "colour", "deinterlace",
+)  # fmt: skip
+
+
+def shared_options(args: Namespace) -> dict:
+    return {name: getattr(args, name) for name in SHARED_OPTIONS}
+
+
 def chosen_weights(model: str | None, weights: Path | None, quiet: bool = False) -> Path:
     from ..zoo import resolve_weights
 
@@ -81,23 +92,13 @@ def upscale(args: Namespace) -> None:
     check_encoder([target for _, target in jobs], args.codec, args.crf, args.preset, args.pix_fmt)
     options = Options(
         weights=chosen_weights(args.model, args.weights, args.quiet),
-        device=args.device,
-        precision=args.precision,
-        chunk_frames=args.chunk_frames,
-        chunk_overlap=args.chunk_overlap,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
-        codec=args.codec,
-        crf=args.crf,
-        preset=args.preset,
+        **shared_options(args),
         pix_fmt=args.pix_fmt,
         overwrite=args.overwrite,
         resume=args.resume,
-        colour=args.colour,
         batch=args.batch,
         graphs=args.graphs,
         compile=args.compile,
-        deinterlace=args.deinterlace,
         segment_frames=args.segment_frames,
         strength=args.strength,
     )
@@ -162,20 +163,7 @@ def preview(args: Namespace) -> None:
     if not chosen:
         chosen = [Setting(chosen_weights(None, None, args.quiet), "reds4")]
     settings = [Setting(s.weights, s.model, value) for s in chosen for value in (args.strength or [1.0])]
-    options = Options(
-        weights=settings[0].weights,
-        device=args.device,
-        precision=args.precision,
-        chunk_frames=args.chunk_frames,
-        chunk_overlap=args.chunk_overlap,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
-        codec=args.codec,
-        crf=args.crf,
-        preset=args.preset,
-        colour=args.colour,
-        deinterlace=args.deinterlace,
-    )
+    options = Options(weights=settings[0].weights, **shared_options(args))
     folder = args.output_dir or Path(f"{args.source.stem}-preview")
     with contextlib.nullcontext() if args.quiet else stderr.status("upscaling the moments..."):
         report = run_preview(args.source, folder, settings, options, times, output.notice_printer(args.quiet))
