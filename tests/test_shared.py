@@ -101,8 +101,9 @@ def test_gpus_asked_for_but_absent(tmp_path, weights, clip):
 def test_a_silent_worker_on_another_machine_stops_the_writer(tmp_path):
     """Workers on other machines cannot be watched as processes: the writer goes by their signs of
     life in the shared folder (worker_<rank>.alive, rewritten every few seconds)."""
-    from vsrpp_cli.errors import WorkerError
     from vsrpp_cli.parallel import SILENT, check_remote
+
+    from vsrpp_cli.errors import WorkerError
 
     (tmp_path / "window_000004.claim").write_text("3")  # rank 3: the second machine's (2 per machine)
     alive = tmp_path / "worker_3.alive"

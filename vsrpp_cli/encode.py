@@ -69,15 +69,21 @@ def container_for(path: Path) -> str | None:
 
 
 def write_png(rgb: np.ndarray, path: Path) -> None:
+    path.write_bytes(png_bytes(rgb))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
     """(h, w, 3) uint8 RGB, or uint16 as a 16-bit PNG, through FFmpeg's PNG encoder."""
     deep = rgb.dtype == np.uint16
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if deep else "rgb24")
-    with av.open(str(path), "w", format="image2") as container:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="image2pipe") as container:
         stream = container.add_stream("png", rate=1)
         stream.width, stream.height = rgb.shape[1], rgb.shape[0]
         stream.pix_fmt = "rgb48be" if deep else "rgb24"
         container.mux(stream.encode(frame))
         container.mux(stream.encode())
+    return buffer.getvalue()
 
 
 class FrameFolderSink:

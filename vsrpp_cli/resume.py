@@ -1,25 +1,28 @@
-"""The partial run: what an interrupted `upscale` leaves for `--resume`, bounded on disk.
+"""The run's folder: what an interrupted `upscale` leaves for `--resume`, bounded on disk.
 
-The output is committed in closed segments as it goes. A segment is the output of a fixed
-number of consecutive windows, from a fresh encoder, so it starts on a keyframe and stands
-alone: the compressed packets of a video segment (with their facts in a JSON index), or a
-folder of PNG frames. The windows of the segment still open are kept losslessly (FFV1 in
-Matroska, bit-exact for 8- and 16-bit RGB and for the planar YUV formats the encoder takes), so
-an interruption costs no network work; they are deleted when their segment closes. Disk use is
-therefore the compressed output so far plus one segment's lossless windows, whatever the
-video's length. At the end the segments are joined into the output without re-encoding (as
-FFmpeg's concat does), and the folder is removed.
+The output is made of segments, the unit of work: the output frames of a fixed number of
+consecutive windows, from a fresh encoder, so each starts on a keyframe and stands alone. A
+worker encodes a segment and sends its files (compressed packets and their index, or PNG frames)
+to the writer, which stores them here, flushed to disk (fsync) before the rename that marks them
+committed. The windows of a segment still being worked are kept losslessly in the worker's spool
+(FFV1 in Matroska, bit-exact for 8- and 16-bit RGB and for the planar YUV formats the encoder
+takes), so an interruption costs at most one window's network work; they go when their segment is
+committed. At the end the segments are joined into the output without re-encoding (as FFmpeg's
+concat does), and the folder is removed.
 
-Everything is written under a temporary name and renamed, so a window or a segment is either
-whole on disk or absent. `run.json` holds a fingerprint of the input, the weights and every
-setting that changes the frames, which guards against resuming with something else, and the
-plan (window size, segment length) that a resumed run reuses as it was.
+`run.json` holds a fingerprint of the input, the weights and every setting that changes the
+frames, which guards against resuming with something else, and the plan (window size, segment
+length) that a resumed run reuses as it was. `run.lock` is held (flock) by the writer while the
+run is live, so a second run on the same output is refused rather than racing the first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import io
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -29,10 +32,11 @@ import av
 import numpy as np
 
 from .colour import Planes, YuvTarget, planar_format, read_planes, to_video_frame
-from .encode import FrameFolderSink, StoredPacket, VideoEncoder
-from .errors import ResumeError
+from .encode import StoredPacket, VideoEncoder, png_bytes
+from .errors import OutputError, ResumeError
 
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
 PARTIAL = ".partial"  # suffix of anything still being written
 
 
@@ -40,41 +44,135 @@ class RunStore:
     def __init__(self, folder: Path, plan: dict[str, Any]) -> None:
         self.folder = folder
         self.plan = plan
+        self.lock: int | None = None
 
     @classmethod
     def open(
         cls, folder: Path, fingerprint: dict[str, Any], plan: dict[str, Any], resume: bool, overwrite: bool
     ) -> RunStore:
         """The run's folder: a new one, or with --resume the interrupted one (with the plan it
-        was made with, which a resumed run keeps: `plan` is used only for a new run)."""
+        was made with, which a resumed run keeps: `plan` is used only for a new run). Locked
+        for this run either way."""
+        if folder.exists():
+            held = lock_folder(folder)  # before anything is read or removed: a live run keeps its folder
         if folder.exists() and resume:
             saved = _read_json(folder / RUN_FILE)
             changed = [key for key in fingerprint if saved.get("fingerprint", {}).get(key) != fingerprint[key]]
-            if changed:
+            if not saved or changed:
+                os.close(held)
                 raise ResumeError(
-                    f"the interrupted run in {folder} was made with a different {', '.join(changed)}; "
+                    f"the interrupted run in {folder} was made with a different {', '.join(changed) or 'plan'}; "
                     "run with the same input, weights and options, or use --overwrite to start over"
                 )
             store = cls(folder, saved["plan"])
+            store.lock = held
             store.remove_partials()
             return store
         if folder.exists() and not overwrite:
+            os.close(held)
             raise ResumeError(
                 f"an interrupted run of this output is kept in {folder}; add --resume to continue it "
                 "or --overwrite to start over"
             )
         if folder.exists():
+            os.close(held)  # (another run may take the lock between here and the new folder: it then finds that)
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
+        store = cls(folder, plan)
+        store.lock = lock_folder(folder)
         _write_json(folder / RUN_FILE, {"fingerprint": fingerprint, "plan": plan})
-        return cls(folder, plan)
+        return store
 
     def remove_partials(self) -> None:
-        """What was being written when a run stopped, and the claims of workers (parallel.py)."""
-        for path in [*self.folder.glob(f"*{PARTIAL}*"), *self.folder.glob("*.claim")]:
+        """What was being written when a run stopped."""
+        for path in self.folder.glob(f"*{PARTIAL}*"):
             remove(path)
 
-    # --------------------------------------------------------------------- windows
+    # --------------------------------------------------------------------- segments
+    def segment_path(self, index: int) -> Path:
+        return self.folder / f"segment_{index:06d}"
+
+    def closed_segments(self) -> set[int]:
+        """Segments whose every frame is on disk: a frames folder, or packets with their index."""
+        found = set()
+        for path in self.folder.glob("segment_*"):
+            if PARTIAL in path.name or path.suffix == ".packets":
+                continue
+            found.add(int(path.name.split("_")[1].split(".")[0]))
+        return found
+
+    def save_segment(self, index: int, files: dict[str, bytes]) -> None:
+        """A segment's files as a worker sent them, durable before they count as committed:
+        a video's packets then their index (whose presence marks the segment closed), or a
+        folder of PNG frames renamed whole."""
+        final = self.segment_path(index)
+        if "index.json" in files:
+            durable_write(final.with_suffix(".packets"), files["packets"])
+            durable_write(final.with_suffix(".json"), files["index.json"])
+            return
+        partial = final.with_name(final.name + PARTIAL)
+        remove(partial)
+        partial.mkdir()
+        for name, data in files.items():
+            durable_write(partial / name, data, rename=False)
+        sync_folder(partial)
+        partial.replace(final)
+        sync_folder(self.folder)
+
+    def segment_frame_count(self, index: int) -> int:
+        path = self.segment_path(index)
+        if path.is_dir():
+            return sum(1 for _ in path.iterdir())
+        return len(_read_json(path.with_suffix(".json")).get("packets", []))
+
+    def video_segments(self) -> list[tuple[list[StoredPacket], Callable[[], Iterator[bytes]]]]:
+        """Every closed video segment in order: its packets' facts and a reader of their bytes."""
+        segments = []
+        for index in sorted(self.closed_segments()):
+            facts = _read_json(self.segment_path(index).with_suffix(".json"))
+            packets = [StoredPacket(*entry) for entry in facts["packets"]]
+            segments.append((packets, _payload_reader(self.segment_path(index).with_suffix(".packets"), packets)))
+        return segments
+
+    def frame_segments(self) -> list[Path]:
+        return [self.segment_path(index) for index in sorted(self.closed_segments())]
+
+    def unlock(self) -> None:
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+    def remove(self) -> None:
+        self.unlock()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def remove_if_empty(self) -> None:
+        if not Spool(self.folder).stored_windows() and not self.closed_segments():
+            self.remove()
+
+
+def lock_folder(folder: Path) -> int:
+    """An exclusive flock on the folder's lock file, held until closed (or the process dies)."""
+    descriptor = os.open(folder / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        output = folder.name.removeprefix(".").removesuffix(".vsrpp-partial")
+        raise OutputError(
+            f"another vsrpp run is writing {output} now (it holds {folder / LOCK_FILE}); wait for it to end or "
+            "stop it, then run again"
+        ) from None
+    return descriptor
+
+
+class Spool:
+    """A worker's lossless windows of the segment it works on (the run's folder itself on the
+    writer's machine, a folder of its own elsewhere)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
     def _window(self, index: int) -> Path:
         return self.folder / f"window_{index:06d}.mkv"
 
@@ -99,6 +197,8 @@ class RunStore:
         partial = self.folder / f"window_{index:06d}{PARTIAL}.mkv"
         try:
             _write_lossless(partial, frames)
+            with open(partial, "rb") as file:
+                os.fsync(file.fileno())
         except BaseException:
             remove(partial)
             raise
@@ -108,47 +208,13 @@ class RunStore:
         for index in indices:
             self._window(index).unlink(missing_ok=True)
 
-    # --------------------------------------------------------------------- segments
-    def segment_path(self, index: int) -> Path:
-        return self.folder / f"segment_{index:06d}"
-
-    def closed_segments(self) -> set[int]:
-        """Segments whose every frame is on disk: a frames folder, or packets with their index."""
-        found = set()
-        for path in self.folder.glob("segment_*"):
-            if PARTIAL in path.name or path.suffix == ".packets":
-                continue
-            found.add(int(path.name.split("_")[1].split(".")[0]))
-        return found
-
-    def video_segments(self) -> list[tuple[list[StoredPacket], Callable[[], Iterator[bytes]]]]:
-        """Every closed video segment in order: its packets' facts and a reader of their bytes."""
-        segments = []
-        for index in sorted(self.closed_segments()):
-            facts = _read_json(self.segment_path(index).with_suffix(".json"))
-            packets = [StoredPacket(*entry) for entry in facts["packets"]]
-            segments.append((packets, _payload_reader(self.segment_path(index).with_suffix(".packets"), packets)))
-        return segments
-
-    def frame_segments(self) -> list[Path]:
-        return [self.segment_path(index) for index in sorted(self.closed_segments())]
-
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def remove_if_empty(self) -> None:
-        if not self.stored_windows() and not self.closed_segments():
-            self.remove()
-
 
 class VideoSegment:
-    """One segment of a video output being written: a fresh encoder, its packets streamed to disk."""
+    """One segment of a video output being encoded: a fresh encoder, its packets in memory."""
 
-    def __init__(self, store: RunStore, index: int, make_encoder: Callable[[], VideoEncoder]) -> None:
-        self.final = store.segment_path(index)
-        self.partial = self.final.with_name(self.final.name + PARTIAL)
+    def __init__(self, make_encoder: Callable[[], VideoEncoder]) -> None:
         self.encoder = make_encoder()
-        self.file = open(self.partial, "wb")  # noqa: SIM115 (closed in close or abort)
+        self.payload = io.BytesIO()
         self.packets: list[StoredPacket] = []
 
     def write(self, image: np.ndarray | Planes, pts: int | None) -> None:
@@ -157,40 +223,34 @@ class VideoSegment:
     def _keep(self, packets: list[av.Packet]) -> None:
         for packet in packets:
             data = bytes(packet)
-            self.file.write(data)
+            self.payload.write(data)
             self.packets.append(StoredPacket(int(packet.pts), int(packet.duration or 0), packet.is_keyframe, len(data)))
 
-    def close(self) -> None:
+    def close(self) -> dict[str, bytes]:
+        """The segment's files: the packets' bytes and their index."""
         self._keep(self.encoder.flush())
         self.encoder.close()
-        self.file.close()
-        self.partial.replace(self.final.with_suffix(".packets"))
-        # Last: the index's presence marks the segment closed.
-        _write_json(self.final.with_suffix(".json"), {"packets": [dataclasses.astuple(p) for p in self.packets]})
+        index = json.dumps({"packets": [dataclasses.astuple(p) for p in self.packets]}, indent=2).encode()
+        return {"packets": self.payload.getvalue(), "index.json": index}
 
     def abort(self) -> None:
         self.encoder.close()
-        self.file.close()
-        remove(self.partial)
 
 
 class FrameSegment:
-    """One segment of a frames-folder output: its PNGs in a folder, renamed whole when closed."""
+    """One segment of a frames-folder output: its PNG files, named in order within the segment."""
 
-    def __init__(self, store: RunStore, index: int) -> None:
-        self.final = store.segment_path(index)
-        self.partial = self.final.with_name(self.final.name + PARTIAL)
-        remove(self.partial)
-        self.sink = FrameFolderSink(self.partial)
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
 
     def write(self, image: np.ndarray, pts: int | None) -> None:
-        self.sink.write(image, pts)
+        self.files[f"{len(self.files):08d}.png"] = png_bytes(image)
 
-    def close(self) -> None:
-        self.partial.replace(self.final)
+    def close(self) -> dict[str, bytes]:
+        return self.files
 
     def abort(self) -> None:
-        remove(self.partial)
+        self.files = {}
 
 
 def remove(path: Path) -> None:
@@ -198,6 +258,27 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def durable_write(path: Path, data: bytes, rename: bool = True) -> None:
+    """The bytes on disk (fsync) under `path`, whole or absent: written under a temporary name
+    and renamed, the folder synced so that the rename survives a power cut too."""
+    partial = path.with_name(path.name + PARTIAL) if rename else path
+    with open(partial, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    if rename:
+        partial.replace(path)
+        sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _payload_reader(path: Path, packets: list[StoredPacket]) -> Callable[[], Iterator[bytes]]:
@@ -241,7 +322,4 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Written under a temporary name and renamed: whole or absent."""
-    partial = path.with_name(path.name + PARTIAL)
-    partial.write_text(json.dumps(value, indent=2))
-    partial.replace(path)
+    durable_write(path, json.dumps(value, indent=2).encode())

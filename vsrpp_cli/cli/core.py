@@ -12,12 +12,12 @@ import shlex
 import sys
 from argparse import Namespace
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import typer
 
 from ..errors import ExitStatus, UsageError, ZooError
+from ..launch import Launch
 from . import output
 from .output import stderr
 
@@ -62,6 +62,12 @@ def shared_options(args: Namespace) -> dict:
     return {name: getattr(args, name) for name in SHARED_OPTIONS}
 
 
+def launch_options(args: Namespace, nproc: int) -> Launch:
+    """torchrun's options, as `train` and `upscale` both take them."""
+    return Launch(nproc, args.nnodes, args.node_rank, args.master_addr, args.master_port, args.rdzv_endpoint,
+                  getattr(args, "max_restarts", 0))  # fmt: skip
+
+
 def chosen_weights(model: str | None, weights: Path | None, quiet: bool = False) -> Path:
     from ..zoo import resolve_weights
 
@@ -86,7 +92,8 @@ def upscale(args: Namespace) -> None:
         raise UsageError("give an INPUT and an OUTPUT, e.g. vsrpp upscale in.mp4 out.mp4")
     check_tiles(args.tile, args.tile_overlap)
     *inputs, destination = args.paths
-    from ..upscale import Options, check_encoder, plan_jobs, run_jobs
+    from ..jobs import check_encoder, plan_jobs, run_jobs
+    from ..upscale import Options
 
     jobs = plan_jobs(inputs, destination)
     check_encoder([target for _, target in jobs], args.codec, args.crf, args.preset, args.pix_fmt)
@@ -104,32 +111,11 @@ def upscale(args: Namespace) -> None:
     )
     again = [arg for arg in sys.argv[1:] if arg not in ("--overwrite", "--resume")]
     state.on_interrupt = f": finished segments are kept; continue with `{shlex.join(['vsrpp', *again, '--resume'])}`"
-    from ..train.launch import from_slurm
-
-    nnodes, node_rank, _ = from_slurm(args.nnodes, args.node_rank, None)
-    shared = len(jobs) == 1 and (args.nproc_per_node > 1 or nnodes > 1)
-    if not shared and nnodes > 1:
-        raise UsageError("--nnodes: machines share the windows of one input; give one INPUT")
+    where = launch_options(args, args.nproc_per_node)
+    if len(jobs) > 1 and where.resolved().nnodes > 1:
+        raise UsageError("--nnodes: machines share the segments of one input; give one INPUT")
     with output.UpscaleProgress([source.name for source, _ in jobs], disabled=args.quiet) as progress:
-        if shared:
-            from ..parallel import upscale_shared
-
-            source, target = jobs[0]
-            update = partial(progress.update, 0)
-            results = [
-                upscale_shared(
-                    source,
-                    target,
-                    options,
-                    args.nproc_per_node,
-                    nnodes,
-                    node_rank,
-                    update,
-                    output.notice_printer(args.quiet),
-                )
-            ]
-        else:
-            results = run_jobs(jobs, options, args.nproc_per_node, progress.update, output.notice_printer(args.quiet))
+        results = run_jobs(jobs, options, where, progress.update, output.notice_printer(args.quiet))
 
     if args.as_json:
         summaries = [None if isinstance(r, Exception) else r.as_dict() for r in results]
@@ -152,9 +138,10 @@ def preview(args: Namespace) -> None:
         if not 0 <= value <= 1:
             raise UsageError(f"--strength {value}: give a value from 0 to 1")
     check_tiles(args.tile, args.tile_overlap)
+    from ..jobs import check_encoder
     from ..preview import Setting, parse_time
     from ..preview import preview as run_preview
-    from ..upscale import Options, check_encoder
+    from ..upscale import Options
 
     times = [parse_time(text) for text in args.at or ()]
     check_encoder([Path("estimate.mp4")], args.codec, args.crf, args.preset, None)
@@ -245,16 +232,7 @@ def train(args: Namespace) -> None:
     )
     settings = TrainConfig.from_sources(args.config, flags)
     processes = args.nproc_per_node or default_nproc(settings.device)
-    launch(
-        settings,
-        processes,
-        args.nnodes,
-        args.node_rank,
-        args.master_addr,
-        args.master_port,
-        args.rdzv_endpoint,
-        args.resume,
-    )
+    launch(settings, launch_options(args, processes), args.resume)
 
 
 def finetune(args: Namespace) -> None:
@@ -287,7 +265,7 @@ def finetune(args: Namespace) -> None:
     settings = TrainConfig.finetune(
         weights, frames_from_videos(args.data, args.work_dir), args.work_dir, arch, **recipe
     )
-    launch(settings, args.nproc_per_node or default_nproc(args.device), resume=args.resume)
+    launch(settings, Launch(nproc=args.nproc_per_node or default_nproc(args.device)), resume=args.resume)
 
 
 def bench(args: Namespace) -> None:

@@ -118,6 +118,15 @@ NprocPerNode = Annotated[
         min=1,
     ),
 ]
+Nnodes = Annotated[int, option("Machines taking part (SLURM's SLURM_NNODES when unset).", panel=LAUNCH, min=1)]
+NodeRank = Annotated[int, option("This machine's rank (0 for the first).", panel=LAUNCH, min=0)]
+MasterAddr = Annotated[
+    str | None, option("Address of the first machine (needed with --nnodes > 1).", metavar="HOST", panel=LAUNCH)
+]
+MasterPort = Annotated[
+    int | None, option("Port on the first machine (29500).", metavar="PORT", panel=LAUNCH, min=1, max=65535)
+]
+RdzvEndpoint = Annotated[str | None, option("host:port of the rendezvous instead.", metavar="HOST:PORT", panel=LAUNCH)]
 TrainDeviceChoice = Literal["auto", "cuda", "cpu"]
 TrainDevice = Annotated[
     TrainDeviceChoice,
@@ -222,23 +231,28 @@ def upscale(
     nproc_per_node: Annotated[
         int,
         option(
-            "Processes on this machine, one per GPU: one input's windows are shared among them (with --device cpu, "
-            "CPU processes); several inputs go one per GPU.",
+            "Processes on this machine, one per GPU: one input's segments are shared among them (with --device "
+            "cpu, CPU processes); several inputs go one per GPU.",
             "--nproc-per-node",
             "--gpus",
             panel=LAUNCH,
             min=1,
         ),
     ] = 1,
-    nnodes: Annotated[
+    nnodes: Nnodes = 1,
+    node_rank: NodeRank = 0,
+    master_addr: MasterAddr = None,
+    master_port: MasterPort = None,
+    rdzv_endpoint: RdzvEndpoint = None,
+    max_restarts: Annotated[
         int,
         option(
-            "Machines sharing one input's windows through OUTPUT's folder (on a shared file system).",
+            "Times the workers of this machine are started again after one fails; their segments are taken "
+            "again (one machine only).",
             panel=LAUNCH,
-            min=1,
+            min=0,
         ),
-    ] = 1,
-    node_rank: Annotated[int, option("This machine's rank; 0 writes the output.", panel=LAUNCH, min=0)] = 0,
+    ] = 0,
     graphs: Annotated[
         bool, flag("Replay the propagation steps as CUDA graphs (CUDA only; --no-graphs to run eagerly).", panel=MODEL)
     ] = True,
@@ -279,13 +293,13 @@ def upscale(
     segment_frames: Annotated[
         int,
         option(
-            "Output frames per committed segment of a video (each starts on a keyframe). An interruption "
-            "loses at most one window's work, and the disk holds at most one segment's lossless windows. "
-            "A frames folder commits every window as it is done.",
+            "Output frames per segment, the unit of work: each is encoded apart (starting on a keyframe) and "
+            "committed. An interruption loses at most one window's work. Default: 240, or fewer so that every "
+            "worker of a shared run gets several. A frames folder commits every window as it is done.",
             panel=OUTPUT,
-            min=1,
+            min=0,
         ),
-    ] = 240,
+    ] = 0,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -465,17 +479,11 @@ def train(
         TrainDeviceChoice | None,
         option("auto, cuda, or cpu (gloo; for tests and small runs).", metavar=None, panel=LAUNCH),
     ] = None,
-    nnodes: Annotated[int, option("Machines taking part.", panel=LAUNCH, min=1)] = 1,
-    node_rank: Annotated[int, option("This machine's rank (0 for the first).", panel=LAUNCH, min=0)] = 0,
-    master_addr: Annotated[
-        str | None, option("Address of the first machine (needed with --nnodes > 1).", metavar="HOST", panel=LAUNCH)
-    ] = None,
-    master_port: Annotated[
-        int | None, option("Port on the first machine.", metavar="PORT", panel=LAUNCH, min=1, max=65535)
-    ] = None,
-    rdzv_endpoint: Annotated[
-        str | None, option("host:port of a c10d rendezvous instead.", metavar="HOST:PORT", panel=LAUNCH)
-    ] = None,
+    nnodes: Nnodes = 1,
+    node_rank: NodeRank = 0,
+    master_addr: MasterAddr = None,
+    master_port: MasterPort = None,
+    rdzv_endpoint: RdzvEndpoint = None,
 ) -> None:
     """Train BasicVSR++ on REDS with the official recipe, on N GPUs (or CPU processes).
 

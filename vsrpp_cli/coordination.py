@@ -1,0 +1,202 @@
+"""How the writer and the workers of one run meet: torch.distributed's key-value store (c10d).
+
+One process: a HashStore in memory. Several: a TCPStore served by the writer (the launching
+process on the first machine, which outlives any worker and any restart of them) and reached by
+every worker over TCP, so no machine but the first needs the output's folder. Every operation is
+atomic on the store's server; nothing goes through file names or file times.
+
+Keys:
+  job                      the run as every worker must do it (JSON, published first)
+  claim/<round>/<segment>  the worker that took the segment in this round (compare_set: one wins)
+  segment/<i>, shipped     a finished segment's files, and the list of those sent
+  saved/<i>                the writer has it on disk (fsynced): the worker may forget it
+  frames, within/<rank>    progress: kept frames done, and the part of the window under way
+  beat/<rank>, left/<rank> signs of life (a counter, compared with the writer's own clock only)
+  error, abort             the first failure, and the writer telling every worker to stop
+  stats/<rank>/<round>     what a worker did: frames, seconds, fallbacks, notices
+A round is one start of the workers (TORCHELASTIC_RESTART_COUNT): a restarted worker claims
+afresh, and segments saved in an earlier round are not taken again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+
+from .errors import WorkerError
+
+POLL = 0.05  # seconds between looks at the store
+CONNECT_SECONDS = 300.0  # a worker waits this long for the writer's store to answer
+SAVE_SECONDS = 600.0  # a worker waits this long for the writer to store a segment it sent
+HEARTBEAT = 2.0  # seconds between a worker's signs of life
+
+
+def silent_seconds() -> float:
+    """A worker not heard from for this long has stopped (a lost machine, a hung process)."""
+    return float(os.environ.get("VSRPP_SILENT_SECONDS", 60))
+
+
+class AbortError(Exception):
+    """The writer has stopped the run (it says why in `error`)."""
+
+
+class Board:
+    def __init__(self, store: dist.Store) -> None:
+        self.store = store
+
+    # --------------------------------------------------------------------- opening
+    @classmethod
+    def in_memory(cls) -> Board:
+        return cls(dist.HashStore())
+
+    @classmethod
+    def serve(cls, port: int) -> Board:
+        """The writer's store, on every interface at `port` (the workers of other machines reach it)."""
+        return cls(dist.TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False,
+                                 timeout=timedelta(seconds=CONNECT_SECONDS)))  # fmt: skip
+
+    @classmethod
+    def connect(cls, host: str, port: int) -> Board:
+        return cls(dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=CONNECT_SECONDS)))
+
+    # --------------------------------------------------------------------- the job
+    def publish_job(self, job: dict[str, Any]) -> None:
+        self.store.set("job", json.dumps(job))
+
+    def job(self) -> dict[str, Any]:
+        self.store.wait(["job"], timedelta(seconds=CONNECT_SECONDS))
+        return json.loads(self.store.get("job"))
+
+    # --------------------------------------------------------------------- claims
+    def claim(self, round_: int, segment: int, rank: int) -> bool:
+        mine = str(rank).encode()
+        return self.store.compare_set(f"claim/{round_}/{segment}", "", mine) == mine
+
+    def is_saved(self, segment: int) -> bool:
+        return self.store.check([f"saved/{segment}"])
+
+    # --------------------------------------------------------------------- segments
+    def send(self, segment: int, files: dict[str, bytes]) -> None:
+        self.store.set(f"segment/{segment}", pack(files))
+        self.store.append("shipped", f"{segment} ")
+
+    def wait_saved(self, segment: int) -> None:
+        """Until the writer has the segment on disk; stops early if the run is aborted."""
+        deadline = time.monotonic() + SAVE_SECONDS
+        while True:
+            try:
+                self.store.wait([f"saved/{segment}"], timedelta(seconds=0.5))
+                return
+            except dist.DistStoreError:
+                self.check_abort()
+                if time.monotonic() > deadline:
+                    raise WorkerError(
+                        f"the writer has not stored segment {segment} in {SAVE_SECONDS:.0f} s; is the first "
+                        "machine's disk or network stalled?"
+                    ) from None
+
+    def shipped(self) -> list[int]:
+        if not self.store.check(["shipped"]):
+            return []
+        return [int(word) for word in self.store.get("shipped").split()]
+
+    def take(self, segment: int) -> dict[str, bytes]:
+        files = unpack(self.store.get(f"segment/{segment}"))
+        self.store.delete_key(f"segment/{segment}")
+        return files
+
+    def mark_saved(self, segment: int) -> None:
+        self.store.set(f"saved/{segment}", "1")
+
+    # --------------------------------------------------------------------- progress
+    def add_frames(self, frames: int) -> None:
+        self.store.add("frames", frames)
+
+    def set_within(self, rank: int, frames: float) -> None:
+        self.store.set(f"within/{rank}", f"{frames:.3f}")
+
+    def progress(self, world: int) -> float:
+        done = self.store.add("frames", 0)
+        keys = [f"within/{rank}" for rank in range(world)]
+        within = sum(float(v) for v in self.store.multi_get(keys)) if self.store.check(keys) else 0.0
+        return done + within
+
+    # --------------------------------------------------------------------- liveness and failures
+    def beat(self, rank: int) -> int:
+        return self.store.add(f"beat/{rank}", 1)
+
+    def beats(self, world: int) -> list[int]:
+        return [self.store.add(f"beat/{rank}", 0) for rank in range(world)]
+
+    def leave(self, rank: int) -> None:
+        """A worker done with its claims: its silence from now on is no failure."""
+        self.store.set(f"left/{rank}", str(self.store.add(f"beat/{rank}", 0)))
+
+    def has_left(self, rank: int, beats: int) -> bool:
+        key = f"left/{rank}"
+        return self.store.check([key]) and int(self.store.get(key)) == beats
+
+    def fail(self, message: str) -> None:
+        """The first failure is the one reported; those it causes are not."""
+        self.store.compare_set("error", "", message.encode())
+
+    def error(self) -> str | None:
+        return self.store.get("error").decode() if self.store.check(["error"]) else None
+
+    def abort(self, message: str) -> None:
+        self.fail(message)
+        self.store.set("abort", "1")
+
+    def check_abort(self) -> None:
+        if self.store.check(["abort"]):
+            raise AbortError(self.error() or "the run was stopped")
+
+    def report(self, rank: int, round_: int, stats: dict[str, Any]) -> None:
+        self.store.set(f"stats/{rank}/{round_}", json.dumps(stats))
+
+    def reports(self, world: int, rounds: int) -> list[dict[str, Any]]:
+        keys = [f"stats/{rank}/{round_}" for rank in range(world) for round_ in range(rounds)]
+        return [json.loads(self.store.get(key)) for key in keys if self.store.check([key])]
+
+
+class Watch:
+    """The writer's view of the workers' signs of life: a worker whose counter has not moved for
+    silent_seconds() (by the writer's clock), and that has not left, has stopped."""
+
+    def __init__(self, board: Board, world: int) -> None:
+        self.board, self.world = board, world
+        self.seen = [0] * world
+        self.since = [time.monotonic()] * world
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for rank, count in enumerate(self.board.beats(self.world)):
+            if count != self.seen[rank]:
+                self.seen[rank], self.since[rank] = count, now
+            elif count and now - self.since[rank] > silent_seconds() and not self.board.has_left(rank, count):
+                raise WorkerError(
+                    f"worker {rank} has not been heard from for {silent_seconds():.0f} s (its machine is lost or "
+                    "the process hangs); the segments finished so far are kept: run the same command with --resume"
+                )
+
+
+def pack(files: dict[str, bytes]) -> bytes:
+    """name -> bytes, as one value: a JSON index of names and sizes, then the contents."""
+    index = json.dumps([[name, len(data)] for name, data in files.items()]).encode()
+    return struct.pack("<Q", len(index)) + index + b"".join(files.values())
+
+
+def unpack(blob: bytes) -> dict[str, bytes]:
+    (length,) = struct.unpack_from("<Q", blob)
+    offset = 8 + length
+    files = {}
+    for name, size in json.loads(blob[8:offset]):
+        files[name] = blob[offset : offset + size]
+        offset += size
+    return files

@@ -1,0 +1,65 @@
+"""Named points in the pipeline where a test makes a process crash, raise or stall, as etcd's
+gofail and TiKV's fail-rs do.
+
+VSRPP_FAILPOINTS lists them, comma-separated: `NAME[/RANK][@HIT]=ACTION`.
+- NAME: decode (a window's frames read), network (a window upscaled), encode (a segment's
+  encoder flushed), commit (a segment about to be sent), send (sent, not yet acknowledged),
+  save (the writer about to store a received segment), join (the segments being joined), rename
+  (the joined file about to be moved into place).
+- RANK: only in that worker (RANK of torch.distributed; the in-process worker is 0).
+- HIT: only at the HIT-th time the point is reached in that process (from 1); every time if unset.
+- ACTION: crash (SIGKILL to itself: nothing runs, as with kill -9 or a power cut), raise (an
+  error, which the pipeline handles as any other), stall (SIGSTOP to itself: a hung machine).
+
+Unset, a failpoint costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections import Counter
+
+from .errors import VsrppError
+
+POINTS = ("decode", "network", "encode", "commit", "send", "save", "join", "rename")
+ACTIONS = ("crash", "raise", "stall")
+SPEC = re.compile(r"(?P<name>\w+)(?:/(?P<rank>\d+))?(?:@(?P<hit>\d+))?=(?P<action>\w+)")
+
+_hits: Counter[str] = Counter()
+
+
+class FailpointError(VsrppError):
+    """Raised by a failpoint set to `raise`."""
+
+
+def parse(text: str) -> list[tuple[str, int | None, int | None, str]]:
+    rules = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        match = SPEC.fullmatch(item)
+        if not match or match["name"] not in POINTS or match["action"] not in ACTIONS:
+            raise ValueError(
+                f"VSRPP_FAILPOINTS: {item!r}: write NAME[/RANK][@HIT]=ACTION with NAME one of {', '.join(POINTS)} "
+                f"and ACTION one of {', '.join(ACTIONS)}"
+            )
+        rank, hit = match["rank"], match["hit"]
+        rules.append((match["name"], int(rank) if rank else None, int(hit) if hit else None, match["action"]))
+    return rules
+
+
+def failpoint(name: str, rank: int = 0) -> None:
+    """Reached `name`: act if VSRPP_FAILPOINTS says so."""
+    text = os.environ.get("VSRPP_FAILPOINTS")
+    if not text:
+        return
+    _hits[name] += 1
+    for point, only_rank, hit, action in parse(text):
+        if point != name or (only_rank is not None and only_rank != rank) or (hit is not None and hit != _hits[name]):
+            continue
+        if action == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "stall":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        else:
+            raise FailpointError(f"failpoint {name} (VSRPP_FAILPOINTS)")

@@ -1,0 +1,161 @@
+"""Worker processes through torch.distributed's elastic launcher (the machinery behind `torchrun`),
+for `train` and `upscale` alike: on one machine or several, under SLURM too.
+
+A worker sees exactly one GPU (CUDA_VISIBLE_DEVICES from its LOCAL_RANK, as torchrun users
+expect) and dies with the process that launched it (Linux's parent-death signal), so a launcher
+killed with kill -9 leaves no worker holding a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UsageError
+
+SHUTDOWN_SECONDS = 5  # SIGTERM to SIGKILL when the agent stops its workers
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@dataclass
+class Launch:
+    """Where and how many: the options `train` and `upscale` share (torchrun's names)."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+    rdzv_endpoint: str | None = None
+    max_restarts: int = 0
+
+    @property
+    def processes(self) -> int:
+        return self.nproc * self.nnodes
+
+    def resolved(self) -> Launch:
+        """SLURM's variables where the command gave none; every machine told where the first is."""
+        nnodes, node_rank, master_addr = from_slurm(self.nnodes, self.node_rank, self.master_addr)
+        if nnodes > 1 and not (master_addr or self.rdzv_endpoint):
+            raise UsageError(
+                f"--nnodes {nnodes}: every machine must be told where the first one is: add --master-addr HOST "
+                "(the first machine's address, the same on all of them) or --rdzv-endpoint HOST:PORT"
+            )
+        if node_rank >= nnodes:
+            raise UsageError(f"--node-rank {node_rank}: give 0 to {nnodes - 1} for --nnodes {nnodes}")
+        if nnodes > 1 and self.max_restarts:
+            raise UsageError(
+                "--max-restarts restarts the workers of one machine; across machines a lost machine stops the "
+                "run, and the same command with --resume continues it"
+            )
+        endpoint = self.rdzv_endpoint
+        if endpoint is None:
+            port = self.master_port or (free_port() if nnodes == 1 else 29500)
+            endpoint = f"{master_addr or '127.0.0.1'}:{port}"
+        return Launch(self.nproc, nnodes, node_rank, master_addr, self.master_port, endpoint, self.max_restarts)
+
+    @property
+    def host(self) -> str:
+        return (self.rdzv_endpoint or "127.0.0.1:0").rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int((self.rdzv_endpoint or "127.0.0.1:0").rsplit(":", 1)[1])
+
+
+def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any) -> None:
+    """`entry(*args)` in launch.nproc processes here, as part of launch.nnodes machines; returns
+    when all of them have, raises torch's ChildFailedError when one failed (after the agent has
+    stopped the others). The agent turns SIGINT/SIGTERM into its own exception while it runs;
+    this process's handlers are put back afterwards."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    multi = launch.nnodes > 1
+    config = LaunchConfig(
+        min_nodes=launch.nnodes,
+        max_nodes=launch.nnodes,
+        nproc_per_node=launch.nproc,
+        run_id=os.environ.get("SLURM_JOB_ID") or ("vsrpp" if multi else uuid.uuid4().hex),
+        rdzv_backend="static" if multi else "c10d",
+        rdzv_endpoint=launch.rdzv_endpoint or "",
+        rdzv_configs={"rank": launch.node_rank} if multi else {},
+        max_restarts=launch.max_restarts,
+        monitor_interval=0.5,
+        shutdown_timeout=SHUTDOWN_SECONDS,
+    )
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        elastic_launch(config, entry)(*args)
+    finally:
+        for number, handler in handlers.items():
+            if handler is not None:
+                signal.signal(number, handler)
+
+
+def failure_line(error: BaseException) -> str:
+    """What torch's ChildFailedError says about the first failed worker, in one line."""
+    failures = getattr(error, "failures", None) or {}
+    for rank, failure in sorted(failures.items()):
+        code = failure.exitcode
+        how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+        return f"worker {rank} stopped ({how})"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+# ----------------------------------------------------------------------------- in the worker
+def worker_environment(local_rank: int, environ: dict[str, str]) -> dict[str, str]:
+    """The variables a worker sets before CUDA starts: its one GPU, picked from those the launcher
+    was given (CUDA_VISIBLE_DEVICES=3,5 and local rank 1: GPU 5), seen as cuda:0."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return {"CUDA_VISIBLE_DEVICES": str(local_rank)}
+    devices = [d for d in visible.split(",") if d.strip()]
+    if local_rank >= len(devices):
+        return {}  # fewer GPUs than workers (CPU workers): nothing to narrow
+    return {"CUDA_VISIBLE_DEVICES": devices[local_rank]}
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the launcher dies (Linux; elsewhere a no-op), and at once if it
+    is already gone (the launcher may have died before the call)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- where
+def from_slurm(nnodes: int, node_rank: int, master_addr: str | None) -> tuple[int, int, str | None]:
+    """Inside a SLURM allocation the node count, this node's rank and the first host come from
+    its variables unless given."""
+    if "SLURM_JOB_ID" not in os.environ or nnodes != 1:
+        return nnodes, node_rank, master_addr
+    nnodes = int(os.environ.get("SLURM_NNODES", 1))
+    node_rank = int(os.environ.get("SLURM_NODEID", 0))
+    master_addr = master_addr or os.environ.get("MASTER_ADDR") or first_host(os.environ.get("SLURM_JOB_NODELIST", ""))
+    return nnodes, node_rank, master_addr
+
+
+def first_host(nodelist: str) -> str | None:
+    """'gpu[03-05,07],cpu1' -> 'gpu03'."""
+    match = re.match(r"([^\[,]+)(?:\[([^\]]+)\])?", nodelist)
+    if not match:
+        return None
+    prefix, ranges = match.groups()
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
