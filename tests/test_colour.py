@@ -25,7 +25,7 @@ from vsrpp_cli.colour import (
 )
 from vsrpp_cli.decode import VideoInfo, open_source
 from vsrpp_cli.encode import EncoderSettings, Muxer, StoredPacket, VideoEncoder
-from vsrpp_cli.resume import RunStore
+from vsrpp_cli.resume import Spool
 
 CPU = torch.device("cpu")
 RED, GREEN = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
@@ -200,7 +200,7 @@ def test_semi_planar_frames_hold_the_same_samples_as_planar_ones(tmp_path, semi_
     target = YuvTarget(semi_planar, 64, 48, "bt709", False, True)
     packed = rgb_to_yuv(rgb, target)
     expected = rgb_to_yuv(rgb, dataclasses.replace(target, format=planar))
-    store = RunStore.open(tmp_path / "store", {}, {}, resume=False, overwrite=False)
+    store = Spool(tmp_path)
     store.save_window(0, packed)
     stored = store.load_window(0, target)
     for ours, want, kept in zip(packed, expected, stored, strict=True):

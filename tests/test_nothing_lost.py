@@ -241,7 +241,7 @@ def test_a_store_that_cannot_grow_cleans_its_partial_window(tmp_path, weights, c
         (["--preset", "nonsense"], "--preset nonsense: not a libx264 preset; choose one of ultrafast"),
         (["--pix-fmt", "pal8"], "--pix-fmt pal8: libx264 cannot write it"),
         (["--batch", "-1"], "'--batch'"),
-        (["--segment-frames", "0"], "'--segment-frames'"),
+        (["--segment-frames", "-1"], "'--segment-frames'"),
     ],
 )
 def test_wrong_values_are_refused_before_any_work(tmp_path, weights, args, message):
@@ -405,9 +405,10 @@ def test_a_resumed_run_keeps_the_plan_it_was_made_with(tmp_path):
     from vsrpp_cli.resume import RunStore
 
     fingerprint = {"input": "in.mp4", "chunk_frames": 0}
-    RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 20, "windows_per_segment": 12}, False, False)
+    RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 20, "windows_per_segment": 12}, False, False).unlock()
     resumed = RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 35, "windows_per_segment": 7}, True, False)
     assert resumed.plan == {"chunk_frames": 20, "windows_per_segment": 12}
+    resumed.unlock()
     fresh = RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 35, "windows_per_segment": 7}, False, True)
     assert fresh.plan == {"chunk_frames": 35, "windows_per_segment": 7}
 

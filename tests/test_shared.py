@@ -1,14 +1,13 @@
-"""One video shared among worker processes (`upscale --nproc-per-node N`): the frames, times and
-audio of a single-process run; a killed worker, and a resume with another number of workers."""
+"""One video shared among worker processes (`upscale --nproc-per-node N`, `--nnodes M`) through
+torch.distributed: the frames, times and audio of a single-process run; machines that share no
+folder; a silent worker; the coordination's pieces on a real store."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,9 +17,12 @@ import torch
 from harness import run_vsrpp
 from media import encode_video, moving_scene, probe, read_frames
 
+from vsrpp_cli.coordination import Board, Watch, pack, unpack
+from vsrpp_cli.errors import WorkerError
+from vsrpp_cli.launch import Launch, first_host, free_port, worker_environment
+
 VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192, 9216, 9728, 10240, 11264]
-# 8 windows in 4 segments: after the first segment closes, workers may claim at most one segment
-# and one window each ahead of the writer, so the last windows wait and every worker is alive.
+# 8 windows in 4 segments, so that each of 2 workers takes at least one
 WINDOWS = ["--chunk-frames", "2", "--chunk-overlap", "1", "--segment-frames", "4", "-q"]
 
 
@@ -59,34 +61,49 @@ def test_two_workers_give_the_frames_of_one(tmp_path, weights, clip, single):
     assert result.returncode == 0, result.stderr
     assert np.array_equal(read_frames(output), read_frames(single))
     assert probe(output) == probe(single)  # every timestamp and audio sample
-    workers = json.loads(result.stdout)["workers"]
-    assert [w["rank"] for w in workers] == [0, 1] and sum(w["frames"] for w in workers) == 16
-    assert all(w["windows"] >= 1 and w["fps"] > 0 for w in workers)  # both took part
+    facts = json.loads(result.stdout)
+    workers = facts["workers"]
+    assert [w["rank"] for w in workers] == [0, 1] and sum(w["frames"] for w in workers) == 16 == facts["frames"]
+    assert sum(w["segments"] for w in workers) == 4 and all(w["segments"] >= 1 for w in workers)  # both took part
+    assert all(w["fp32_fallbacks"] == 0 and w["lost"] == [] for w in workers)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.mp4"]
 
 
-def test_a_killed_worker_stops_the_run_and_another_count_resumes(tmp_path, weights, clip, single):
-    output, partial = tmp_path / "out.mp4", tmp_path / ".out.mp4.vsrpp-partial"
-    args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nproc-per-node", "2", "--device", "cpu"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vsrpp_cli", *map(str, args)], stderr=subprocess.PIPE, text=True, start_new_session=True
+def test_two_machines_without_a_shared_folder(tmp_path, weights, clip, single):
+    """Two launches with --nnodes 2 (two machines, here on one): the second is given an output
+    folder that does not exist there, so it cannot have touched one: segments travel to the first
+    over the store; the frames of one process."""
+    output = tmp_path / "out.mp4"
+    port = free_port()
+    where = ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", port, "--nproc-per-node", "1"]
+    args = ["--weights", weights, *WINDOWS, "--device", "cpu", *where]
+    elsewhere = tmp_path / "not-on-this-machine" / "out.mp4"
+    second = subprocess.Popen(
+        [sys.executable, "-m", "vsrpp_cli", "upscale", clip, elsewhere, *map(str, args), "--node-rank", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    while not (partial / "segment_000000.json").exists():
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.01)
-    os.kill(int((partial / "worker_1.pid").read_text()), signal.SIGKILL)
-    _, stderr = process.communicate()
-    assert process.returncode == 1, stderr
-    assert "worker 1" in stderr and "killed by signal 9" in stderr and "--resume" in stderr
-    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
-    assert not list(partial.glob("*.claim")) and not list(partial.glob("*.partial*"))
-    assert not output.exists()
-
-    resumed = run_vsrpp(*args[:-4], "--resume", "--json")  # one process now
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["windows_resumed"] >= 2
+    first = run_vsrpp("upscale", clip, output, *args, "--node-rank", "0", "--json")
+    _, stderr = second.communicate()
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, stderr
     assert np.array_equal(read_frames(output), read_frames(single))
     assert probe(output) == probe(single)
+    workers = json.loads(first.stdout)["workers"]
+    assert [w["rank"] for w in workers] == [0, 1] and all(w["segments"] >= 1 for w in workers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_a_second_run_on_a_live_output_is_refused(tmp_path, weights, clip):
+    from vsrpp_cli.resume import RunStore
+
+    live = RunStore.open(tmp_path / ".out.mp4.vsrpp-partial", {}, {}, resume=False, overwrite=False)
+    for flag in ("--resume", "--overwrite"):
+        result = run_vsrpp("upscale", clip, tmp_path / "out.mp4", "--weights", weights, *WINDOWS, flag)
+        assert result.returncode == 1
+        assert "another vsrpp run is writing out.mp4 now" in result.stderr and "Traceback" not in result.stderr
+    assert (live.folder / "run.json").exists()  # the live run's folder is untouched
+    live.unlock()
 
 
 def test_gpus_asked_for_but_absent(tmp_path, weights, clip):
@@ -98,50 +115,108 @@ def test_gpus_asked_for_but_absent(tmp_path, weights, clip):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_silent_worker_on_another_machine_stops_the_writer(tmp_path):
-    """Workers on other machines cannot be watched as processes: the writer goes by their signs of
-    life in the shared folder (worker_<rank>.alive, rewritten every few seconds)."""
-    from vsrpp_cli.parallel import SILENT, check_remote
-
-    from vsrpp_cli.errors import WorkerError
-
-    (tmp_path / "window_000004.claim").write_text("3")  # rank 3: the second machine's (2 per machine)
-    alive = tmp_path / "worker_3.alive"
-    alive.write_text("")
-    check_remote(tmp_path, 4, local=2)  # heard from just now: keep waiting
-    past = time.time() - SILENT - 1
-    os.utime(alive, (past, past))
-    with pytest.raises(WorkerError, match=r"worker 3 .*has not been heard from.*--resume"):
-        check_remote(tmp_path, 4, local=2)
-    check_remote(tmp_path, 5, local=2)  # a window nobody has claimed yet: nothing to say
+def test_the_input_is_never_the_output(tmp_path, weights, clip):
+    copy = tmp_path / "a.mp4"
+    copy.write_bytes(clip.read_bytes())
+    result = run_vsrpp("upscale", copy, copy, "--weights", weights, "--overwrite", "--gpus", "2", "--device", "cpu")
+    assert result.returncode == 1 and "is the input itself" in result.stderr
+    assert copy.read_bytes() == clip.read_bytes()
 
 
-def test_two_machines_sharing_a_folder(tmp_path, weights, clip, single):
-    """Two launches with --nnodes 2 (here on one machine, as two machines on a shared file system
-    would run them): machine 1 only works, machine 0 also writes; the frames of one process."""
+# ----------------------------------------------------------------------------- the pieces
+def test_claims_go_to_one_worker_each_round():
+    board = Board.in_memory()
+    assert board.claim(0, 3, rank=1) and not board.claim(0, 3, rank=0)
+    assert board.claim(1, 3, rank=0)  # a restarted round claims afresh
+    assert not board.is_saved(3)
+    board.mark_saved(3)
+    assert board.is_saved(3)
+
+
+def test_segments_travel_whole():
+    files = {"packets": bytes(range(256)) * 3, "index.json": b'{"packets": []}', "empty": b""}
+    assert unpack(pack(files)) == files
+    board = Board.in_memory()
+    board.send(5, files)
+    board.send(2, {"a": b"x"})
+    assert board.shipped() == [5, 2]
+    assert board.take(5) == files
+
+
+def test_a_silent_worker_is_noticed_by_the_writers_clock(monkeypatch):
+    """Workers on other machines cannot be watched as processes: the writer goes by a counter
+    each one moves every few seconds, timed by the writer's own clock (never a file's time)."""
+    monkeypatch.setenv("VSRPP_SILENT_SECONDS", "60")
+    now = [1000.0]
+    board = Board.in_memory()
+    watch = Watch(board, world=3, clock=lambda: now[0])
+    board.beat(0), board.beat(1)  # rank 2 has not started yet: nothing to say of it
+    watch.check()
+    now[0] += 59
+    board.beat(0)
+    watch.check()
+    now[0] += 2  # rank 1 silent for 61 s
+    with pytest.raises(WorkerError, match=r"worker 1 has not been heard from for 60 s.*--resume"):
+        watch.check()
+    board.leave(1)  # done with its claims: its silence is no failure
+    watch.check()
+
+
+def test_each_worker_sees_one_gpu():
+    assert worker_environment(2, {}) == {"CUDA_VISIBLE_DEVICES": "2"}
+    assert worker_environment(1, {"CUDA_VISIBLE_DEVICES": "3,5"}) == {"CUDA_VISIBLE_DEVICES": "5"}
+    assert worker_environment(0, {"CUDA_VISIBLE_DEVICES": ""}) == {}
+
+
+def test_where_the_first_machine_is(monkeypatch):
+    assert first_host("gpu[03-05,07],cpu1") == "gpu03" and first_host("node7") == "node7"
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_NNODES", "4")
+    monkeypatch.setenv("SLURM_NODEID", "2")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[03-05,07]")
+    where = Launch(nproc=8).resolved()
+    assert (where.nnodes, where.node_rank, where.rdzv_endpoint) == (4, 2, "gpu03:29500")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    with pytest.raises(Exception, match="--master-addr"):
+        Launch(nproc=1, nnodes=2).resolved()
+    with pytest.raises(Exception, match="--resume continues it"):
+        Launch(nproc=1, nnodes=2, master_addr="h", max_restarts=1).resolved()
+
+
+def test_a_killed_launcher_leaves_no_worker(tmp_path, weights, clip):
+    """kill -9 of the launching process: its workers get the parent-death signal."""
     output = tmp_path / "out.mp4"
-    args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nproc-per-node", "1", "--device", "cpu"]
-    args += ["--nnodes", "2"]
-    second = subprocess.Popen(
-        [sys.executable, "-m", "vsrpp_cli", *map(str, args), "--node-rank", "1"], stderr=subprocess.PIPE, text=True
-    )
-    first = run_vsrpp(*args, "--node-rank", "0", "--json")
-    _, stderr = second.communicate()
-    assert first.returncode == 0, first.stderr
-    assert second.returncode == 0, stderr
-    assert np.array_equal(read_frames(output), read_frames(single))
-    assert probe(output) == probe(single)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+    env = {**os.environ, "VSRPP_FAILPOINTS": "send/0@1=stall"}  # rank 0 parks once it has sent a segment
+    args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nproc-per-node", "2", "--device", "cpu"]
+    launcher = subprocess.Popen([sys.executable, "-m", "vsrpp_cli", *map(str, args)], env=env,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    partial = tmp_path / ".out.mp4.vsrpp-partial"
+    workers: list[int] = []
+    while len(workers) < 2:
+        assert launcher.poll() is None, launcher.communicate()
+        workers = children(launcher.pid)
+    while not list(partial.glob("segment_*.json")):
+        assert launcher.poll() is None, launcher.communicate()
+    launcher.kill()
+    launcher.wait()
+    for pid in workers:
+        assert wait_gone(pid), f"worker {pid} outlived its launcher"
 
 
-def test_a_machine_that_comes_after_the_run_finished_stops_at_once(tmp_path, weights, clip):
-    """No run folder beside a finished output: a late machine has nothing to wait for (it used to
-    wait for the run's folder forever)."""
-    output = tmp_path / "out.mp4"
-    output.write_bytes(b"a finished video")
-    args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nnodes", "2", "--node-rank", "1"]
-    late = run_vsrpp(*args, "--device", "cpu", "--json")
-    assert late.returncode == 0, late.stderr
-    facts = json.loads(late.stdout)
-    assert facts["frames"] == 0 and any("out.mp4 is finished and no run is open" in n for n in facts["notices"])
-    assert output.read_bytes() == b"a finished video" and list(tmp_path.iterdir()) == [output]
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def wait_gone(pid: int) -> bool:
+    """Until the process is gone or a zombie (no deadline: a busy machine makes this slow, never failed)."""
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        os.sched_yield()

@@ -10,7 +10,7 @@ Keys:
   claim/<round>/<segment>  the worker that took the segment in this round (compare_set: one wins)
   segment/<i>, shipped     a finished segment's files, and the list of those sent
   saved/<i>                the writer has it on disk (fsynced): the worker may forget it
-  frames, within/<rank>    progress: kept frames done, and the part of the window under way
+  within/<rank>            progress: frames of the worker's open segment done so far
   beat/<rank>, left/<rank> signs of life (a counter, compared with the writer's own clock only)
   error, abort             the first failure, and the writer telling every worker to stop
   stats/<rank>/<round>     what a worker did: frames, seconds, fallbacks, notices
@@ -24,6 +24,7 @@ import json
 import os
 import struct
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -115,17 +116,13 @@ class Board:
         self.store.set(f"saved/{segment}", "1")
 
     # --------------------------------------------------------------------- progress
-    def add_frames(self, frames: int) -> None:
-        self.store.add("frames", frames)
-
     def set_within(self, rank: int, frames: float) -> None:
+        """The frames of the worker's open segment done so far (0 once it is saved)."""
         self.store.set(f"within/{rank}", f"{frames:.3f}")
 
-    def progress(self, world: int) -> float:
-        done = self.store.add("frames", 0)
+    def within(self, world: int) -> float:
         keys = [f"within/{rank}" for rank in range(world)]
-        within = sum(float(v) for v in self.store.multi_get(keys)) if self.store.check(keys) else 0.0
-        return done + within
+        return sum(float(self.store.get(key)) for key in keys if self.store.check([key]))
 
     # --------------------------------------------------------------------- liveness and failures
     def beat(self, rank: int) -> int:
@@ -169,13 +166,13 @@ class Watch:
     """The writer's view of the workers' signs of life: a worker whose counter has not moved for
     silent_seconds() (by the writer's clock), and that has not left, has stopped."""
 
-    def __init__(self, board: Board, world: int) -> None:
-        self.board, self.world = board, world
+    def __init__(self, board: Board, world: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.board, self.world, self.clock = board, world, clock
         self.seen = [0] * world
-        self.since = [time.monotonic()] * world
+        self.since = [clock()] * world
 
     def check(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for rank, count in enumerate(self.board.beats(self.world)):
             if count != self.seen[rank]:
                 self.seen[rank], self.since[rank] = count, now

@@ -7,11 +7,14 @@ VSRPP_FAILPOINTS lists them, comma-separated: `NAME[/RANK][@HIT]=ACTION`.
   save (the writer about to store a received segment), join (the segments being joined), rename
   (the joined file about to be moved into place).
 - RANK: only in that worker (RANK of torch.distributed; the in-process worker is 0).
-- HIT: only at the HIT-th time the point is reached in that process (from 1); every time if unset.
+- HIT: only at the HIT-th time the point is reached in that process's run (from 1); every time if
+  unset.
 - ACTION: crash (SIGKILL to itself: nothing runs, as with kill -9 or a power cut), raise (an
   error, which the pipeline handles as any other), stall (SIGSTOP to itself: a hung machine).
 
-Unset, a failpoint costs one dictionary lookup.
+Failpoints act in the first start of the workers only: a worker restarted by the elastic agent
+(--max-restarts) runs as a process restarted after a transient fault would. Unset, a failpoint
+costs one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ POINTS = ("decode", "network", "encode", "commit", "send", "save", "join", "rena
 ACTIONS = ("crash", "raise", "stall")
 SPEC = re.compile(r"(?P<name>\w+)(?:/(?P<rank>\d+))?(?:@(?P<hit>\d+))?=(?P<action>\w+)")
 
-_hits: Counter[str] = Counter()
+_hits: Counter[str] = Counter()  # times each point was reached in this process's current run
 
 
 class FailpointError(VsrppError):
@@ -48,14 +51,19 @@ def parse(text: str) -> list[tuple[str, int | None, int | None, str]]:
     return rules
 
 
+def start_run() -> None:
+    """Hits count from here (a process may make several runs: tests, several inputs)."""
+    _hits.clear()
+
+
 def failpoint(name: str, rank: int = 0) -> None:
     """Reached `name`: act if VSRPP_FAILPOINTS says so."""
     text = os.environ.get("VSRPP_FAILPOINTS")
-    if not text:
+    if not text or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
     _hits[name] += 1
     for point, only_rank, hit, action in parse(text):
-        if point != name or (only_rank is not None and only_rank != rank) or (hit is not None and hit != _hits[name]):
+        if point != name or (only_rank is not None and only_rank != rank) or hit not in (None, _hits[name]):
             continue
         if action == "crash":
             os.kill(os.getpid(), signal.SIGKILL)

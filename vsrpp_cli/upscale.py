@@ -25,20 +25,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+import torch
+
+from . import __version__, failpoints
 from .checkpoint import load_model, sha256_of
 from .colour import YuvTarget
 from .coordination import POLL, Board, Watch
 from .decode import open_source
 from .encode import EncoderSettings, Muxer, VideoEncoder, container_for
 from .engine import PRECISIONS, pick_device, pick_dtype
-from .errors import ExitStatus, Interrupted, OutputError, VsrppError, WorkerError, os_error_advice
+from .errors import ExitStatus, Interrupted, OutputError, UsageError, VsrppError, WorkerError, os_error_advice
 from .failpoints import failpoint
 from .launch import Launch, failure_line, free_port, run_workers
 from .outputs import check_output, finish, partial_folder, path_bytes, temporary_path
 from .resume import RunStore, remove
 from .sizing import default_chunk, plan
-from .worker import Local, describe, elastic_main, run_here
+from .worker import InProcess, Local, describe, elastic_main
 
 
 @dataclass
@@ -102,6 +104,7 @@ def upscale(
     launch: Launch | None = None,
 ) -> Summary:
     launch = (launch or Launch()).resolved()
+    failpoints.start_run()
     if launch.node_rank > 0:
         return work_for_first_machine(source_path, output, options, launch, notice)
     started = time.perf_counter()
@@ -119,7 +122,7 @@ def upscale(
     source = open_source(source_path, options.deinterlace, tell)
     info = source.info
     shared = launch.processes > 1
-    device = pick_device("cpu" if shared and options.device == "cpu" else "auto" if shared else options.device)
+    device = workers_device(options.device, launch) if shared else pick_device(options.device)
     dtype = pick_dtype(options.precision, device)
     summary.device, summary.precision = str(device), next(n for n, v in PRECISIONS.items() if v == dtype)
     model = load_model(options.weights)
@@ -188,7 +191,7 @@ def upscale(
         raise
     store.remove()
     summarise(summary, reports, len(committed) * per_segment, tell)
-    summary.frames = done + sum(report["frames"] for report in reports)
+    summary.frames = writer.done
     summary.seconds = time.perf_counter() - started
     summary.output_bytes = path_bytes(output)
     return summary
@@ -200,6 +203,7 @@ class Writer:
     def __init__(self, store: RunStore, done: int, total: int | None, on_progress: Callable) -> None:
         self.store, self.done, self.total, self.on_progress = store, done, total, on_progress
         self.saved: set[int] = set()
+        self.shown = 0.0
 
     def poll(self, board: Board, world: int, watch: Watch | None = None) -> None:
         for segment in board.shipped():
@@ -209,29 +213,32 @@ class Writer:
                 self.store.save_segment(segment, files)
                 board.mark_saved(segment)
                 self.saved.add(segment)
+                self.done += self.store.segment_frame_count(segment)
         if watch is not None:
             watch.check()
-        self.on_progress(self.done + board.progress(world), self.total)
+        # A saved segment counts here before its worker clears its own count: never backwards.
+        progress = min(self.done + board.within(world), self.total or float("inf"))
+        if progress > self.shown:
+            self.shown = progress
+            self.on_progress(progress, self.total)
 
 
 def run_workers_here(job: dict, local: Local, writer: Writer, tell: Callable[[str], None]) -> list[dict]:
     """One process: the worker in a thread, the writer in this one."""
     board = Board.in_memory()
     board.publish_job(job)
-    stop = threading.Event()
-    thread = run_here(board, local, stop, tell)
+    worker = InProcess(board, local, tell)
     try:
-        while thread.is_alive():
+        while not worker.done.wait(POLL):
             writer.poll(board, 1)
-            thread.join(POLL)
         writer.poll(board, 1)
     except BaseException:
-        stop.set()
+        worker.stop.set()
         board.abort("the writer stopped")
-        thread.join()  # the worker stops at its next step
+        worker.done.wait()  # the worker stops at its next step
         raise
-    if thread.error is not None:
-        raise thread.error
+    if worker.error is not None:
+        raise worker.error
     return board.reports(1, 1)
 
 
@@ -276,6 +283,21 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
         raise failure[0]
     writer.poll(board, launch.processes)
     return board.reports(launch.processes, launch.max_restarts + 1)
+
+
+def workers_device(name: str, launch: Launch) -> torch.device:
+    """The device of a shared run's workers: the CPU, or CUDA with one GPU per worker."""
+    if name.startswith("cuda:"):
+        raise UsageError(
+            f"--device {name}: with {launch.nproc} workers each takes a GPU of its own; give --device cuda"
+        )
+    device = pick_device(name)
+    if device.type == "cuda" and torch.cuda.device_count() < launch.nproc:
+        raise UsageError(
+            f"--nproc-per-node {launch.nproc}: only {torch.cuda.device_count()} CUDA device(s) here; give --device "
+            "cpu to use processes"
+        )
+    return torch.device(device.type)
 
 
 def work_for_first_machine(source_path: Path, output: Path, options: Options, launch: Launch, notice) -> Summary:

@@ -58,21 +58,27 @@ class Local:
 
 
 # ----------------------------------------------------------------------------- entry points
-def run_here(board: Board, local: Local, stop: threading.Event, notice: Callable[[str], None]) -> threading.Thread:
-    """The in-process worker (rank 0 of 1), in a thread; its error is kept for the writer."""
+class InProcess:
+    """The in-process worker (rank 0 of 1), in a thread. `done` is set when it ends, `error` is
+    what it failed with: an Event, since a Thread.join interrupted by a signal can leave the
+    thread reported as ended while it runs on (CPython's _wait_for_tstate_lock)."""
 
-    def main() -> None:
+    def __init__(self, board: Board, local: Local, notice: Callable[[str], None]) -> None:
+        self.stop, self.done = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, args=(board, local, notice), daemon=True,
+                                       name="vsrpp-worker")  # fmt: skip
+        self.thread.start()
+
+    def _main(self, board: Board, local: Local, notice: Callable[[str], None]) -> None:
         try:
-            Worker(board, local, rank=0, world=1, round_=0, stop=stop, notice=notice).run()
+            Worker(board, local, rank=0, world=1, round_=0, stop=self.stop, notice=notice).run()
         except AbortError:
             pass
         except BaseException as error:  # the writer raises it as it was
-            thread.error = error  # type: ignore[attr-defined]
-
-    thread = threading.Thread(target=main, daemon=True, name="vsrpp-worker")
-    thread.error = None  # type: ignore[attr-defined]
-    thread.start()
-    return thread
+            self.error = error
+        finally:
+            self.done.set()
 
 
 def elastic_main(host: str, port: int, launcher: int, local: Local) -> None:
@@ -136,6 +142,7 @@ class Worker:
         self.options = options = job["options"]
         self.notices: list[str] = []
         self.notice = notice
+        self.segment_frames = 0  # of the open segment, done so far
         self.source = open_source(Path(local.source), options["deinterlace"])
         check_same_input(self.source, local, job)
         self.info = self.source.info
@@ -170,10 +177,13 @@ class Worker:
 
     def run(self) -> None:
         began = time.perf_counter()
-        for segment in self.claims():
-            if not self.run_segment(segment):
-                break
-            self.stats["segments"] += 1
+        try:
+            for segment in self.claims():
+                if not self.run_segment(segment):
+                    break
+                self.stats["segments"] += 1
+        finally:
+            self.reader.close()  # the decode thread ends and the input is closed, now (not at exit)
         self.stats.update(
             seconds=round(time.perf_counter() - began, 3),
             peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -201,14 +211,12 @@ class Worker:
         indices = range(first, first + self.per_segment)
         writer = SegmentWriter(self.new_segment)
         try:
-            frames = 0
+            self.segment_frames = frames = 0
             for window, upscaled in self.upscaled_windows(indices):
                 for frame, image in zip(window.items[window.keep], upscaled, strict=True):
                     writer.put(image, frame.pts)
-                kept = window.keep.stop - window.keep.start
-                frames += kept
-                self.board.add_frames(kept)
-                self.board.set_within(self.rank, 0.0)
+                self.segment_frames = frames = frames + window.keep.stop - window.keep.start
+                self.board.set_within(self.rank, frames)
             if not frames:
                 return False
             files = writer.finish()
@@ -219,6 +227,7 @@ class Worker:
         self.board.send(segment, files)
         failpoint("send", self.rank)
         self.board.wait_saved(segment)
+        self.board.set_within(self.rank, 0)
         self.spool.drop_windows(indices)
         self.stats["frames"] += frames
         return True
@@ -237,7 +246,7 @@ class Worker:
             def within(fraction: float) -> None:  # progress moves during the window; a stop stops it
                 if self.stop.is_set():
                     raise AbortError("stopped")
-                self.board.set_within(self.rank, fraction * kept)
+                self.board.set_within(self.rank, self.segment_frames + fraction * kept)
 
             upscaled_windows = self.engine.upscale_many(runs, self.info.bit_depth, self.target, within)
             failpoint("network", self.rank)
@@ -480,4 +489,4 @@ def in_background(items: Iterator, maxsize: int = QUEUE_FRAMES) -> Iterator:
         thread.join()
 
 
-__all__ = ["Local", "Worker", "elastic_main", "run_here"]
+__all__ = ["InProcess", "Local", "Worker", "elastic_main"]
