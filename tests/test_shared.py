@@ -192,22 +192,22 @@ def test_a_killed_launcher_leaves_no_worker(tmp_path, weights, clip):
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
     partial = tmp_path / ".out.mp4.vsrpp-partial"
     workers: list[int] = []
-    while len(workers) < 2:
-        assert launcher.poll() is None, launcher.communicate()
-        workers = children(launcher.pid)
-    while not list(partial.glob("segment_*.json")):
-        assert launcher.poll() is None, launcher.communicate()
-    launcher.kill()
-    launcher.wait()
+    try:
+        while len(workers) < 2:
+            assert launcher.poll() is None, launcher.communicate()
+            workers = children(launcher.pid)
+        while not list(partial.glob("segment_*.json")):
+            assert launcher.poll() is None, launcher.communicate()
+    finally:
+        launcher.kill()
+        launcher.wait()
     for pid in workers:
         assert wait_gone(pid), f"worker {pid} outlived its launcher"
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
+    """Processes started by the main thread of `pid` (the elastic agent starts its workers there)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def wait_gone(pid: int) -> bool:

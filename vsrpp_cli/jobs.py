@@ -23,10 +23,13 @@ def run_jobs(
     N workers on each input, not one input per GPU). A failing file is reported and the others
     go on."""
 
+    launch = (launch or Launch()).resolved()
+
     def run_one(number: int) -> Summary | Exception:
         source, target = jobs[number]
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if launch.node_rank == 0:  # the other machines write nothing there
+                target.parent.mkdir(parents=True, exist_ok=True)
             return upscale(source, target, options, lambda d, t: on_progress(number, d, t), notice, launch)
         except VsrppError as error:
             if len(jobs) == 1:

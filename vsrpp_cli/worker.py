@@ -18,6 +18,7 @@ import dataclasses
 import os
 import queue
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -163,7 +164,8 @@ class Worker:
         settings = EncoderSettings(job["container_format"], options["codec"], options["crf"], options["preset"],
                                    options["pix_fmt"])  # fmt: skip
         self.new_segment = segment_maker(settings, self.info, size)
-        self.spool = Spool(Path(local.spool) if Path(local.spool).is_dir() else spool_folder(job["run_id"]))
+        self.own_spool = not Path(local.spool).is_dir()
+        self.spool = Spool(spool_folder(job["run_id"]) if self.own_spool else Path(local.spool))
         self.reader = FrameReader(self.source, options["colour"] == "device", job["times"], 2 * self.overlap)
         self.stats: dict[str, Any] = {"rank": rank, "device": str(self.device), "batch": batch, "segments": 0,
                                       "windows": 0, "windows_resumed": 0, "frames": 0, "seconds": 0.0}  # fmt: skip
@@ -184,6 +186,8 @@ class Worker:
                 self.stats["segments"] += 1
         finally:
             self.reader.close()  # the decode thread ends and the input is closed, now (not at exit)
+        if self.own_spool and not self.spool.stored_windows():
+            shutil.rmtree(self.spool.folder, ignore_errors=True)
         self.stats.update(
             seconds=round(time.perf_counter() - began, 3),
             peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
