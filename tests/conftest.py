@@ -68,3 +68,28 @@ def official_checkpoint(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+# ----------------------------------------------------------------------------- the failpoint matrix
+@pytest.fixture(scope="session")
+def fault_weights(official_checkpoint) -> Path:
+    return official_checkpoint(8, 1, True, seed=5)[0]
+
+
+@pytest.fixture(scope="session")
+def fault_clip(tmp_path_factory) -> Path:
+    """12 frames with stereo audio: 3 segments of 2 windows with faults.WINDOWS."""
+    return encode_video(tmp_path_factory.mktemp("clip") / "in.mp4", moving_scene(12, 32, 48), audio_channels=2)
+
+
+@pytest.fixture(scope="session")
+def fault_reference(tmp_path_factory, fault_weights, fault_clip) -> Path:
+    """The clip upscaled uninterrupted, in one process with one thread (as every worker runs)."""
+    from faults import WINDOWS
+    from harness import run_vsrpp
+
+    path = tmp_path_factory.mktemp("reference") / "full.mp4"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        assert run_vsrpp("upscale", fault_clip, path, "--weights", fault_weights, *WINDOWS).returncode == 0
+    return path

@@ -9,6 +9,7 @@ killed with kill -9 leaves no worker holding a GPU.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 from .errors import UsageError
 
+LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing.spawn", "torch.distributed.launcher")
 SHUTDOWN_SECONDS = 5  # SIGTERM to SIGKILL when the agent stops its workers
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -91,12 +93,19 @@ def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any) -> None:
         shutdown_timeout=SHUTDOWN_SECONDS,
     )
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    # The agent logs each failure as a traceback; the caller says it in one line.
+    quiet = [logging.getLogger(name) for name in LAUNCHER_LOGGERS]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
     try:
         elastic_launch(config, entry)(*args)
     finally:
         for number, handler in handlers.items():
             if handler is not None:
                 signal.signal(number, handler)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
 
 
 def failure_line(error: BaseException) -> str:

@@ -204,6 +204,7 @@ class Writer:
         self.store, self.done, self.total, self.on_progress = store, done, total, on_progress
         self.saved: set[int] = set()
         self.shown = 0.0
+        self.lock = threading.Lock()
 
     def poll(self, board: Board, world: int, watch: Watch | None = None) -> None:
         for segment in board.shipped():
@@ -216,18 +217,23 @@ class Writer:
                 self.done += self.store.segment_frame_count(segment)
         if watch is not None:
             watch.check()
-        # A saved segment counts here before its worker clears its own count: never backwards.
-        progress = min(self.done + board.within(world), self.total or float("inf"))
-        if progress > self.shown:
-            self.shown = progress
-            self.on_progress(progress, self.total)
+        self.show_progress(board, world)
+
+    def show_progress(self, board: Board, world: int) -> None:
+        """From the writer's polls, and from the in-process worker at every propagation step."""
+        with self.lock:
+            # A saved segment counts here before its worker clears its own count: never backwards.
+            progress = min(self.done + board.within(world), self.total or float("inf"))
+            if progress > self.shown:
+                self.shown = progress
+                self.on_progress(progress, self.total)
 
 
 def run_workers_here(job: dict, local: Local, writer: Writer, tell: Callable[[str], None]) -> list[dict]:
     """One process: the worker in a thread, the writer in this one."""
     board = Board.in_memory()
     board.publish_job(job)
-    worker = InProcess(board, local, tell)
+    worker = InProcess(board, local, tell, lambda: writer.show_progress(board, 1))
     try:
         while not worker.done.wait(POLL):
             writer.poll(board, 1)

@@ -64,16 +64,16 @@ class InProcess:
     what it failed with: an Event, since a Thread.join interrupted by a signal can leave the
     thread reported as ended while it runs on (CPython's _wait_for_tstate_lock)."""
 
-    def __init__(self, board: Board, local: Local, notice: Callable[[str], None]) -> None:
+    def __init__(self, board: Board, local: Local, notice: Callable[[str], None], moved: Callable[[], None]) -> None:
         self.stop, self.done = threading.Event(), threading.Event()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, args=(board, local, notice), daemon=True,
+        self.thread = threading.Thread(target=self._main, args=(board, local, notice, moved), daemon=True,
                                        name="vsrpp-worker")  # fmt: skip
         self.thread.start()
 
-    def _main(self, board: Board, local: Local, notice: Callable[[str], None]) -> None:
+    def _main(self, board: Board, local: Local, notice: Callable[[str], None], moved: Callable[[], None]) -> None:
         try:
-            Worker(board, local, rank=0, world=1, round_=0, stop=self.stop, notice=notice).run()
+            Worker(board, local, 0, 1, 0, stop=self.stop, notice=notice, moved=moved).run()
         except AbortError:
             pass
         except BaseException as error:  # the writer raises it as it was
@@ -136,13 +136,14 @@ class Worker:
         round_: int,
         stop: threading.Event | None = None,
         notice: Callable[[str], None] | None = None,
+        moved: Callable[[], None] = lambda: None,
     ) -> None:
         self.board, self.rank, self.world, self.round = board, rank, world, round_
         self.stop = stop or threading.Event()
         self.job = job = board.job()
         self.options = options = job["options"]
         self.notices: list[str] = []
-        self.notice = notice
+        self.notice, self.moved = notice, moved  # moved: its progress changed (the writer shows it)
         self.segment_frames = 0  # of the open segment, done so far
         self.source = open_source(Path(local.source), options["deinterlace"])
         check_same_input(self.source, local, job)
@@ -221,6 +222,7 @@ class Worker:
                     writer.put(image, frame.pts)
                 self.segment_frames = frames = frames + window.keep.stop - window.keep.start
                 self.board.set_within(self.rank, frames)
+                self.moved()
             if not frames:
                 return False
             files = writer.finish()
@@ -251,6 +253,7 @@ class Worker:
                 if self.stop.is_set():
                     raise AbortError("stopped")
                 self.board.set_within(self.rank, self.segment_frames + fraction * kept)
+                self.moved()
 
             upscaled_windows = self.engine.upscale_many(runs, self.info.bit_depth, self.target, within)
             failpoint("network", self.rank)

@@ -1,0 +1,31 @@
+"""What the failpoint tests share (test_faults.py, test_faults_shared.py): the windows, the
+exact-resume check, the one-line check. Their clip, checkpoint and reference are conftest's
+fault_* fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from harness import run_vsrpp
+from media import probe, read_frames
+
+WINDOWS = ["--chunk-frames", "2", "--chunk-overlap", "1", "--segment-frames", "4", "-q"]  # 3 segments of 2 windows
+
+
+def resumes_exactly(output: Path, reference: Path, weights: Path, clip: Path, *launch: str) -> dict:
+    """`--resume` completes the run: the reference's frames, times and audio, nothing else left."""
+    assert not output.exists()
+    resumed = run_vsrpp("upscale", clip, output, "--weights", weights, *WINDOWS, *launch, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert np.array_equal(read_frames(output), read_frames(reference))
+    assert probe(output) == probe(reference)
+    assert sorted(p.name for p in output.parent.iterdir()) == [output.name]
+    return json.loads(resumed.stdout)
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]

@@ -1,0 +1,65 @@
+"""The failpoint matrix for two worker processes (test_faults.py has one process's): a worker
+killed at each of its points, the writer failing at each of its own; then `--resume` gives the
+frames, times and audio of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from faults import WINDOWS, one_line, resumes_exactly
+from harness import run_vsrpp
+from media import probe, read_frames
+
+WORKER_POINTS = ("decode", "network", "encode", "commit", "send")
+WRITER_POINTS = ("save", "join", "rename")
+TWO = ["--nproc-per-node", "2", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread_each(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same arithmetic in every process (test_shared.py)
+
+
+@pytest.mark.parametrize("point", WORKER_POINTS)
+def test_two_workers_one_killed_at_each_point(tmp_path, monkeypatch, fault_weights, fault_clip, fault_reference, point):
+    """Worker 1 killed at the point: the agent stops worker 0, the run stops with one line, and
+    --resume (one process for some points, two for others) completes it."""
+    monkeypatch.setenv("VSRPP_FAILPOINTS", f"{point}/1@1=crash")
+    output = tmp_path / "out.mp4"
+    failed = run_vsrpp("upscale", fault_clip, output, "--weights", fault_weights, *WINDOWS, *TWO)
+    assert failed.returncode == 1
+    line = one_line(failed.stderr)
+    assert "worker 1" in line and "signal 9" in line and "--resume" in line
+    monkeypatch.delenv("VSRPP_FAILPOINTS")
+    resumes_exactly(output, fault_reference, fault_weights, fault_clip, *(TWO if point in ("encode", "send") else ()))
+
+
+@pytest.mark.parametrize("point", WRITER_POINTS)
+def test_two_workers_the_writer_failing_at_each_point(
+    tmp_path, monkeypatch, fault_weights, fault_clip, fault_reference, point
+):
+    monkeypatch.setenv("VSRPP_FAILPOINTS", f"{point}@{1 if point != 'save' else 2}=raise")
+    output = tmp_path / "out.mp4"
+    failed = run_vsrpp("upscale", fault_clip, output, "--weights", fault_weights, *WINDOWS, *TWO)
+    assert failed.returncode == 1
+    assert f"failpoint {point}" in one_line(failed.stderr)
+    monkeypatch.delenv("VSRPP_FAILPOINTS")
+    resumes_exactly(output, fault_reference, fault_weights, fault_clip)
+
+
+def test_a_killed_worker_restarted_by_the_agent_finishes_the_run(
+    tmp_path, monkeypatch, fault_weights, fault_clip, fault_reference
+):
+    """--max-restarts: the killed worker's segment is taken again in the next round."""
+    monkeypatch.setenv("VSRPP_FAILPOINTS", "commit/1@1=crash")
+    output = tmp_path / "out.mp4"
+    result = run_vsrpp(
+        "upscale", fault_clip, output, "--weights", fault_weights, *WINDOWS, *TWO, "--max-restarts", "1", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(read_frames(output), read_frames(fault_reference))
+    assert probe(output) == probe(fault_reference)
+    facts = json.loads(result.stdout)
+    assert facts["frames"] == 12 and {w["rank"] for w in facts["workers"]} == {0, 1}  # round 1 reported
