@@ -252,6 +252,14 @@ class VideoEncoder:
         )
 
 
+def muxer_target(settings: EncoderSettings, info: VideoInfo, size: tuple[int, int]) -> YuvTarget | None:
+    encoder = VideoEncoder(settings, info, size)
+    try:
+        return encoder.planes_target
+    finally:
+        encoder.close()
+
+
 @dataclass(frozen=True)
 class StoredPacket:
     """A compressed video packet's facts, kept with a segment (its bytes are stored apart)."""

@@ -3,8 +3,10 @@ temporary file beside it, and the final move into place."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 from .encode import container_for
@@ -57,3 +59,20 @@ def path_bytes(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.iterdir())
     return path.stat().st_size
+
+
+def join_frame_segments(segments: list[Path], folder: Path) -> None:
+    """The frames of every segment, numbered on from one segment to the next, into `folder`, as
+    links (copies where links fail): the segments stay whole until the output is in place, so an
+    interruption here loses nothing."""
+    count = 0
+    for segment in segments:
+        for frame in sorted(segment.iterdir()):
+            target = folder / f"{count:08d}{frame.suffix}"
+            try:
+                os.link(frame, target)
+            except OSError:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+                shutil.copyfile(frame, target)
+            count += 1

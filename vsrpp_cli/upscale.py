@@ -13,34 +13,29 @@ the c10d store (coordination.py); the workers are worker.py.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import __version__, failpoints
 from .checkpoint import load_model, sha256_of
 from .colour import YuvTarget
-from .coordination import POLL, Board, Watch
 from .decode import open_source
-from .encode import EncoderSettings, Muxer, VideoEncoder, container_for
+from .encode import EncoderSettings, Muxer, container_for, muxer_target
 from .engine import PRECISIONS, pick_device, pick_dtype
-from .errors import ExitStatus, Interrupted, OutputError, UsageError, VsrppError, WorkerError, os_error_advice
+from .errors import OutputError, VsrppError, WorkerError, os_error_advice
 from .failpoints import failpoint
-from .launch import Launch, failure_line, free_port, run_workers
-from .outputs import check_output, finish, partial_folder, path_bytes, temporary_path
+from .launch import Launch
+from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
 from .resume import RunStore, remove
 from .sizing import default_chunk, plan
-from .worker import InProcess, Local, describe, elastic_main
+from .worker import Local
+from .writer import Writer, run_shared, run_workers_here, work_for_first_machine, workers_device
 
 
 @dataclass
@@ -106,7 +101,10 @@ def upscale(
     launch = (launch or Launch()).resolved()
     failpoints.start_run()
     if launch.node_rank > 0:
-        return work_for_first_machine(source_path, output, options, launch, notice)
+        notice(f"working for the first machine ({launch.host}); it writes {output.name}")
+        work_for_first_machine(Local(str(source_path), str(options.weights), str(partial_folder(output)),
+                                     options.device), launch)  # fmt: skip
+        return Summary(str(source_path), str(output))
     started = time.perf_counter()
     if output.exists() and source_path.exists() and output.resolve() == source_path.resolve():
         raise OutputError(f"{output} is the input itself; choose another output")
@@ -197,131 +195,6 @@ def upscale(
     return summary
 
 
-class Writer:
-    """Stores the segments the workers send, reports progress, and watches the workers."""
-
-    def __init__(self, store: RunStore, done: int, total: int | None, on_progress: Callable) -> None:
-        self.store, self.done, self.total, self.on_progress = store, done, total, on_progress
-        self.saved: set[int] = set()
-        self.shown = 0.0
-        self.lock = threading.Lock()
-
-    def poll(self, board: Board, world: int, watch: Watch | None = None) -> None:
-        for segment in board.shipped():
-            if segment not in self.saved:
-                files = board.take(segment)
-                failpoint("save")
-                self.store.save_segment(segment, files)
-                board.mark_saved(segment)
-                self.saved.add(segment)
-                self.done += self.store.segment_frame_count(segment)
-        if watch is not None:
-            watch.check()
-        self.show_progress(board, world)
-
-    def show_progress(self, board: Board, world: int) -> None:
-        """From the writer's polls, and from the in-process worker at every propagation step."""
-        with self.lock:
-            # A saved segment counts here before its worker clears its own count: never backwards.
-            progress = min(self.done + board.within(world), self.total or float("inf"))
-            if progress > self.shown:
-                self.shown = progress
-                self.on_progress(progress, self.total)
-
-
-def run_workers_here(job: dict, local: Local, writer: Writer, tell: Callable[[str], None]) -> list[dict]:
-    """One process: the worker in a thread, the writer in this one."""
-    board = Board.in_memory()
-    board.publish_job(job)
-    worker = InProcess(board, local, tell, lambda: writer.show_progress(board, 1))
-    try:
-        while not worker.done.wait(POLL):
-            writer.poll(board, 1)
-        writer.poll(board, 1)
-    except BaseException:
-        worker.stop.set()
-        board.abort("the writer stopped")
-        worker.done.wait()  # the worker stops at its next step
-        raise
-    if worker.error is not None:
-        raise worker.error
-    return board.reports(1, 1)
-
-
-def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[dict]:
-    """Worker processes on this machine (and others), the writer in a thread of this one."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
-    port = launch.port + 1 if launch.nnodes > 1 else free_port()
-    board = Board.serve(port)
-    board.publish_job(job)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        watch = Watch(board, launch.processes)
-        try:
-            while not stop.is_set():
-                writer.poll(board, launch.processes, watch)
-                stop.wait(POLL)
-        except BaseException as error:  # every worker stops; the launcher then reports this
-            failure.append(error)
-            board.abort(describe(error))
-
-    thread = threading.Thread(target=serve, daemon=True, name="vsrpp-writer")
-    thread.start()
-    host = launch.host if launch.nnodes > 1 else "127.0.0.1"
-    try:
-        run_workers(launch, elastic_main, host, port, os.getpid(), local)
-    except SignalException as signal_:
-        raise Interrupted(ExitStatus.INTERRUPTED if signal_.sigval == 2 else ExitStatus.TERMINATED) from None
-    except Exception as error:
-        if type(error).__name__ != "ChildFailedError":
-            raise
-        if failure:
-            raise failure[0] from None
-        why = board.error() or failure_line(error)
-        raise WorkerError(f"{why}; the segments finished so far are kept: run the same command with --resume") from None
-    finally:
-        stop.set()
-        thread.join()
-    if failure:
-        raise failure[0]
-    writer.poll(board, launch.processes)
-    return board.reports(launch.processes, launch.max_restarts + 1)
-
-
-def workers_device(name: str, launch: Launch) -> torch.device:
-    """The device of a shared run's workers: the CPU, or CUDA with one GPU per worker."""
-    if name.startswith("cuda:"):
-        raise UsageError(
-            f"--device {name}: with {launch.nproc} workers each takes a GPU of its own; give --device cuda"
-        )
-    device = pick_device(name)
-    if device.type == "cuda" and torch.cuda.device_count() < launch.nproc:
-        raise UsageError(
-            f"--nproc-per-node {launch.nproc}: only {torch.cuda.device_count()} CUDA device(s) here; give --device "
-            "cpu to use processes"
-        )
-    return torch.device(device.type)
-
-
-def work_for_first_machine(source_path: Path, output: Path, options: Options, launch: Launch, notice) -> Summary:
-    """Machines other than the first run workers only; the first writes the output."""
-    if not source_path.exists():
-        raise OutputError(f"{source_path}: no such input on this machine; every machine needs it at the same path")
-    summary = Summary(str(source_path), str(output))
-    local = Local(str(source_path), str(options.weights), str(partial_folder(output)), options.device)
-    notice(f"working for the first machine ({launch.host}); it writes {output.name}")
-    try:
-        run_workers(launch, elastic_main, launch.host, launch.port + 1, os.getpid(), local)
-    except Exception as error:
-        if type(error).__name__ != "ChildFailedError":
-            raise
-        raise WorkerError(f"{failure_line(error)}; the first machine says why and keeps what is finished") from None
-    return summary
-
-
 def summarise(summary: Summary, reports: list[dict], resumed: int, tell: Callable[[str], None]) -> None:
     summary.windows_resumed = resumed + sum(r["windows_resumed"] for r in reports)
     summary.fp32_fallbacks = sum(r["fp32_fallbacks"] for r in reports)
@@ -381,31 +254,6 @@ def fingerprint(
         "strength": options.strength,
         "vsrpp": __version__,
     }
-
-
-def muxer_target(settings: EncoderSettings, info: Any, size: tuple[int, int]) -> YuvTarget | None:
-    encoder = VideoEncoder(settings, info, size)
-    try:
-        return encoder.planes_target
-    finally:
-        encoder.close()
-
-
-def join_frame_segments(segments: list[Path], folder: Path) -> None:
-    """The frames of every segment, numbered on from one segment to the next, into `folder`, as
-    links (copies where links fail): the segments stay whole until the output is in place, so an
-    interruption here loses nothing."""
-    count = 0
-    for segment in segments:
-        for frame in sorted(segment.iterdir()):
-            target = folder / f"{count:08d}{frame.suffix}"
-            try:
-                os.link(frame, target)
-            except OSError:
-                with contextlib.suppress(FileNotFoundError):
-                    target.unlink()
-                shutil.copyfile(frame, target)
-            count += 1
 
 
 __all__ = ["Options", "Summary", "VsrppError", "upscale"]
