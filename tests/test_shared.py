@@ -134,13 +134,18 @@ def test_claims_go_to_one_worker_each_round():
 
 
 def test_segments_travel_whole():
-    files = {"packets": bytes(range(256)) * 3, "index.json": b'{"packets": []}', "empty": b""}
+    """Over a real TCPStore, whose values are 8 MiB at most: a 20 MB segment goes in parts."""
+    files = {"packets": np.random.default_rng(0).bytes(20 << 20), "index.json": b'{"packets": []}', "empty": b""}
     assert unpack(pack(files)) == files
-    board = Board.in_memory()
-    board.send(5, files)
-    board.send(2, {"a": b"x"})
-    assert board.shipped() == [5, 2]
-    assert board.take(5) == files
+    port = free_port()
+    writer = Board.serve(port)
+    worker = Board.connect("127.0.0.1", port)
+    worker.send(5, files)
+    worker.send(2, {"a": b"x"})
+    assert worker.shipped() == [5, 2]  # answered on the worker's connection: everything it sent has arrived
+    assert writer.shipped() == [5, 2]
+    assert writer.take(5) == files and writer.take(2) == {"a": b"x"}
+    assert writer.store.num_keys() == 1  # "shipped": every part was taken
 
 
 def test_a_silent_worker_is_noticed_by_the_writers_clock(monkeypatch):

@@ -8,7 +8,8 @@ atomic on the store's server; nothing goes through file names or file times.
 Keys:
   job                      the run as every worker must do it (JSON, published first)
   claim/<round>/<segment>  the worker that took the segment in this round (compare_set: one wins)
-  segment/<i>, shipped     a finished segment's files, and the list of those sent
+  segment/<i>[/<part>]     a finished segment's files, in parts (the part count last)
+  shipped                  the segments sent, in the order they were
   saved/<i>                the writer has it on disk (fsynced): the worker may forget it
   within/<rank>            progress: frames of the worker's open segment done so far
   beat/<rank>, left/<rank> signs of life (a counter, compared with the writer's own clock only)
@@ -36,6 +37,7 @@ POLL = 0.05  # seconds between looks at the store
 CONNECT_SECONDS = 300.0  # a worker waits this long for the writer's store to answer
 SAVE_SECONDS = 600.0  # a worker waits this long for the writer to store a segment it sent
 HEARTBEAT = 2.0  # seconds between a worker's signs of life
+PART_BYTES = 4 << 20  # a segment travels in values of this size (libuv TCPStore's limit: 8 MiB a value)
 
 
 def silent_seconds() -> float:
@@ -84,7 +86,12 @@ class Board:
 
     # --------------------------------------------------------------------- segments
     def send(self, segment: int, files: dict[str, bytes]) -> None:
-        self.store.set(f"segment/{segment}", pack(files))
+        """In parts (the TCPStore takes values of 8 MiB at most), the part count last."""
+        blob = pack(files)
+        parts = range(0, max(1, len(blob)), PART_BYTES)
+        for number, offset in enumerate(parts):
+            self.store.set(f"segment/{segment}/{number}", blob[offset : offset + PART_BYTES])
+        self.store.set(f"segment/{segment}", str(len(parts)))
         self.store.append("shipped", f"{segment} ")
 
     def wait_saved(self, segment: int) -> None:
@@ -108,8 +115,10 @@ class Board:
         return [int(word) for word in self.store.get("shipped").split()]
 
     def take(self, segment: int) -> dict[str, bytes]:
-        files = unpack(self.store.get(f"segment/{segment}"))
-        self.store.delete_key(f"segment/{segment}")
+        keys = [f"segment/{segment}/{number}" for number in range(int(self.store.get(f"segment/{segment}")))]
+        files = unpack(b"".join(self.store.get(key) for key in keys))
+        for key in [*keys, f"segment/{segment}"]:
+            self.store.delete_key(key)
         return files
 
     def mark_saved(self, segment: int) -> None:

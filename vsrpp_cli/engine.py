@@ -146,6 +146,8 @@ class Engine:
             return torch.cat([frames_to_tensor(frames, self.device, dtype) for frames in windows])
 
         clip = clips(self.dtype)
+        if self.strength == 0.0:  # the enlarged source alone: nothing of the network's would be kept
+            return self.model.skip(clip)
         out = self._run_fitting_memory(clip, mirrored)
         if self.dtype != torch.float32 and not torch.isfinite(out).all():  # no scan in fp32
             self.fp32_fallbacks += 1

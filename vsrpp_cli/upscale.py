@@ -81,6 +81,7 @@ class Summary:
     lost: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)  # each worker's segments, frames and fps
+    timings: dict[str, float] = field(default_factory=dict)  # the writer's: saving segments, joining them
 
     @property
     def fps(self) -> float:
@@ -171,6 +172,7 @@ def upscale(
         if not expected <= store.closed_segments():
             raise WorkerError("the workers ended with segments missing; run the same command with --resume")
         failpoint("join")
+        joining = time.perf_counter()
         if muxer is not None:
             muxer.mux(store.video_segments())
             muxer.close()
@@ -178,6 +180,12 @@ def upscale(
             join_frame_segments(store.frame_segments(), temporary)
         failpoint("rename")
         finish(temporary, output)
+        summary.timings = {
+            "seconds_saving": round(writer.seconds_saving, 4),
+            "segments_saved": len(writer.saved),
+            "seconds_joining": round(time.perf_counter() - joining, 4),
+            "segments": len(store.closed_segments()),
+        }
     except OSError as error:
         cleanup(muxer, temporary, store, notice)
         advice = os_error_advice(error, output.parent, f"{output.name} or its finished segments")

@@ -168,8 +168,10 @@ class Worker:
         self.own_spool = not Path(local.spool).is_dir()
         self.spool = Spool(spool_folder(job["run_id"]) if self.own_spool else Path(local.spool))
         self.reader = FrameReader(self.source, options["colour"] == "device", job["times"], 2 * self.overlap)
-        self.stats: dict[str, Any] = {"rank": rank, "device": str(self.device), "batch": batch, "segments": 0,
-                                      "windows": 0, "windows_resumed": 0, "frames": 0, "seconds": 0.0}  # fmt: skip
+        self.stats: dict[str, Any] = {
+            "rank": rank, "device": str(self.device), "batch": batch, "segments": 0, "windows": 0,
+            "windows_resumed": 0, "frames": 0, "seconds": 0.0, "seconds_sending": 0.0, "bytes_sent": 0,
+        }  # fmt: skip
 
     def tell(self, message: str) -> None:
         """Said at once in one process; a worker process's notices come with its report."""
@@ -191,6 +193,7 @@ class Worker:
             shutil.rmtree(self.spool.folder, ignore_errors=True)
         self.stats.update(
             seconds=round(time.perf_counter() - began, 3),
+            seconds_sending=round(self.stats["seconds_sending"], 4),
             peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             fp32_fallbacks=self.engine.fp32_fallbacks,
             tile=self.engine.tile,
@@ -230,9 +233,12 @@ class Worker:
             writer.abort()
         failpoint("encode", self.rank)
         failpoint("commit", self.rank)
+        began = time.perf_counter()
         self.board.send(segment, files)
         failpoint("send", self.rank)
         self.board.wait_saved(segment)
+        self.stats["seconds_sending"] += time.perf_counter() - began  # until the writer has it on disk
+        self.stats["bytes_sent"] += sum(map(len, files.values()))
         self.board.set_within(self.rank, 0)
         self.spool.drop_windows(indices)
         self.stats["frames"] += frames

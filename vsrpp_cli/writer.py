@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,15 +27,18 @@ class Writer:
     def __init__(self, store: RunStore, done: int, total: int | None, on_progress: Callable) -> None:
         self.store, self.done, self.total, self.on_progress = store, done, total, on_progress
         self.saved: set[int] = set()
+        self.seconds_saving = 0.0  # taking sent segments from the store and committing them
         self.shown = 0.0
         self.lock = threading.Lock()
 
     def poll(self, board: Board, world: int, watch: Watch | None = None) -> None:
         for segment in board.shipped():
             if segment not in self.saved:
+                began = time.perf_counter()
                 files = board.take(segment)
                 failpoint("save")
                 self.store.save_segment(segment, files)
+                self.seconds_saving += time.perf_counter() - began
                 board.mark_saved(segment)
                 self.saved.add(segment)
                 self.done += self.store.segment_frame_count(segment)
