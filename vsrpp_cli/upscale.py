@@ -34,6 +34,7 @@ from .launch import Launch
 from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
 from .resume import RunStore, remove
 from .sizing import default_chunk, plan
+from .threads import threads_per_process
 from .worker import Local
 from .writer import Writer, run_shared, run_workers_here, work_for_first_machine, workers_device
 
@@ -104,7 +105,7 @@ def upscale(
     if launch.node_rank > 0:
         notice(f"working for the first machine ({launch.host}); it writes {output.name}")
         work_for_first_machine(Local(str(source_path), str(options.weights), str(partial_folder(output)),
-                                     options.device), launch)  # fmt: skip
+                                     options.device, threads_per_process(launch.nproc)), launch)  # fmt: skip
         return Summary(str(source_path), str(output))
     started = time.perf_counter()
     if output.exists() and source_path.exists() and output.resolve() == source_path.resolve():
@@ -166,7 +167,9 @@ def upscale(
         }
         done = sum(store.segment_frame_count(segment) for segment in committed)
         writer = Writer(store, done, total, on_progress)
-        local = Local(str(source_path), str(options.weights), str(store.folder), options.device)
+        # This machine's cores shared among its workers (oversubscribed OpenMP threads spin: threads.py).
+        threads = threads_per_process(launch.nproc)
+        local = Local(str(source_path), str(options.weights), str(store.folder), options.device, threads)
         reports = run_shared(job, local, writer, launch) if shared else run_workers_here(job, local, writer, tell)
         expected = set(range(segments)) if segments is not None else set()
         if not expected <= store.closed_segments():

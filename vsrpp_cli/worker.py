@@ -55,7 +55,7 @@ class Local:
     weights: str
     spool: str  # the run's folder, used where this machine has it (else a folder of its own)
     device: str  # "auto", "cpu", "cuda", "cuda:N"
-    threads: int = 0  # torch threads (0: this process's share of the cores)
+    threads: int  # torch threads: this process's share of the machine's cores, or OMP_NUM_THREADS
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -89,8 +89,7 @@ def elastic_main(host: str, port: int, launcher: int, local: Local) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if local.device != "cpu":
         os.environ.update(worker_environment(int(os.environ["LOCAL_RANK"]), dict(os.environ)))
-    if local.threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(local.threads))
+    os.environ["OMP_NUM_THREADS"] = str(local.threads)  # read by the Engine (threads.use_threads)
     try:
         board = Board.connect(host, port)
     except Exception as error:
