@@ -225,3 +225,34 @@ def wait_gone(pid: int) -> bool:
         if state == "Z":
             return True
         os.sched_yield()
+
+
+def test_a_hung_worker_stops_the_run(tmp_path, monkeypatch, weights, clip):
+    """A worker that stops answering (SIGSTOP: as a lost machine looks from the writer) is noticed
+    by its silence in the store; the run stops with one line, whatever the others are doing."""
+    monkeypatch.setenv("VSRPP_FAILPOINTS", "network/1@1=stall")
+    monkeypatch.setenv("VSRPP_SILENT_SECONDS", "4")
+    output = tmp_path / "out.mp4"
+    args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nproc-per-node", "2", "--device", "cpu"]
+    result = run_vsrpp(*args)
+    assert result.returncode == 1
+    assert "has not been heard from for 4 s" in result.stderr and "--resume" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not output.exists()
+
+
+def test_a_seek_that_lands_elsewhere_is_refused(clip):
+    """Workers seek by the table of frame times; a first frame that is not the one asked for is an
+    error, never a shifted window."""
+    from vsrpp_cli.decode import open_source
+    from vsrpp_cli.errors import InputError
+    from vsrpp_cli.worker import FrameReader
+
+    source = open_source(clip)
+    times = source.frame_times()
+    reader = FrameReader(source, False, times, behind=2)
+    assert [f.pts for f in reader.read(5, 8)] == times[5:8]
+    assert [f.pts for f in reader.read(6, 10)] == times[6:10]  # read on, from the frames kept
+    assert [f.pts for f in reader.read(2, 4)] == times[2:4]  # back: a seek
+    wrong = [*times[:9], times[9] + 1, *times[10:]]
+    with pytest.raises(InputError, match="seeking to frame 9 gave frame"):
+        list(FrameReader(source, False, wrong, behind=2).read(9, 12))

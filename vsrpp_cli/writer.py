@@ -4,6 +4,7 @@ shown, silent workers noticed."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -19,6 +20,8 @@ from .failpoints import failpoint
 from .launch import Launch, failure_line, free_port, run_workers
 from .resume import RunStore
 from .worker import InProcess, Local, describe, elastic_main
+
+ABORT_GRACE = 10.0  # seconds a stopped run's workers have to end before they are killed
 
 
 class Writer:
@@ -94,6 +97,7 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
         except BaseException as error:  # every worker stops; the launcher then reports this
             failure.append(error)
             board.abort(describe(error))
+            kill_workers_after_grace(stop)
 
     thread = threading.Thread(target=serve, daemon=True, name="vsrpp-writer")
     thread.start()
@@ -137,9 +141,31 @@ def work_for_first_machine(local: Local, launch: Launch) -> None:
     """Machines other than the first run workers only; the first writes the output."""
     if not Path(local.source).exists():
         raise InputError(f"{local.source}: no such input on this machine; every machine needs it at the same path")
+    ended = threading.Event()
+
+    def watch() -> None:  # the writer may stop the run while a worker here hangs
+        try:
+            board = Board.connect(launch.host, launch.port + 1)
+            while not ended.wait(POLL * 10):
+                board.check_abort()
+        except Exception:  # stopped, or the writer is gone: workers that still run are hung
+            kill_workers_after_grace(ended)
+
+    threading.Thread(target=watch, daemon=True, name="vsrpp-watch").start()
     try:
         run_workers(launch, elastic_main, launch.host, launch.port + 1, os.getpid(), local)
     except Exception as error:
         if type(error).__name__ != "ChildFailedError":
             raise
         raise WorkerError(f"{failure_line(error)}; the first machine says why and keeps what is finished") from None
+    finally:
+        ended.set()
+
+
+def kill_workers_after_grace(ended: threading.Event) -> None:
+    """Workers told to stop end within moments; one that has not after ABORT_GRACE seconds hangs
+    (a stopped process, a wedged driver) and would keep the agent waiting: SIGKILL for this
+    process's worker processes (the agent then reports the run failed)."""
+    if not ended.wait(ABORT_GRACE):
+        for process in multiprocessing.active_children():
+            process.kill()
