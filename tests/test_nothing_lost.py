@@ -419,3 +419,42 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, weights):
     result = run_vsrpp("upscale", source, "/sys/out.mp4", "--weights", weights)
     assert result.returncode == 1
     assert "no permission to write out.mp4" in one_line(result) and "/sys" in result.stderr
+
+
+@pytest.mark.parametrize("fps, step", [(None, 48000), (30, 40000)])
+def test_a_raw_stream_is_timed_from_its_frame_rate(tmp_path, weights, fps, step):
+    """A raw H.264 stream carries no timestamps: its frames are timed at its rate (25 here) or at
+    --fps, over several segments (each segment's encoder used to count from zero again)."""
+    raw = tmp_path / "in.h264"
+    with av.open(str(raw), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index, rgb in enumerate(moving_scene(10, 48, 64)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    output = tmp_path / "out.mp4"
+    args = ["upscale", raw, output, "--weights", weights, "--chunk-frames", "2", "--chunk-overlap", "1"]
+    result = run_vsrpp(*args, "--segment-frames", "4", "--json", *(["--fps", str(fps)] if fps else []))
+    assert result.returncode == 0, result.stderr
+    assert any("carry no timestamps" in notice for notice in json.loads(result.stdout)["notices"])
+    with av.open(str(output)) as container:
+        video = container.streams.video[0]
+        assert video.time_base == Fraction(1, 1200000)  # the raw stream's
+        assert [frame.pts for frame in container.decode(video)] == [index * step for index in range(10)]
+
+
+def test_an_rgba_frame_folder_says_its_alpha_is_dropped(tmp_path, weights):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, rgb in enumerate(moving_scene(2, 48, 64)):
+        rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
+        with av.open(str(folder / f"{index}.png"), "w", format="image2") as container:
+            stream = container.add_stream("png", rate=1)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "rgba"
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")))
+            container.mux(stream.encode())
+    result = run_vsrpp("upscale", folder, tmp_path / "out.mp4", "--weights", weights, "--json")
+    assert result.returncode == 0, result.stderr
+    assert any("alpha channel" in notice for notice in json.loads(result.stdout)["notices"])

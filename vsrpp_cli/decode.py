@@ -92,9 +92,16 @@ class DecodeReport:
 class Source:
     """One input. `frames()` streams; nothing is held beyond the frame being converted."""
 
-    def __init__(self, path: Path, deinterlace: str = "off", notice: Callable[[str], None] = lambda m: None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        deinterlace: str = "off",
+        notice: Callable[[str], None] = lambda m: None,
+        fps: float | None = None,
+    ) -> None:
         self.path = path
         self.deinterlace, self.notice = deinterlace, notice
+        self.fps = Fraction(fps).limit_denominator(1001) if fps else None  # for frames that carry no time
         self.report = DecodeReport()
         if path.is_dir():
             self.files = frame_files(path)
@@ -152,7 +159,9 @@ class Source:
         first = read_image(self.files[0])
         h, w = first.shape[:2]
         depth = 16 if first.dtype == np.uint16 else 8
-        return VideoInfo(w, h, Fraction(1, 25), Fraction(25), len(self.files), depth, *RGB_SOURCE_YUV)
+        rate = self.fps or Fraction(25)
+        alpha = _has_alpha(self.files[0])
+        return VideoInfo(w, h, 1 / rate, rate, len(self.files), depth, *RGB_SOURCE_YUV, alpha=alpha)
 
     def _folder_frames(self, first: int = 0) -> Iterator[Frame]:
         for index, file in enumerate(self.files[first:], start=first):
@@ -222,7 +231,8 @@ class Source:
             # its last good frames silently); slice threading keeps every frame that decodes.
             stream.thread_type = "SLICE"
             origin = stream.start_time or 0
-            rate = info.frame_rate or Fraction(25)
+            rate = self.fps or info.frame_rate or Fraction(25)
+            timed = False  # said that frames are timed from the rate
             if first > 0:
                 # From the keyframe before two frames ahead of the one wanted: a deinterlacer
                 # then sees the fields before it, as it would have in a run from the start.
@@ -239,6 +249,13 @@ class Source:
                 if index < first:
                     index += 1
                     continue
+                pts = frame.pts
+                if pts is None:  # a raw stream (.h264, .hevc, .ivf): times from the frame rate
+                    pts = origin + round(index / (rate * info.time_base))
+                    if not timed:
+                        self.notice(f"the input's frames carry no timestamps: timed at {float(rate):g} frames/s "
+                                    "(--fps sets another rate)")  # fmt: skip
+                        timed = True
                 if keep_yuv and converts_here(frame.format.name):
                     cosited = chroma_cosited(info.codec)
                     image = read_planes(frame, info.matrix, info.full_range, cosited)
@@ -254,7 +271,7 @@ class Source:
                     self.report.lost.append(
                         f"the frame {_when(frame.pts, info.time_base)} is damaged (kept as decoded)"
                     )
-                yield Frame(index, frame.pts, image)
+                yield Frame(index, pts, image)
                 index += 1
         if not index and not first:
             raise InputError(f"{self.path}: no frame could be decoded; the file is damaged or empty")
@@ -316,12 +333,15 @@ def is_video_file(path: Path) -> bool:
 
 
 def open_source(
-    path: str | Path, deinterlace: str = "off", notice: Callable[[str], None] = lambda message: None
+    path: str | Path,
+    deinterlace: str = "off",
+    notice: Callable[[str], None] = lambda message: None,
+    fps: float | None = None,
 ) -> Source:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    return Source(path, deinterlace, notice)
+    return Source(path, deinterlace, notice, fps)
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -358,6 +378,13 @@ def _estimate_frames(container: av.container.InputContainer, stream: av.video.st
     else:
         return None
     return max(1, round(seconds * float(rate)))
+
+
+def _has_alpha(path: Path) -> bool:
+    """Whether an image file's pixel format carries transparency (read_image gives colour only)."""
+    with av.open(str(path)) as container:
+        components = av.VideoFormat(container.streams.video[0].codec_context.pix_fmt).components
+    return any(component.is_alpha for component in components)
 
 
 def _when(pts: int | None, time_base: Fraction) -> str:

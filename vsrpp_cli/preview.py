@@ -121,7 +121,7 @@ def preview(
     at: list[float],
     notice: Callable[[str], None] = lambda message: None,
 ) -> PreviewReport:
-    source = open_source(source_path, options.deinterlace, notice)
+    source = open_source(source_path, options.deinterlace, notice, options.fps)
     info = source.info
     frames = pick_frames(source, at)
     device = pick_device(options.device)

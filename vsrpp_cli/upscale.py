@@ -61,6 +61,7 @@ class Options:
     deinterlace: str = "auto"  # interlaced input: "auto" (bwdif when the stream is interlaced), "bwdif", "yadif", "off"
     segment_frames: int = 0  # output frames per segment; 0: sizing.plan's default
     strength: float = 1.0  # 0: the source enlarged as the network's skip connection does; 1: the network
+    fps: float | None = None  # the frame rate of inputs whose frames carry no times (raw streams, frame folders)
 
 
 @dataclass
@@ -119,7 +120,7 @@ def upscale(
             summary.notices.append(message)
             notice(message)
 
-    source = open_source(source_path, options.deinterlace, tell)
+    source = open_source(source_path, options.deinterlace, tell, options.fps)
     info = source.info
     shared = launch.processes > 1
     device = workers_device(options.device, launch) if shared else pick_device(options.device)
@@ -263,6 +264,7 @@ def fingerprint(
         "deinterlace": options.deinterlace,
         "segment_frames": options.segment_frames,
         "strength": options.strength,
+        "fps": options.fps,
         "vsrpp": __version__,
     }
 

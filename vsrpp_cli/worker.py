@@ -144,7 +144,7 @@ class Worker:
         self.notices: list[str] = []
         self.notice, self.moved = notice, moved  # moved: its progress changed (the writer shows it)
         self.segment_frames = 0  # of the open segment, done so far
-        self.source = open_source(Path(local.source), options["deinterlace"])
+        self.source = open_source(Path(local.source), options["deinterlace"], self.tell, options["fps"])
         check_same_input(self.source, local, job)
         self.info = self.source.info
         self.device = worker_device(local.device, world)

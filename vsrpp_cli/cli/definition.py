@@ -162,6 +162,16 @@ Deinterlace = Annotated[
         panel=ENCODING,
     ),
 ]
+Fps = Annotated[
+    float | None,
+    option(
+        "Frame rate for inputs whose frames carry no times: raw streams (.h264, .hevc, .ivf) and frame "
+        "folders (default: the stream's rate, else 25).",
+        metavar="RATE",
+        panel=ENCODING,
+        min=0.001,
+    ),
+]
 AmpMode = Literal["off", "fp16", "bf16"]
 Strength = Annotated[
     float,
@@ -286,6 +296,7 @@ def upscale(
     ] = None,
     colour: Colour = "device",
     deinterlace: Deinterlace = "auto",
+    fps: Fps = None,
     overwrite: Annotated[
         bool, flag("Replace OUTPUT if it is a file or frames folder vsrpp wrote.", "--overwrite", panel=OUTPUT)
     ] = False,
@@ -353,6 +364,7 @@ def preview(
     preset: Preset = None,
     colour: Colour = "device",
     deinterlace: Deinterlace = "auto",
+    fps: Fps = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
