@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from harness import run_vsrpp, vsrpp_process
 from reference import random_official_checkpoint
@@ -99,3 +100,14 @@ def test_bench_reports_model_pipeline_and_quality_guard(official_checkpoint):
     assert all(r["fps"] > 0 and r["finite"] and r["size"] == "32x40" for r in rows)
     assert rows[1]["max_diff_vs_fp32"] < 1e-5  # ours in fp32 is the plain network's output
     assert 30 < rows[2]["psnr_vs_fp32"] < 200 and rows[2]["max_diff_vs_fp32"] > 0  # bf16: close, not equal
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_a_patch_size_that_is_no_multiple_of_4_is_refused_when_parsed(tmp_path, command):
+    """66 used to pass parsing and end in a 110-line failure of every training process."""
+    extra = ["--from", "reds4", "--data", tmp_path, "--work-dir", tmp_path / "w"] if command == "finetune" else []
+    result = run_vsrpp(command, *extra, "--patch-size", "66")
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "66: give a multiple of 4" in line and "64 or 68" in line and len(line.splitlines()) == 1
+    assert not (tmp_path / "w").exists()

@@ -62,6 +62,15 @@ def check_device(value: str) -> str:
     return value
 
 
+def check_patch_size(value: int | None) -> int | None:
+    """x4 models train on low-resolution crops a quarter of the ground truth's: whole pixels only."""
+    if value is not None and value % 4:
+        lower, higher = value - value % 4, value - value % 4 + 4
+        raise typer.BadParameter(f"{value}: give a multiple of 4 (the low-resolution crop is a quarter), e.g. "
+                                 f"{lower} or {higher}")  # fmt: skip
+    return value
+
+
 def one_of(*choices: str) -> Any:
     """A check for a repeatable option (typer's Literal choices take single values only)."""
 
@@ -457,7 +466,8 @@ def train(
     iters: Annotated[int | None, option("Iterations (600000).", panel=RECIPE, min=1)] = None,
     num_frames: Annotated[int | None, option("Frames per clip (30).", panel=RECIPE, min=2)] = None,
     patch_size: Annotated[
-        int | None, option("Ground-truth crop (256; 64 on the low-res side).", panel=RECIPE, min=4)
+        int | None,
+        option("Ground-truth crop (256; 64 on the low-res side).", panel=RECIPE, min=4, callback=check_patch_size),
     ] = None,
     batch_size: Annotated[int | None, option("Clips per process per iteration (1).", panel=RECIPE, min=1)] = None,
     lr: Annotated[
@@ -529,7 +539,15 @@ def finetune(
     iters: Annotated[int, option("Iterations.", panel=RECIPE, min=1)] = 5000,
     lr: Annotated[float, option("Adam learning rate, cosine to 1e-7.", metavar="RATE", panel=RECIPE, min=0)] = 2e-5,
     num_frames: Annotated[int, option("Frames per clip.", panel=RECIPE, min=2)] = 15,
-    patch_size: Annotated[int, option("High-quality crop size (at most the frames' size).", panel=RECIPE, min=4)] = 256,
+    patch_size: Annotated[
+        int,
+        option(
+            "High-quality crop size, a multiple of 4 (at most the frames' size).",
+            panel=RECIPE,
+            min=4,
+            callback=check_patch_size,
+        ),
+    ] = 256,
     save_interval: Annotated[int, option("Save every N iterations.", panel=RECIPE, min=1)] = 500,
     log_interval: Annotated[int, option("Log every N iterations.", panel=RECIPE, min=1)] = 50,
     amp: Annotated[AmpMode, option("Mixed precision: off, fp16 or bf16.", metavar=None, panel=RECIPE)] = "off",
