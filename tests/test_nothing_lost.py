@@ -458,3 +458,50 @@ def test_an_rgba_frame_folder_says_its_alpha_is_dropped(tmp_path, weights):
     result = run_vsrpp("upscale", folder, tmp_path / "out.mp4", "--weights", weights, "--json")
     assert result.returncode == 0, result.stderr
     assert any("alpha channel" in notice for notice in json.loads(result.stdout)["notices"])
+
+
+# ----------------------------------------------------------------------------- real file systems
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real tmpfs under the test's folder (mounting needs root; elsewhere these tests skip)."""
+    mounted = []
+
+    def mount(name: str, options: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_read_only_file_system_is_one_line(tmp_path, weights, clip, tmpfs):
+    folder = tmpfs("ro", "size=1m,ro")
+    result = run_vsrpp("upscale", clip, folder / "out.mp4", "--weights", weights, *SEGMENTED)
+    assert result.returncode == 1
+    assert f"{folder} is on a read-only file system" in one_line(result)
+    assert list(folder.iterdir()) == []
+
+
+def test_a_full_disk_stops_cleanly_and_resumes_once_there_is_room(tmp_path, weights, clip, reference, tmpfs):
+    """A 192 KiB tmpfs fills during the run: one line, no partial file, the committed segments
+    kept; with room made (the tmpfs grown), --resume gives the uninterrupted frames."""
+    folder = tmpfs("small", "size=192k")
+    output = folder / "out.mp4"
+    full = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED)
+    assert full.returncode == 1
+    assert f"no space left in {folder}" in one_line(full) and "--resume" in full.stderr
+    partial = folder / ".out.mp4.vsrpp-partial"
+    assert not list(folder.glob("*.partial*")) and not list(partial.glob("*.partial*"))
+    assert not (folder / ".out.mp4.vsrpp-tmp").exists() and not output.exists()
+    assert list(partial.glob("segment_*.json"))  # what was committed stays
+    subprocess.run(["mount", "-o", "remount,size=16m", str(folder)], check=True)
+    resumed = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert np.array_equal(read_frames(output), read_frames(reference))
+    assert probe(output) == probe(reference)
