@@ -248,3 +248,27 @@ def test_triton_kernel_compiles_for_the_h100(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "shared memory" in result.stdout
+
+
+def _reads_memory_as_contiguous(x, offset, mask, weight, bias, padding):
+    """What mmcv's kernel does with a view: it walks the storage as if the tensor were contiguous."""
+
+    def as_if_contiguous(t):
+        strides = torch.empty(t.shape).stride()
+        return torch.as_strided(t, t.shape, strides, t.storage_offset())
+
+    plain = deform_conv._IMPLEMENTATIONS["plain"]
+    return plain(as_if_contiguous(x), as_if_contiguous(offset), as_if_contiguous(mask), weight, bias, padding)
+
+
+def test_the_probe_feeds_the_layouts_the_network_feeds():
+    """A kernel that misreads views passes a probe of contiguous tensors (as it did with mmcv, 0.10
+    off inside the network) and fails ours; the backends we ship pass in every layout."""
+    x, offset, mask, weight, bias = deform_conv.probe_problem()
+    fine = deform_conv._IMPLEMENTATIONS["plain"](x, offset, mask, weight, bias, 1)
+    assert torch.equal(_reads_memory_as_contiguous(x, offset, mask, weight, bias, 1), fine)  # contiguous: right
+    with pytest.warns(UserWarning, match="disagrees with the reference"):
+        assert not passes_probe(_reads_memory_as_contiguous, "cpu", torch.float32)
+    for name in ("torch", "plain"):
+        for dtype in (torch.float32, torch.bfloat16):
+            assert passes_probe(deform_conv._IMPLEMENTATIONS[name], "cpu", dtype), (name, dtype)

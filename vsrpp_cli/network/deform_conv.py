@@ -114,18 +114,34 @@ def passes_probe(
     implementation: Callable[..., Tensor], device_type: str, dtype: torch.dtype, name: str = "this backend"
 ) -> bool:
     """Does `implementation` agree with the plain fp32 one on a problem that samples past
-    x = 1024 (where fp16 positions are 0.5 px apart) a pattern that changes within a pixel?"""
-    x, offset, mask, weight, bias = (t.to(device_type) for t in probe_problem())
+    x = 1024 (where fp16 positions are 0.5 px apart) a pattern that changes within a pixel, in
+    each memory layout the network feeds: contiguous, views into larger tensors (the offsets and
+    masks are chunks of one convolution's output), and channels-last (CUDA)? A kernel that reads
+    a view's memory as if it were contiguous fails the second."""
+    problem = [t.to(device_type) for t in probe_problem()]
+    x, offset, mask, weight, bias = problem
     x, weight, bias = (t.to(dtype) for t in (x, weight, bias))
-    got = implementation(x, offset, mask, weight, bias, 1).float()
     want = _plain_deform_conv2d(x.float(), offset, mask, weight.float(), bias.float(), 1)
     scale = want.abs().max()
-    error = float((got - want).abs().max() / scale)
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    if not error <= tolerance:  # NaN fails too
-        warnings.warn(f"deformable-conv backend {name!r} disagrees with the reference; not using it", stacklevel=2)
-        return False
+    for layout in probe_layouts(x, offset, mask):
+        got = implementation(*layout, weight, bias, 1).float()
+        error = float((got - want).abs().max() / scale)
+        if not error <= tolerance:  # NaN fails too
+            warnings.warn(f"deformable-conv backend {name!r} disagrees with the reference; not using it", stacklevel=2)
+            return False
     return True
+
+
+def probe_layouts(x: Tensor, offset: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The same values as the network lays them out: contiguous; as views (features a channel
+    slice of a wider tensor, offsets and masks chunks of one tensor, as basicvsrpp.py makes them);
+    channels-last."""
+    wide = torch.cat([x, x.flip(1)], dim=1)[:, : x.shape[1]]  # a view with the channel stride of 2c
+    joined = torch.cat([offset, mask], dim=1)
+    offset_view, mask_view = joined[:, : offset.shape[1]], joined[:, offset.shape[1] :]
+    last = [t.contiguous(memory_format=torch.channels_last) for t in (x, offset, mask)]
+    return [(x, offset, mask), (wide, offset_view, mask_view), tuple(last)]
 
 
 def probe_problem() -> tuple[Tensor, ...]:
@@ -199,16 +215,18 @@ def _mmcv_deform_conv2d(x, offset, mask, weight, bias, padding):
     from mmcv.ops import modulated_deform_conv2d as mmcv_dcn
 
     groups = offset.shape[1] // (2 * weight.shape[2] * weight.shape[3])
-    x32, weight32, bias32 = _fp32(x, weight, bias)  # mmcv's positions are in the input dtype
-    out = mmcv_dcn(x32, offset.float(), mask.float(), weight32, bias32, 1, padding, 1, 1, groups)
+    # mmcv's positions are in the input dtype, and its kernel reads memory as contiguous.
+    x32, offset32, mask32, weight32, bias32 = _fp32_contiguous(x, offset, mask, weight, bias)
+    out = mmcv_dcn(x32, offset32, mask32, weight32, bias32, 1, padding, 1, 1, groups)
     return out.to(x.dtype)
 
 
 def _torchvision_deform_conv2d(x, offset, mask, weight, bias, padding):
     from torchvision.ops import deform_conv2d
 
-    x32, weight32, bias32 = _fp32(x, weight, bias)  # torchvision's positions are in the input dtype
-    return deform_conv2d(x32, offset.float(), weight32, bias32, padding=padding, mask=mask.float()).to(x.dtype)
+    # torchvision's positions are in the input dtype; contiguous, as for mmcv (the same layout).
+    x32, offset32, mask32, weight32, bias32 = _fp32_contiguous(x, offset, mask, weight, bias)
+    return deform_conv2d(x32, offset32, weight32, bias32, padding=padding, mask=mask32).to(x.dtype)
 
 
 def _triton_deform_conv2d(x, offset, mask, weight, bias, padding):
@@ -217,8 +235,8 @@ def _triton_deform_conv2d(x, offset, mask, weight, bias, padding):
     return triton_deform_conv2d(x, offset, mask, weight, bias, padding)
 
 
-def _fp32(x, weight, bias):
-    return x.float(), weight.float(), None if bias is None else bias.float()
+def _fp32_contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
+    return [None if t is None else t.float().contiguous() for t in tensors]
 
 
 def _plain_deform_conv2d(x, offset, mask, weight, bias, padding):
