@@ -256,3 +256,17 @@ def test_the_plain_baseline_computes_the_same_network(tmp_path, x4, size):
     plain = PlainBasicVSRPlusPlus(model.state_dict())(clip)
     assert plain.shape == ours.shape
     assert (plain - ours).abs().max() < 1e-5
+
+
+def test_a_graph_that_recorded_nothing_fails_its_check():
+    """The check fills the output with NaN before the replay: a graph captured on another device's
+    stream replays nothing, and the eager values the capture run left in the buffer must not pass."""
+    from vsrpp_cli.network.graphs import replays_faithfully
+
+    eager = torch.arange(6.0).view(2, 3)
+    left_by_the_capture_run = eager.clone()
+    assert not replays_faithfully(lambda: None, left_by_the_capture_run, eager)
+    output = torch.zeros(2, 3)
+    assert replays_faithfully(lambda: output.copy_(eager), output, eager)
+    half_done = torch.zeros(2, 3)
+    assert not replays_faithfully(lambda: half_done[0].copy_(eager[0]), half_done, eager)

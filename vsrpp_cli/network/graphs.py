@@ -8,13 +8,15 @@ every frame of every window of that size; the number of frames does not matter. 
 copied into the graph's own buffers before a replay and the output is copied out after it, so
 the caller's tensors are never aliased.
 
-A captured graph is checked once against the eager result of the same inputs; if they differ
-(a kernel that cannot be captured faithfully), graphs are turned off with a warning and the eager
-path runs from then on.
+A captured graph is checked once against the eager result of the same inputs, its output buffer
+filled with NaN first; if they differ (a kernel that cannot be captured faithfully, a graph that
+recorded nothing), or the capture itself fails, graphs are turned off with a warning and the
+eager path runs from then on.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 WARMUP_RUNS = 2  # before capture, on a side stream, as torch.cuda.graphs advises (cuDNN, Triton)
+CAPTURE_LOCK = threading.Lock()  # "only one capture at a time" per process (torch.cuda.graphs)
 
 
 class GraphedStep:
@@ -50,25 +53,46 @@ class GraphedStep:
         return output.clone()
 
     def _capture(self, key: tuple, args: tuple[Tensor, ...]) -> tuple | None:
+        """Capture on the inputs' device, whatever the current one: torch.cuda.graph's default
+        capture stream is made once, on the device current at its first use, and a capture on
+        another device's stream records nothing (PyTorch only warns)."""
+        device = args[0].device
+        try:
+            with CAPTURE_LOCK, torch.cuda.device(device):  # one capture at a time in a process
+                return self._capture_on(key, args, device)
+        except RuntimeError as error:  # a kernel that cannot be captured: eager from now on
+            self.switch.turn_off(f"capturing a propagation step failed ({str(error).splitlines()[0]})")
+            return None
+
+    def _capture_on(self, key: tuple, args: tuple[Tensor, ...], device: torch.device) -> tuple | None:
         inputs = [torch.empty_like(a) for a in args]
         for buffer, value in zip(inputs, args, strict=True):
             buffer.copy_(value)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_RUNS):
                 eager = self.function(*inputs)
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local: the decode and encode threads may call CUDA while this thread captures
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(
+            graph, pool=self.pool, stream=torch.cuda.Stream(device), capture_error_mode="thread_local"
+        ):
             output = self.function(*inputs)
-        graph.replay()
-        if not torch.allclose(output, eager, rtol=0, atol=0, equal_nan=True):
+        if not replays_faithfully(graph.replay, output, eager):
             self.switch.turn_off("a captured propagation step differs from its eager run")
             return None
         self.graphs[key] = (inputs, output, graph)
         return self.graphs[key]
+
+
+def replays_faithfully(replay: Callable[[], None], output: Tensor, eager: Tensor) -> bool:
+    """The output buffer is filled with NaN before the replay, so a graph that recorded nothing
+    (or not all of the output) fails, rather than passing on what the capture run left there."""
+    output.fill_(float("nan"))
+    replay()
+    return torch.equal(output, eager)
 
 
 class GraphSwitch:
