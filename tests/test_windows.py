@@ -78,3 +78,19 @@ def test_batched_windows_and_tiles_equal_one_at_a_time(official_checkpoint, vide
         sizes.clear()
         assert torch.equal(run_tiled(run, windows, 40, 8, 4, batch=4), tiled)
         assert sizes == [4, 4]  # two tiles of each of the two windows per forward
+
+
+@pytest.mark.parametrize("width, height", [(854, 480), (1920, 1080), (3840, 2160)])
+@pytest.mark.parametrize("free_gib", [24, 80])
+def test_the_first_window_fits_with_its_context(width, height, free_gib):
+    """Windows were sized for `chunk` frames while chunk + 2 * overlap go through the network
+    (1080p on an 80 GB GPU overflowed at the first window); now the whole window fits the budget,
+    down to the floor of 8 kept frames."""
+    from vsrpp_cli.sizing import chunk_for_memory, frame_bytes, scratch_bytes
+
+    free, overlap, mid = free_gib << 30, 8, 64
+    chunk = chunk_for_memory(free, width, height, mid, overlap)
+    used = (chunk + 2 * overlap) * frame_bytes(width, height, mid) + scratch_bytes(width, height, mid)
+    assert chunk == 8 or used <= 0.6 * free
+    without_context = chunk_for_memory(free, width, height, mid, 0)
+    assert chunk == 8 or without_context - chunk == 2 * overlap  # the context is paid for

@@ -132,7 +132,9 @@ def preview(
     sources: dict[int, np.ndarray] = {}
     for setting in settings:
         model = load_model(setting.weights)
-        chunk = options.chunk_frames or default_chunk(device, info.width, info.height, model.mid_channels)
+        chunk = options.chunk_frames or default_chunk(
+            device, info.width, info.height, model.mid_channels, options.chunk_overlap
+        )
         engine = Engine(model, device, dtype, options.tile, options.tile_overlap, warn=notice, graphs=options.graphs,
                         strength=setting.strength)  # fmt: skip
         seconds = []

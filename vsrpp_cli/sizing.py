@@ -11,12 +11,18 @@ SEGMENT_FRAMES = 240  # output frames per segment by default (whole windows: a s
 SEGMENTS_PER_WORKER = 4  # a shared run's default segments are short enough that each worker gets this many
 
 
-def default_chunk(device: torch.device, width: int, height: int, mid_channels: int) -> int:
-    """Frames per window: 32 on CPU; on CUDA, what fits in 60% of the free memory (8 to 100)."""
+def default_chunk(device: torch.device, width: int, height: int, mid_channels: int, overlap: int) -> int:
+    """Frames kept per window: 32 on CPU; on CUDA, as many as fit in 60% of the free memory with
+    the window's context (chunk + 2 * overlap frames go through the network), 8 to 100."""
     if device.type != "cuda":
         return 32
-    usable, per_frame = window_memory(device, width, height, mid_channels)
-    return int(max(8, min(100, usable // per_frame)))
+    free, _ = torch.cuda.mem_get_info(device)
+    return chunk_for_memory(free, width, height, mid_channels, overlap)
+
+
+def chunk_for_memory(free: int, width: int, height: int, mid_channels: int, overlap: int) -> int:
+    fits = int(0.6 * free - scratch_bytes(width, height, mid_channels)) // frame_bytes(width, height, mid_channels)
+    return max(8, min(100, fits - 2 * overlap))
 
 
 def default_batch(device: torch.device, width: int, height: int, mid_channels: int, window_frames: int) -> int:
@@ -24,18 +30,24 @@ def default_batch(device: torch.device, width: int, height: int, mid_channels: i
     (1 to 8: batching independent clips pays 1.4-1.5x on small frames, docs/REFERENCE.md s.7)."""
     if device.type != "cuda":
         return 1
-    usable, per_frame = window_memory(device, width, height, mid_channels)
-    return int(max(1, min(8, usable // (per_frame * window_frames))))
-
-
-def window_memory(device: torch.device, width: int, height: int, mid_channels: int) -> tuple[float, int]:
-    """Bytes the windows may use (60% of the free GPU memory, less one frame's scratch) and bytes
-    per frame of a window."""
     free, _ = torch.cuda.mem_get_info(device)
+    usable = 0.6 * free - scratch_bytes(width, height, mid_channels)
+    return int(max(1, min(8, usable // (frame_bytes(width, height, mid_channels) * window_frames))))
+
+
+def frame_bytes(width: int, height: int, mid_channels: int) -> int:
+    """Device memory per frame of a window: the features of both directions and branches (fp16),
+    flows and grids, and at 4x: the fp32 output, the enlarged source it is blended with
+    (--strength) and the colour conversion's fp32 planes, all held to the window's end."""
     pixels = width * height
-    per_frame = pixels * (mid_channels * 6 * 2 + 16) + pixels * 16 * 3 * 4  # features, flows, fp32 output
-    scratch = pixels * mid_channels * 2 * 60  # one frame's DCN columns and reconstruction at 4x
-    return 0.6 * free - scratch, per_frame
+    features = pixels * (mid_channels * 6 * 2 + 16)
+    output = pixels * 16 * 3 * 4  # fp32 RGB at 4x
+    return features + 3 * output  # the output, the blend's enlarged source, colour temporaries
+
+
+def scratch_bytes(width: int, height: int, mid_channels: int) -> int:
+    """One frame's DCN columns and reconstruction at 4x, freed after each step."""
+    return width * height * mid_channels * 2 * 60
 
 
 def plan(

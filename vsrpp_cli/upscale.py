@@ -146,7 +146,9 @@ def upscale(
         # Frames for the encoder leave the device as YUV when it takes a format colour.py makes.
         target = muxer_target(settings, info, size) if muxer and options.colour == "device" else None
         run = fingerprint(source_path, source, options, summary, target)
-        chunk = options.chunk_frames or default_chunk(device, info.width, info.height, model.mid_channels)
+        chunk = options.chunk_frames or default_chunk(
+            device, info.width, info.height, model.mid_channels, options.chunk_overlap
+        )
         first_plan = plan(chunk, options.segment_frames, container_format is None, total, launch.processes)
         store = RunStore.open(partial_folder(output), run, first_plan, options.resume, options.overwrite)
         committed = store.closed_segments()
