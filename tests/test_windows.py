@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,3 +95,30 @@ def test_the_first_window_fits_with_its_context(width, height, free_gib):
     assert chunk == 8 or used <= 0.6 * free
     without_context = chunk_for_memory(free, width, height, mid, 0)
     assert chunk == 8 or without_context - chunk == 2 * overlap  # the context is paid for
+
+
+def test_a_window_that_overflows_is_recomputed_alone(tmp_path):
+    """Zero biases make the network scale with its input: a bright window overflows bf16 where a
+    dark one does not. Batched together, only the bright one is recomputed in fp32; the dark one
+    keeps exactly what it gives alone (the whole batch used to be recomputed)."""
+    from reference import random_official_checkpoint
+
+    from vsrpp_cli.checkpoint import load_model
+    from vsrpp_cli.engine import Engine
+
+    checkpoint = random_official_checkpoint(8, 1, True, seed=5)
+    state = checkpoint["state_dict"]
+    for key in state:
+        if key.endswith("bias") and "spynet" not in key:
+            state[key].zero_()
+    state["generator.conv_last.weight"] *= 1e36
+    state["generator.conv_hr.weight"] *= 1e4
+    torch.save(checkpoint, tmp_path / "scaled.pth")
+    engine = Engine(load_model(tmp_path / "scaled.pth"), torch.device("cpu"), torch.bfloat16, batch=2)
+    dark, bright = [np.full((16, 16, 3), 10, np.uint8)], [np.full((16, 16, 3), 255, np.uint8)]
+    alone = engine.infer_many([dark])[0]
+    assert engine.fp32_fallbacks == 0 and torch.isfinite(alone).all()
+    together = engine.infer_many([dark, bright])
+    assert engine.fp32_fallbacks == 1
+    assert together[0].dtype == torch.bfloat16 and torch.equal(together[0], alone)
+    assert together[1].dtype == torch.float32  # the bright one, recomputed in fp32

@@ -114,10 +114,10 @@ class Engine:
         fraction of the work done (0 to 1) after every propagation step."""
         self.model.on_step = self._step_counter(windows, on_progress) if on_progress else None
         try:
-            out = self.infer_many([frames for frames, _ in windows])
+            outs = self.infer_many([frames for frames, _ in windows])
         finally:
             self.model.on_step = None
-        return [tensor_to_frames(out[i : i + 1, keep], bit_depth, target) for i, (_, keep) in enumerate(windows)]
+        return [tensor_to_frames(out[:, keep], bit_depth, target) for out, (_, keep) in zip(outs, windows, strict=True)]
 
     def _step_counter(self, windows: list[tuple[list, slice]], on_progress: Callable[[float], None]) -> Callable:
         frames = windows[0][0]
@@ -137,28 +137,32 @@ class Engine:
         """The network's output (1, t, 3, sh, sw) for a window, unclamped, always finite.
         `mirrored`: the window's second half is its first reversed (the network then skips half
         of the flows)."""
-        return self.infer_many([frames], mirrored)
+        return self.infer_many([frames], mirrored)[0]
 
-    def infer_many(self, windows: list[list[np.ndarray | Planes]], mirrored: bool = False) -> Tensor:
-        """(len(windows), t, 3, sh, sw) for windows of equal length and frame size."""
-
-        def clips(dtype: torch.dtype) -> Tensor:
-            return torch.cat([frames_to_tensor(frames, self.device, dtype) for frames in windows])
-
-        clip = clips(self.dtype)
+    def infer_many(self, windows: list[list[np.ndarray | Planes]], mirrored: bool = False) -> list[Tensor]:
+        """Each window's (1, t, 3, sh, sw) output, for windows of equal length and frame size run
+        together. A window whose reduced-precision output holds NaN or Inf is recomputed alone in
+        fp32; the others keep theirs, so a window's output never depends on its batch."""
+        clip = torch.cat([frames_to_tensor(frames, self.device, self.dtype) for frames in windows])
         if self.strength == 0.0:  # the enlarged source alone: nothing of the network's would be kept
-            return self.model.skip(clip)
-        out = self._run_fitting_memory(clip, mirrored)
-        if self.dtype != torch.float32 and not torch.isfinite(out).all():  # no scan in fp32
-            self.fp32_fallbacks += 1
-            self.warn("non-finite values in reduced precision; this window was recomputed in fp32")
-            clip = clips(torch.float32)
-            out = self._in_fp32(clip, mirrored)
+            return list(self.model.skip(clip).split(1))
+        clips, outs = list(clip.split(1)), list(self._run_fitting_memory(clip, mirrored).split(1))
+        for index, out in enumerate(outs):
+            if self.dtype != torch.float32 and not torch.isfinite(out).all():  # no scan in fp32
+                self.fp32_fallbacks += 1
+                self.warn("non-finite values in reduced precision; this window was recomputed in fp32")
+                clips[index] = frames_to_tensor(windows[index], self.device, torch.float32)
+                outs[index] = self._in_fp32(clips[index], mirrored)
         if self.strength != 1.0:  # 1: the network's output as it is, bit for bit
             # Blended with what the network's own skip connection adds (bilinear x4, or the
             # frames for same-size models): strength 0 is that enlarged source.
-            out = torch.lerp(self.model.skip(clip).to(out.dtype), out, self.strength)
-        return out
+            outs = [
+                torch.lerp(self.model.skip(c).to(o.dtype), o, self.strength) for c, o in zip(clips, outs, strict=True)
+            ]
+        return outs
+
+    def _blend(self, clip: Tensor, out: Tensor) -> Tensor:
+        return torch.lerp(self.model.skip(clip).to(out.dtype), out, self.strength)
 
     def _run_fitting_memory(self, clip: Tensor, mirrored: bool = False) -> Tensor:
         while True:
