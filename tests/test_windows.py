@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,20 @@ def test_a_window_that_overflows_is_recomputed_alone(tmp_path):
     assert engine.fp32_fallbacks == 1
     assert together[0].dtype == torch.bfloat16 and torch.equal(together[0], alone)
     assert together[1].dtype == torch.float32  # the bright one, recomputed in fp32
+
+
+def test_deterministic_mode_sets_what_torch_needs_for_it():
+    from vsrpp_cli.engine import make_deterministic
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        make_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        make_deterministic(False)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    finally:
+        make_deterministic(False)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

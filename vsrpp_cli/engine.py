@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import partial
 
@@ -65,6 +66,7 @@ class Engine:
         batch: int = 1,
         compile: bool = False,
         strength: float = 1.0,
+        deterministic: bool = False,
     ) -> None:
         if not 0.0 <= strength <= 1.0:
             raise UsageError(f"--strength {strength}: give a value from 0 (the enlarged source) to 1 (the network)")
@@ -78,6 +80,7 @@ class Engine:
             compile_alignment(self.model)
         self.tile, self.tile_overlap = tile, tile_overlap
         self.batch = max(1, batch)  # windows or tiles per forward
+        make_deterministic(deterministic)
         self.warn = warn
         self.fp32_fallbacks = 0
         if device.type == "cpu":
@@ -201,13 +204,27 @@ class Engine:
             self.model = place_model(self.model, self.device, self.dtype, self.graphs)
 
 
+def make_deterministic(on: bool) -> None:
+    """--deterministic: the same bits from the same input in any process on the same GPU model.
+    cuDNN's benchmark mode picks algorithms per process and per shape by timing them, TF32 rounds
+    matmuls and convolutions to 10-bit mantissas, and some kernels accumulate in a racy order;
+    off, all three (torch's reproducibility notes). cuBLAS needs its workspace fixed for the
+    same, before CUDA starts. Without it: cuDNN's fastest algorithms, TF32 left as PyTorch sets it."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cudnn.deterministic = on
+    if on:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
 def place_model(model: BasicVSRPlusPlus, device: torch.device, dtype: torch.dtype, graphs: bool) -> BasicVSRPlusPlus:
     """The model on the device in the dtype, ready to run: its deformable-conv backend resolved
     there; on CUDA, channels-last, cuDNN's algorithm search, and fresh CUDA graphs when asked for
     (captured graphs hold the addresses of the old parameters)."""
     on_cuda = device.type == "cuda"
-    if on_cuda:
-        torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if on_cuda else torch.preserve_format
     model = model.to(device=device, dtype=dtype, memory_format=memory_format).eval()
     model.resolve_deform_backend()

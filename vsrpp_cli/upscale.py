@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class Options:
     segment_frames: int = 0  # output frames per segment; 0: sizing.plan's default
     strength: float = 1.0  # 0: the source enlarged as the network's skip connection does; 1: the network
     fps: float | None = None  # the frame rate of inputs whose frames carry no times (raw streams, frame folders)
+    deterministic: bool | None = None  # the same bits in every process (engine.make_deterministic); None: when shared
 
 
 @dataclass
@@ -123,6 +124,8 @@ def upscale(
     source = open_source(source_path, options.deinterlace, tell, options.fps)
     info = source.info
     shared = launch.processes > 1
+    if options.deterministic is None:  # workers' outputs are joined: they must compute alike
+        options = replace(options, deterministic=shared)
     device = workers_device(options.device, launch) if shared else pick_device(options.device)
     dtype = pick_dtype(options.precision, device)
     summary.device, summary.precision = str(device), next(n for n, v in PRECISIONS.items() if v == dtype)
@@ -267,6 +270,7 @@ def fingerprint(
         "segment_frames": options.segment_frames,
         "strength": options.strength,
         "fps": options.fps,
+        "deterministic": options.deterministic,
         "vsrpp": __version__,
     }
 

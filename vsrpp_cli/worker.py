@@ -158,7 +158,7 @@ class Worker:
         )
         self.engine = Engine(model, self.device, dtype, options["tile"], options["tile_overlap"], warn=self.tell,
                              graphs=options["graphs"], batch=batch, compile=options["compile"],
-                             strength=options["strength"])  # fmt: skip
+                             strength=options["strength"], deterministic=options["deterministic"])  # fmt: skip
         self.target = YuvTarget(**job["target"]) if job["target"] else None
         size = tuple(job["size"])
         settings = EncoderSettings(job["container_format"], options["codec"], options["crf"], options["preset"],

@@ -105,6 +105,7 @@ def upscale(args: Namespace) -> None:
         resume=args.resume,
         batch=args.batch,
         graphs=args.graphs,
+        deterministic=args.deterministic,
         compile=args.compile,
         segment_frames=args.segment_frames,
         strength=args.strength,

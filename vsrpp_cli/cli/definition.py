@@ -275,6 +275,15 @@ def upscale(
     graphs: Annotated[
         bool, flag("Replay the propagation steps as CUDA graphs (CUDA only; --no-graphs to run eagerly).", panel=MODEL)
     ] = True,
+    deterministic: Annotated[
+        bool | None,
+        flag(
+            "The same bits in every process on the same GPU model: cuDNN's benchmark off, deterministic "
+            "algorithms, TF32 off (slower). Default: on when workers share the input, off otherwise.",
+            "--deterministic/--no-deterministic",
+            panel=MODEL,
+        ),
+    ] = None,
     compile: Annotated[
         bool,
         flag(
