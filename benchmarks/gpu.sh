@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurement, one command per stage (each fits the device tool's 10-minute limit):
 #
+#   bash benchmarks/gpu.sh quick      # FIRST on a new GPU (under 8 minutes): CUDA tests, the checks that
+#                                     # must hold (benchmarks/gpu_checks.py), frames/s at 180x320 and
+#                                     # 540x960, and the dated results file
 #   bash benchmarks/gpu.sh tests      # CUDA tests and every Triton kernel compiled for real
 #   bash benchmarks/gpu.sh model      # the model matrix at 180x320 and 540x960, per-stage times
 #   bash benchmarks/gpu.sh pipeline   # the whole upscale pipeline, encoders at 720p and 4K, report
@@ -86,7 +89,39 @@ run_pipeline() {
     keep "$runs"/pipeline-*.json "$name"
 }
 
+run_quick() {
+    local device=$1 small=$2 large=$3 frames=$4 precision=$5
+    python3 benchmarks/gpu_checks.py "$runs" --device "$device" $( [ "$device" = cpu ] && echo --size 32x32 --frames 4 ) \
+        2>&1 | tee "$runs/checks.log"
+    local checks=${PIPESTATUS[0]}
+    bench quick-small --size "$small" --frames "$frames" --device "$device" --precision "$precision" \
+        --no-baseline --no-pipeline --repeat 1
+    bench quick-large --size "$large" --frames 4 --device "$device" --precision "$precision" \
+        --no-baseline --no-pipeline --repeat 1
+    local name
+    name="benchmarks/$(date +%F)-quick-$(python3 benchmarks/report.py --gpu-slug "$runs").md"
+    {
+        echo "# $(date +%F): benchmarks/gpu.sh quick"
+        echo
+        echo '```'
+        cat "$runs/machine.txt" 2>/dev/null
+        cat "$runs/gpu-checks.jsonl"
+        tail -3 "$runs/tests-cuda.log" 2>/dev/null
+        echo '```'
+        echo
+        python3 benchmarks/report.py "$runs"
+    } >"$runs/quick.md"
+    [ "$device" = cpu ] || cp "$runs/quick.md" "$name"
+    echo "wrote $runs/quick.md (checks: exit $checks)"
+    keep "$runs"/quick-*.json "$runs/gpu-checks.jsonl" "$runs/quick.md" "$name"
+    return "$checks"
+}
+
 case "$stage" in
+    quick)
+        run_tests
+        run_quick cuda 180x320 540x960 30 fp16
+        ;;
     tests) run_tests ;;
     model) run_model 180x320 540x960 30 16 cuda ;;
     pipeline) run_pipeline 180x320 540x960 30 8 cuda ;;
@@ -103,9 +138,10 @@ case "$stage" in
         bench pipeline-small --size 32x32 --frames 3 --device cpu --precision bf16 --no-baseline \
             --repeat 1 --encoders libx264 --encoders h264_nvenc
         python3 benchmarks/report.py "$runs" >"$runs/report.md" && echo "wrote $runs/report.md"
+        run_quick cpu 32x32 32x32 3 bf16
         ;;
     *)
-        echo "usage: benchmarks/gpu.sh [tests|model|pipeline|all|dry]" >&2
+        echo "usage: benchmarks/gpu.sh [quick|tests|model|pipeline|all|dry]" >&2
         exit 2
         ;;
 esac

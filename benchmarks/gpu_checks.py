@@ -1,0 +1,88 @@
+"""The first run on a GPU: what must hold before any speed matters (benchmarks/gpu.sh quick).
+
+For each device asked for (`cuda:0`, and `cuda:1` where there is one), on a short encoded clip
+with random official-size weights: a run with CUDA graphs and one without give the same frames;
+under --deterministic, --batch 1 and --batch 4 give the same frames; a second GPU gives the
+frames of the first. One JSON line per check, and exit 1 if any failed. Usage:
+
+    python benchmarks/gpu_checks.py OUT_DIR [--device cuda] [--size 64x96] [--frames 12]
+    python benchmarks/gpu_checks.py OUT_DIR --device cpu --size 32x32 --frames 4    # the dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from media import encode_video, moving_scene, read_frames
+from reference import random_official_checkpoint
+
+from vsrpp_cli.upscale import Options, upscale
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", default="64x96")
+    parser.add_argument("--frames", type=int, default=12)
+    args = parser.parse_args()
+    height, width = map(int, args.size.split("x"))
+    work = Path(tempfile.mkdtemp(prefix="vsrpp-gpu-checks-"))
+    clip = encode_video(work / "clip.mp4", moving_scene(args.frames, height, width), audio_channels=2)
+    weights = work / "c64n7.pth"
+    small = args.device == "cpu"
+    torch.save(random_official_checkpoint(8 if small else 64, 1 if small else 7, True, 0), weights)
+    precision = "bf16" if small else "fp16"
+    devices = [args.device] if small else [f"cuda:{i}" for i in range(min(2, torch.cuda.device_count()))]
+    results = []
+
+    def run(name: str, **settings) -> np.ndarray | None:
+        output = work / f"{name}.mkv"
+        options = Options(weights, precision=precision, chunk_frames=4, chunk_overlap=2, codec="ffv1", **settings)
+        began = time.perf_counter()
+        try:
+            summary = upscale(clip, output, options)
+        except Exception as error:  # a failure is a result here
+            results.append({"run": name, "ok": False, "error": f"{type(error).__name__}: {error}"[:300]})
+            return None
+        results.append({"run": name, "ok": True, "seconds": round(time.perf_counter() - began, 2),
+                        "fps": round(summary.fps, 2), "fallbacks": summary.fp32_fallbacks,
+                        "notices": summary.notices})  # fmt: skip
+        return read_frames(output)
+
+    def same(check: str, a: np.ndarray | None, b: np.ndarray | None) -> None:
+        ok = a is not None and b is not None and np.array_equal(a, b)
+        diff = int(np.abs(a.astype(int) - b.astype(int)).max()) if a is not None and b is not None else None
+        results.append({"check": check, "ok": ok, "max_diff": diff})
+
+    first = None
+    for device in devices:
+        graphs = run(f"{device}-graphs", device=device, graphs=True)
+        eager = run(f"{device}-eager", device=device, graphs=False)
+        same(f"{device}: graphs on and off give the same frames", graphs, eager)
+        one = run(f"{device}-batch1", device=device, batch=1, deterministic=True)
+        four = run(f"{device}-batch4", device=device, batch=4, deterministic=True)
+        same(f"{device}: --batch 1 and 4 give the same frames under --deterministic", one, four)
+        if first is None:
+            first = one
+        else:
+            same(f"{device} gives the frames of {devices[0]} (--deterministic)", one, first)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "gpu-checks.jsonl", "w") as file:
+        for row in results:
+            print(json.dumps(row))
+            file.write(json.dumps(row) + "\n")
+    return 0 if all(row["ok"] for row in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
