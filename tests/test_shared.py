@@ -61,6 +61,7 @@ def test_two_workers_give_the_frames_of_one(tmp_path, weights, clip, single):
     assert result.returncode == 0, result.stderr
     assert np.array_equal(read_frames(output), read_frames(single))
     assert probe(output) == probe(single)  # every timestamp and audio sample
+    assert output.read_bytes() == single.read_bytes()  # the same encoder input per segment: the same file
     facts = json.loads(result.stdout)
     workers = facts["workers"]
     assert [w["rank"] for w in workers] == [0, 1] and sum(w["frames"] for w in workers) == 16 == facts["frames"]
