@@ -331,6 +331,23 @@ def test_truncated_video_is_decoded_as_far_as_it_goes(tmp_path, weights):
     assert len(probe(tmp_path / "out.mp4")["times"]) == summary["frames"]
 
 
+def test_a_truncated_matroska_file_says_what_it_lost(tmp_path, weights):
+    """Matroska states no frame count, only a duration: 40 frames cut to the first 17 used to end
+    with exit 0 and nothing lost."""
+    source = encode_video(tmp_path / "full.mkv", moving_scene(40, 48, 64), container_format="matroska")
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(source.read_bytes()[: int(source.stat().st_size * 0.6)])
+    result = vsrpp("upscale", str(cut), str(tmp_path / "out.mp4"), "--weights", str(weights), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["lost"] == [
+        f"the file ends early: its frames stop at {summary['frames'] / 25:.3f} s of the 1.600 s it states "
+        f"(about {40 - summary['frames']} frames missing)"
+    ]
+    whole = vsrpp("upscale", str(source), str(tmp_path / "whole.mp4"), "--weights", str(weights), "--json")
+    assert json.loads(whole.stdout)["lost"] == []  # the whole file: nothing said
+
+
 # ----------------------------------------------------------------------------- batches
 def test_several_inputs_into_a_folder(tmp_path, weights):
     videos = tmp_path / "videos"

@@ -103,6 +103,7 @@ class Source:
         self.deinterlace, self.notice = deinterlace, notice
         self.fps = Fraction(fps).limit_denominator(1001) if fps else None  # for frames that carry no time
         self.report = DecodeReport()
+        self.undecodable = 0  # packets that failed to decode (reported each)
         if path.is_dir():
             self.files = frame_files(path)
             self.info = self._folder_info()
@@ -233,6 +234,7 @@ class Source:
             origin = stream.start_time or 0
             rate = self.fps or info.frame_rate or Fraction(25)
             timed = False  # said that frames are timed from the rate
+            last = None  # the last frame's time
             if first > 0:
                 # From the keyframe before two frames ahead of the one wanted: a deinterlacer
                 # then sees the fields before it, as it would have in a run from the start.
@@ -272,12 +274,31 @@ class Source:
                         f"the frame {_when(frame.pts, info.time_base)} is damaged (kept as decoded)"
                     )
                 yield Frame(index, pts, image)
+                last = pts
                 index += 1
         if not index and not first:
             raise InputError(f"{self.path}: no frame could be decoded; the file is damaged or empty")
-        if info.frame_count and index is not None and index < info.frame_count:
-            missing = info.frame_count - index
-            self.report.lost.append(f"{missing} of {info.frame_count} frames are missing: the file ends early")
+        if index is not None and last is not None:
+            self._check_end(index, last, origin, rate)
+
+    def _check_end(self, decoded: int, last_pts: int, origin: int, rate: Fraction) -> None:
+        """Frames missing at the end: against the count the container states, or (Matroska,
+        WebM and others state none) against its duration, beyond two frames' tolerance. Packets
+        that could not be decoded are reported apart, so they are not counted here again."""
+        info = self.info
+        if info.frame_count:
+            missing = info.frame_count - decoded - self.undecodable
+            if missing > 0:
+                self.report.lost.append(f"{missing} of {info.frame_count} frames are missing: the file ends early")
+        elif info.frame_estimate:
+            ends = float((last_pts - origin) * info.time_base + 1 / rate)
+            stated = info.frame_estimate / float(rate)
+            if stated - ends > max(2 / float(rate), 0.25):
+                missing = round((stated - ends) * float(rate))
+                self.report.lost.append(
+                    f"the file ends early: its frames stop at {ends:.3f} s of the {stated:.3f} s it states "
+                    f"(about {missing} frames missing)"
+                )
 
     def _decoded(self, container, stream, deinterlace: Deinterlacer | None) -> Iterator[av.VideoFrame]:
         for packet in container.demux(stream):
@@ -285,6 +306,7 @@ class Source:
                 decoded = packet.decode()
             except av.error.FFmpegError:
                 self.report.lost.append(f"the packet {_when(packet.pts, self.info.time_base)} could not be decoded")
+                self.undecodable += 1
                 continue
             for frame in decoded:
                 yield from deinterlace(frame) if deinterlace else (frame,)
