@@ -111,3 +111,28 @@ def test_a_patch_size_that_is_no_multiple_of_4_is_refused_when_parsed(tmp_path, 
     line = result.stderr.strip()
     assert "66: give a multiple of 4" in line and "64 or 68" in line and len(line.splitlines()) == 1
     assert not (tmp_path / "w").exists()
+
+
+def test_info_says_which_backends_work_here():
+    result = run_vsrpp("info", "--backends", "--json")
+    assert result.returncode == 0, result.stderr
+    table = json.loads(result.stdout)
+    assert {"torch", "plain"} <= set(table["works"]["cpu fp32"]) and table["auto"]["cpu fp32"] in table["works"][
+        "cpu fp32"
+    ]
+    assert run_vsrpp("info").returncode == 2  # neither a checkpoint nor --backends
+
+
+def test_a_backend_that_does_not_work_here_is_refused_before_any_work(tmp_path, official_checkpoint):
+    from media import encode_video, moving_scene
+
+    from vsrpp_cli.network.deform_conv import backend_works
+
+    if backend_works("mmcv", "cpu", torch.float32):
+        pytest.skip("mmcv works here")
+    source = encode_video(tmp_path / "in.mp4", moving_scene(2, 48, 64))
+    weights = official_checkpoint(8, 1, True)[0]
+    result = run_vsrpp("upscale", source, tmp_path / "out.mp4", "--weights", weights, "--deform-backend", "mmcv")
+    assert result.returncode == 2
+    assert "--deform-backend mmcv: not usable on cpu in float32" in result.stderr and "info --backends" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

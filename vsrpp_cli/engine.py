@@ -39,6 +39,21 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def check_backend(name: str, device: torch.device, dtype: torch.dtype) -> None:
+    """--deform-backend NAME must work here before any work starts."""
+    from .network.deform_conv import BACKENDS, backend_works
+
+    if name == "auto":
+        return
+    if name not in BACKENDS:
+        raise UsageError(f"--deform-backend {name}: choose auto, {', '.join(BACKENDS)}")
+    if not backend_works(name, device.type, dtype):
+        raise UsageError(
+            f"--deform-backend {name}: not usable on {device.type} in {str(dtype).removeprefix('torch.')} here (not "
+            "installed, or it failed its check); `vsrpp info --backends` lists those that work"
+        )
+
+
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32

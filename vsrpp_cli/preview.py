@@ -131,7 +131,7 @@ def preview(
     columns: dict[int, list[tuple[str, np.ndarray]]] = {frame: [] for frame in frames}
     sources: dict[int, np.ndarray] = {}
     for setting in settings:
-        model = load_model(setting.weights)
+        model = load_model(setting.weights, deform_backend=options.deform_backend)
         chunk = options.chunk_frames or default_chunk(
             device, info.width, info.height, model.mid_channels, options.chunk_overlap
         )

@@ -27,7 +27,7 @@ from .checkpoint import load_model, sha256_of
 from .colour import YuvTarget
 from .decode import open_source
 from .encode import EncoderSettings, Muxer, container_for, muxer_target
-from .engine import PRECISIONS, pick_device, pick_dtype
+from .engine import PRECISIONS, check_backend, pick_device, pick_dtype
 from .errors import OutputError, VsrppError, WorkerError, os_error_advice
 from .failpoints import failpoint
 from .launch import Launch
@@ -63,6 +63,7 @@ class Options:
     strength: float = 1.0  # 0: the source enlarged as the network's skip connection does; 1: the network
     fps: float | None = None  # the frame rate of inputs whose frames carry no times (raw streams, frame folders)
     deterministic: bool | None = None  # the same bits in every process (engine.make_deterministic); None: when shared
+    deform_backend: str = "auto"  # the deformable conv's kernel (network/deform_conv.py)
 
 
 @dataclass
@@ -129,6 +130,7 @@ def upscale(
     device = workers_device(options.device, launch) if shared else pick_device(options.device)
     dtype = pick_dtype(options.precision, device)
     summary.device, summary.precision = str(device), next(n for n, v in PRECISIONS.items() if v == dtype)
+    check_backend(options.deform_backend, device, dtype)
     model = load_model(options.weights)
     size = (info.width * model.scale, info.height * model.scale)
     settings = EncoderSettings(container_format, options.codec, options.crf, options.preset, options.pix_fmt)
@@ -271,6 +273,7 @@ def fingerprint(
         "strength": options.strength,
         "fps": options.fps,
         "deterministic": options.deterministic,
+        "deform_backend": options.deform_backend,
         "vsrpp": __version__,
     }
 

@@ -149,7 +149,7 @@ class Worker:
         self.info = self.source.info
         self.device = worker_device(local.device, world)
         dtype = pick_dtype(options["precision"], self.device)
-        model = load_model(Path(local.weights))
+        model = load_model(Path(local.weights), deform_backend=options["deform_backend"])
         self.chunk, self.per_segment = job["plan"]["chunk_frames"], job["plan"]["windows_per_segment"]
         self.overlap = options["chunk_overlap"]
         window_frames = self.chunk + 2 * self.overlap

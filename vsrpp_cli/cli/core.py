@@ -54,7 +54,7 @@ def check_plot_target(path: Path) -> None:
 # The model, window, tile, encoder and colour options that upscale and preview both take.
 SHARED_OPTIONS = (
     "device", "precision", "chunk_frames", "chunk_overlap", "tile", "tile_overlap",
-    "codec", "crf", "preset", "colour", "deinterlace", "fps",
+    "codec", "crf", "preset", "colour", "deinterlace", "fps", "deform_backend",
 )  # fmt: skip
 
 
@@ -77,6 +77,17 @@ def chosen_weights(model: str | None, weights: Path | None, quiet: bool = False)
 # ----------------------------------------------------------------------------- commands
 def info(args: Namespace) -> None:
     """`vsrpp info`: what a checkpoint holds: architecture, parameter count, task, layout and metadata."""
+    if args.backends:
+        from ..network.deform_conv import backend_table
+
+        table = backend_table()
+        if args.as_json:
+            print(json.dumps(table, indent=2))
+        else:
+            output.backends_table(table)
+        return
+    if args.checkpoint is None:
+        raise UsageError("give a CHECKPOINT to describe, or --backends")
     from ..checkpoint import describe
 
     facts = describe(args.checkpoint)

@@ -171,6 +171,15 @@ Deinterlace = Annotated[
         panel=ENCODING,
     ),
 ]
+DeformBackend = Annotated[
+    Literal["auto", "triton", "torch", "torchvision", "mmcv", "plain"],
+    option(
+        "Deformable-conv kernel: auto takes the first of triton (CUDA, fp16/bf16), mmcv, torchvision, torch "
+        "that passes its check here (`vsrpp info --backends`).",
+        metavar=None,
+        panel=MODEL,
+    ),
+]
 Fps = Annotated[
     float | None,
     option(
@@ -218,11 +227,16 @@ def _root(
 @app.command(cls=Command)
 def info(
     checkpoint: Annotated[
-        Path, typer.Argument(metavar="CHECKPOINT", help="A BasicVSR++ checkpoint (.pth): official, BasicSR or plain.")
-    ],
+        Path | None,
+        typer.Argument(metavar="[CHECKPOINT]", help="A BasicVSR++ checkpoint (.pth): official, BasicSR or plain."),
+    ] = None,
+    backends: Annotated[
+        bool, flag("Which deformable-conv backends work here, per device and precision, and which auto picks.")
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """What a checkpoint holds: architecture, parameter count, task, layout and metadata.
+    """What a checkpoint holds: architecture, parameter count, task, layout and metadata; or, with
+    --backends, the deformable-conv backends this machine can run.
 
     The file is read with torch.load(weights_only=True): nothing in it runs.
     """
@@ -315,6 +329,7 @@ def upscale(
     colour: Colour = "device",
     deinterlace: Deinterlace = "auto",
     fps: Fps = None,
+    deform_backend: DeformBackend = "auto",
     overwrite: Annotated[
         bool, flag("Replace OUTPUT if it is a file or frames folder vsrpp wrote.", "--overwrite", panel=OUTPUT)
     ] = False,
@@ -383,6 +398,7 @@ def preview(
     colour: Colour = "device",
     deinterlace: Deinterlace = "auto",
     fps: Fps = None,
+    deform_backend: DeformBackend = "auto",
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:

@@ -201,3 +201,16 @@ def preview_report(report: Any) -> None:
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+def backends_table(table: dict[str, Any]) -> None:
+    """Which deformable-conv backends work, per device and precision (`vsrpp info --backends`)."""
+    out = Table(title="deformable-conv backends here", show_lines=False)
+    out.add_column("backend", style="bold")
+    columns = list(table["works"])
+    for column in columns:
+        out.add_column(column)
+    for name in table["backends"]:
+        out.add_row(name, *("yes" if name in table["works"][c] else "-" for c in columns))
+    out.add_row("auto picks", *(table["auto"][c] for c in columns), style="italic")
+    stdout.print(out)

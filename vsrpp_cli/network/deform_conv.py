@@ -32,6 +32,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,22 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
 
 def available_backends(device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
     return [name for name in BACKENDS if backend_works(name, device, dtype)]
+
+
+def backend_table() -> dict[str, Any]:
+    """For each device here and precision: the backends that pass the probe, and auto's pick."""
+    devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    works, auto = {}, {}
+    for device in devices:
+        for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            if device == "cpu" and dtype == torch.float16:
+                continue  # no fast fp16 convolution on the CPU: vsrpp says so and does not offer it
+            column = f"{device} {precision}"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a failing backend warns; here it is a row of the table
+                works[column] = available_backends(device, dtype)
+                auto[column] = resolve_backend("auto", torch.device(device), dtype)
+    return {"backends": list(BACKENDS), "works": works, "auto": auto}
 
 
 @functools.cache
