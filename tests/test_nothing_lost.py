@@ -77,13 +77,33 @@ def test_overwrite_replaces_only_what_vsrpp_wrote(tmp_path, weights):
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "sub" / "keep.txt").exists()
     assert (folder / "in.mp4").is_file() and (folder / "other.mkv").is_file()
 
+    notes = tmp_path / "notes.mp4"  # a file that is no video, whatever its name
+    notes.write_text("my notes")
+    refused = run_vsrpp("upscale", source, notes, *w, "--overwrite")
+    assert refused.returncode == 1 and "is not a video" in one_line(refused)
+    assert notes.read_text() == "my notes"
+
     frames = tmp_path / "frames"  # a folder holding nothing but vsrpp's frames is replaced
     assert run_vsrpp("upscale", source, frames, *w).returncode == 0
     (frames / "00000007.png").write_bytes(b"a frame of an older, longer run")
     again = run_vsrpp("upscale", source, frames, *w, "--overwrite")
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in frames.iterdir()) == ["00000000.png", "00000001.png", "00000002.png"]
+    video = tmp_path / "video.mp4"  # and a video is
+    assert run_vsrpp("upscale", source, video, *w).returncode == 0
+    assert run_vsrpp("upscale", other, video, *w, "--overwrite").returncode == 0
+    assert len(probe(video)["times"]) == 2
     assert not list(tmp_path.glob(".*vsrpp*"))
+
+
+def test_notices_for_what_would_otherwise_surprise(tmp_path, weights):
+    source = encode_video(tmp_path / "in.mp4", moving_scene(2, 48, 64))
+    args = ["upscale", source, tmp_path / "out.mp4", "--weights", weights, "--json"]
+    result = run_vsrpp(*args, "--resume", "--tile", "32", "--tile-overlap", "4")
+    assert result.returncode == 0, result.stderr
+    notices = json.loads(result.stdout)["notices"]
+    assert "--resume: no interrupted run of out.mp4 was found; starting from the beginning" in notices
+    assert any(n.startswith("--tile 32: every tile still runs the network's fixed work") for n in notices)
 
 
 # ----------------------------------------------------------------------------- bounded store

@@ -410,8 +410,7 @@ def test_rotation_is_carried(tmp_path, weights):
 
 def test_overwrite_replaces_a_file_or_a_folder(tmp_path, weights):
     source = encode_video(tmp_path / "in.mp4", moving_scene(2, 48, 64))
-    existing = tmp_path / "out.mp4"
-    existing.write_bytes(b"old")
+    existing = encode_video(tmp_path / "out.mp4", moving_scene(5, 48, 64))  # an older output
     upscale(source, existing, Options(weights, overwrite=True))
     assert len(probe(existing)["times"]) == 2
     folder = tmp_path / "frames"

@@ -9,6 +9,8 @@ import re
 import shutil
 from pathlib import Path
 
+import av
+
 from .encode import container_for
 from .errors import OutputError
 
@@ -28,6 +30,11 @@ def check_output(output: Path, overwrite: bool) -> None:
     if output.is_symlink() or output.is_dir() != wants_folder:
         kind = "a link" if output.is_symlink() else "a folder" if output.is_dir() else "a file"
         raise OutputError(f"{output} is {kind}, which --overwrite does not replace; choose another output")
+    if not wants_folder and not holds_video(output):
+        raise OutputError(
+            f"{output} is not a video (FFmpeg finds no video stream in it), which --overwrite does not replace; "
+            "choose another output"
+        )
     if wants_folder:
         others = sorted(p.name for p in output.iterdir() if not (FRAME_NAME.fullmatch(p.name) and p.is_file()))
         if others:
@@ -36,6 +43,14 @@ def check_output(output: Path, overwrite: bool) -> None:
                 f"{output} holds {others[0]}{more}, which vsrpp did not write; --overwrite replaces only a "
                 "folder of vsrpp's frames: choose another output folder"
             )
+
+
+def holds_video(path: Path) -> bool:
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.video)
+    except (av.error.FFmpegError, OSError):
+        return False
 
 
 def partial_folder(output: Path) -> Path:

@@ -27,7 +27,7 @@ from .checkpoint import load_model, sha256_of
 from .colour import YuvTarget
 from .decode import open_source
 from .encode import EncoderSettings, Muxer, container_for, muxer_target
-from .engine import PRECISIONS, check_backend, pick_device, pick_dtype
+from .engine import MIN_TILE, PRECISIONS, check_backend, pick_device, pick_dtype
 from .errors import OutputError, VsrppError, WorkerError, os_error_advice
 from .failpoints import failpoint
 from .launch import Launch
@@ -122,6 +122,11 @@ def upscale(
             summary.notices.append(message)
             notice(message)
 
+    if options.resume and not partial_folder(output).exists():
+        tell(f"--resume: no interrupted run of {output.name} was found; starting from the beginning")
+    if 0 < options.tile < MIN_TILE:
+        tell(f"--tile {options.tile}: every tile still runs the network's fixed work (flows on at least 64x64 "
+             f"pixels), so tiles under {MIN_TILE} px are many times slower; 256 or more is usual")  # fmt: skip
     source = open_source(source_path, options.deinterlace, tell, options.fps)
     info = source.info
     shared = launch.processes > 1
