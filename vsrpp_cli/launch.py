@@ -90,7 +90,8 @@ def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any) -> None:
         rdzv_configs={"rank": launch.node_rank} if multi else {},
         max_restarts=launch.max_restarts,
         monitor_interval=0.5,
-        shutdown_timeout=SHUTDOWN_SECONDS,
+        # Older PyTorch (LaunchConfig without the field) waits its own default before SIGKILL.
+        **({"shutdown_timeout": SHUTDOWN_SECONDS} if "shutdown_timeout" in LaunchConfig.__dataclass_fields__ else {}),
     )
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     # The agent logs each failure as a traceback; the caller says it in one line.
