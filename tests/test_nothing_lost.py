@@ -20,7 +20,7 @@ import pytest
 from harness import run_vsrpp
 from media import encode_video, moving_scene, probe, read_frames
 
-from vsrpp_cli.upscale import Options, upscale
+from vsrpp_cli.pipeline import Options, upscale
 
 
 @pytest.fixture(scope="module")

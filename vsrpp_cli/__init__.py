@@ -14,6 +14,10 @@ except PackageNotFoundError:  # running from a checkout that is not installed
 _LAZY = {
     "BasicVSRPlusPlus": "vsrpp_cli.network",
     "CheckpointError": "vsrpp_cli.errors",
+    "Summary": "vsrpp_cli.pipeline",
+    "Upscaler": "vsrpp_cli.api",
+    "VsrppError": "vsrpp_cli.errors",
+    "upscale": "vsrpp_cli.api",
     "load_model": "vsrpp_cli.checkpoint",
     "read_checkpoint": "vsrpp_cli.checkpoint",
 }
@@ -25,4 +29,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'vsrpp_cli' has no attribute {name!r}")
 
 
-__all__ = ["BasicVSRPlusPlus", "CheckpointError", "__version__", "load_model", "read_checkpoint"]
+__all__ = [
+    "BasicVSRPlusPlus",
+    "CheckpointError",
+    "Summary",
+    "Upscaler",
+    "VsrppError",
+    "__version__",
+    "load_model",
+    "read_checkpoint",
+    "upscale",
+]

@@ -260,7 +260,7 @@ def time_pipeline(
     """The whole `upscale` path: decode, windows, network, quantise, encode (libx264), mux."""
     import av
 
-    from .upscale import Options, upscale
+    from .pipeline import Options, upscale
 
     device = pick_device(device_name)
     with tempfile.TemporaryDirectory() as folder:

@@ -9,7 +9,7 @@ from .decode import FRAME_EXTENSIONS, is_video_file
 from .encode import CONTAINERS, EncoderSettings, check_encoder_settings, container_for
 from .errors import UsageError, VsrppError
 from .launch import Launch
-from .upscale import Options, Summary, upscale
+from .pipeline import Options, Summary, upscale
 
 
 def run_jobs(

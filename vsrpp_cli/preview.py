@@ -28,9 +28,9 @@ from .encode import CONTAINERS, EncoderSettings, VideoEncoder, write_png
 from .engine import Engine, pick_device, pick_dtype
 from .errors import OutputError, UsageError, os_error_advice
 from .labels import draw_text
+from .pipeline import Options
 from .sizing import default_chunk
 from .tensors import frames_to_tensor, tensor_to_frames
-from .upscale import Options
 
 BAND = 24  # label band height, pixels
 GAP = 4  # between panels

@@ -1,4 +1,4 @@
-"""The writer's side of a run (upscale.py): the workers started (a thread here, or processes
+"""The writer's side of a run (pipeline.py): the workers started (a thread here, or processes
 through the elastic launcher), the segments they send stored in the run's folder, progress
 shown, silent workers noticed."""
 

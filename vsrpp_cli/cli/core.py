@@ -104,7 +104,7 @@ def upscale(args: Namespace) -> None:
     check_tiles(args.tile, args.tile_overlap)
     *inputs, destination = args.paths
     from ..jobs import check_encoder, plan_jobs, run_jobs
-    from ..upscale import Options
+    from ..pipeline import Options
 
     jobs = plan_jobs(inputs, destination)
     check_encoder([target for _, target in jobs], args.codec, args.crf, args.preset, args.pix_fmt)
@@ -151,9 +151,9 @@ def preview(args: Namespace) -> None:
             raise UsageError(f"--strength {value}: give a value from 0 to 1")
     check_tiles(args.tile, args.tile_overlap)
     from ..jobs import check_encoder
+    from ..pipeline import Options
     from ..preview import Setting, parse_time
     from ..preview import preview as run_preview
-    from ..upscale import Options
 
     times = [parse_time(text) for text in args.at or ()]
     check_encoder([Path("estimate.mp4")], args.codec, args.crf, args.preset, None)

@@ -21,6 +21,7 @@ contiguous run of the group's channels.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -29,6 +30,10 @@ import triton.language as tl
 from torch import Tensor
 
 BLOCK_P = 64  # output pixels per program
+# fp32's operands take twice the shared memory, and its exact ("ieee") dot stages more: at 64
+# pixels a program needed 188 KiB (compiled for sm_80 and sm_90), past an A100's 163 KiB and a
+# consumer GPU's 99 KiB. Fewer pixels per program fit (tests/test_deform_conv.py checks).
+BLOCK_P_FP32 = 16
 
 
 @triton.jit
@@ -49,9 +54,11 @@ def _deform_conv_kernel(
 
     pixel = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pixel_ok = pixel < N * H_OUT * W_OUT
-    out_x = pixel % W_OUT
-    out_y = (pixel // W_OUT) % H_OUT
-    image = (pixel // (W_OUT * H_OUT)).to(tl.int64)  # batch offsets can pass 2**31 elements
+    # Element offsets in 64 bits: a row of channels-last offsets (16 groups x 18 = 288 channels)
+    # times the rows passes 2**31 from about 7.4 Mpx (an untiled 4K input).
+    out_x = (pixel % W_OUT).to(tl.int64)
+    out_y = ((pixel // W_OUT) % H_OUT).to(tl.int64)
+    image = (pixel // (W_OUT * H_OUT)).to(tl.int64)
     o = tl.arange(0, BLOCK_O)
     o_ok = o < C_OUT
 
@@ -77,8 +84,8 @@ def _deform_conv_kernel(
             x0f = tl.floor(pos_x)
             frac_y = pos_y - y0f
             frac_x = pos_x - x0f
-            y0 = y0f.to(tl.int32)
-            x0 = x0f.to(tl.int32)
+            y0 = y0f.to(tl.int64)
+            x0 = x0f.to(tl.int64)
 
             channel = (group * GROUP_CHANNELS)[:, :, None] + within_group  # (1, G_BLOCK, GC_BLOCK)
             channel_ok = (within_group < GROUP_CHANNELS) & (group < GROUPS)[:, :, None]
@@ -127,13 +134,16 @@ def triton_deform_conv2d(
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty(n, c_out, h_out, w_out, device=x.device, dtype=x.dtype, memory_format=memory_format)
-    grid = (triton.cdiv(n * h_out * w_out, BLOCK_P),)
-    _deform_conv_kernel[grid](
-        x, offset, mask, weight, bias if bias is not None else weight, out,
-        n, h, w, h_out, w_out, c_out,
-        *x.stride(), *offset.stride(), *mask.stride(), *weight.stride(), *out.stride(),
-        **launch_constants(c_in, c_out, groups, kh, kw, padding, bias is not None, x.dtype),
-    )  # fmt: skip
+    constants = launch_constants(c_in, c_out, groups, kh, kw, padding, bias is not None, x.dtype)
+    grid = (triton.cdiv(n * h_out * w_out, constants["BLOCK_P"]),)
+    # Triton launches on the current device, not the tensors': a worker on cuda:1 would fail.
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _deform_conv_kernel[grid](
+            x, offset, mask, weight, bias if bias is not None else weight, out,
+            n, h, w, h_out, w_out, c_out,
+            *x.stride(), *offset.stride(), *mask.stride(), *weight.stride(), *out.stride(),
+            **constants,
+        )  # fmt: skip
     return out
 
 
@@ -148,7 +158,7 @@ def launch_constants(
     return dict(
         GROUPS=groups, GROUP_CHANNELS=group_channels, GC_BLOCK=gc_block, G_BLOCK=g_block,
         KH=kh, KW=kw, PAD=padding, HAS_BIAS=has_bias,
-        BLOCK_P=BLOCK_P, BLOCK_O=max(16, triton.next_power_of_2(c_out)),
+        BLOCK_P=BLOCK_P if dtype != torch.float32 else BLOCK_P_FP32, BLOCK_O=max(16, triton.next_power_of_2(c_out)),
         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
     )  # fmt: skip
 

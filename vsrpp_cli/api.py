@@ -1,0 +1,163 @@
+"""vsrpp as a library: what the `upscale` command does, as a function, and an `Upscaler` for
+frames that come from elsewhere (a VapourSynth or FFmpeg pipeline, a notebook, a GUI).
+
+Both run on the engine the command runs on (windows with context, tiles, precision, the fp32
+fallback), and raise the command's errors: every one a `VsrppError` whose message says what to
+do.
+
+    import vsrpp_cli
+    summary = vsrpp_cli.upscale("in.mp4", "out.mp4", model="reds4", chunk_frames=16)
+
+    upscaler = vsrpp_cli.Upscaler(model="reds4", device="cuda")
+    for big in upscaler.frames(small_frames):   # numpy (h, w, 3) uint8/uint16, or torch (3, h, w)
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import load_model
+from .engine import Engine, check_backend, pick_device, pick_dtype
+from .errors import UsageError
+from .launch import Launch
+from .pipeline import Options, Summary
+from .pipeline import upscale as run_upscale
+from .windows import temporal_windows
+from .zoo import resolve_weights
+
+LAUNCH_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint",
+                  "max_restarts")  # fmt: skip
+
+
+def upscale(
+    input: str | Path,
+    output: str | Path,
+    *,
+    model: str | None = None,
+    weights: str | Path | None = None,
+    on_progress: Callable[[float, int | None], None] | None = None,
+    notice: Callable[[str], None] | None = None,
+    **options: Any,
+) -> Summary:
+    """`vsrpp upscale INPUT OUTPUT` with the command's options as keyword arguments (the same
+    names, underscores for dashes, the same defaults): e.g. `chunk_frames=16`, `codec="libx265"`,
+    `overwrite=True`, `nproc_per_node=2`. Returns the run's summary; raises VsrppError.
+
+    `on_progress(done, total)` hears frames done (fractions within a window) and the total (None
+    where the container states none); `notice(message)` hears each notice of the run."""
+    known = {f.name for f in fields(Options)} - {"weights"}
+    unknown = sorted(set(options) - known - set(LAUNCH_OPTIONS))
+    if unknown:
+        raise UsageError(f"upscale() takes no option {unknown[0]!r}; the options are {', '.join(sorted(known))}")
+    launch = {name: options.pop(name) for name in LAUNCH_OPTIONS if name in options}
+    where = Launch(nproc=launch.pop("nproc_per_node", 1), **launch)
+    chosen = resolve_weights(model, Path(weights) if weights is not None else None, progress=False)
+    run_options = Options(weights=chosen, **{k: v for k, v in options.items() if k in known})
+    return run_upscale(
+        Path(input),
+        Path(output),
+        run_options,
+        on_progress or (lambda done, total: None),
+        notice or (lambda message: None),
+        where,
+    )
+
+
+class Upscaler:
+    """BasicVSR++ on frames you bring, streamed: `frames()` holds one window (chunk_frames +
+    2 * chunk_overlap frames) at most, and each output frame comes out at most one window plus
+    its overlap after its input went in.
+
+    Frames are numpy arrays (h, w, 3) RGB, uint8 or uint16 (16-bit samples), or torch tensors
+    (3, h, w): uint8, or float in [0, 1] (run at 16-bit precision); frames come out in the form
+    they went in, 4x larger for the x4 models.
+
+    upscaler = Upscaler(model="reds4", device="cuda", chunk_frames=32, chunk_overlap=8)
+    out = upscaler.tensor(clip)          # (t, 3, h, w) -> (t, 3, 4h, 4w), the whole clip at once
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        weights: str | Path | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        chunk_frames: int = 32,
+        chunk_overlap: int = 8,
+        tile: int = 0,
+        tile_overlap: int = 16,
+        batch: int = 1,
+        strength: float = 1.0,
+        graphs: bool = True,
+        deform_backend: str = "auto",
+        deterministic: bool = False,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
+        if chunk_frames < 1 or chunk_overlap < 0:
+            raise UsageError("chunk_frames must be at least 1 and chunk_overlap at least 0")
+        chosen = resolve_weights(model, Path(weights) if weights is not None else None, progress=False)
+        self.device = pick_device(device)
+        dtype = pick_dtype(precision, self.device)
+        check_backend(deform_backend, self.device, dtype)
+        network = load_model(chosen, deform_backend=deform_backend)
+        self.engine = Engine(network, self.device, dtype, tile, tile_overlap, warn=notice or (lambda m: None),
+                             graphs=graphs, batch=batch, strength=strength, deterministic=deterministic)  # fmt: skip
+        self.chunk, self.overlap = chunk_frames, chunk_overlap
+
+    @property
+    def scale(self) -> int:
+        return self.engine.scale
+
+    def frames(self, frames: Iterable[np.ndarray | Tensor]) -> Iterator[np.ndarray | Tensor]:
+        """Each frame upscaled, in order, as its window completes."""
+        form: dict[str, Any] = {}
+        arrays = (_to_array(frame, form) for frame in frames)
+        for window in temporal_windows(arrays, self.chunk, self.overlap):
+            depth = 16 if window.items[0].dtype == np.uint16 else 8
+            for image in self.engine.upscale(window.items, window.keep, depth):
+                yield _from_array(image, form)
+
+    def tensor(self, clip: Tensor) -> Tensor:
+        """A whole (t, 3, h, w) clip, uint8 or float in [0, 1], to (t, 3, sh, sw) of the same kind."""
+        if clip.dim() != 4 or clip.shape[1] != 3:
+            raise UsageError(f"Upscaler.tensor takes (t, 3, h, w); got {tuple(clip.shape)}")
+        return torch.stack(list(self.frames(clip.unbind(0))))
+
+
+def _to_array(frame: np.ndarray | Tensor, form: dict[str, Any]) -> np.ndarray:
+    """A frame as the engine takes it, (h, w, 3) uint8/uint16; `form` remembers the caller's."""
+    if isinstance(frame, Tensor):
+        if frame.dim() != 3 or frame.shape[0] != 3:
+            raise UsageError(f"a frame tensor is (3, h, w); got {tuple(frame.shape)}")
+        form.setdefault("tensor", (frame.dtype, frame.device))
+        if frame.dtype == torch.uint8:
+            return frame.permute(1, 2, 0).cpu().numpy()
+        if not frame.is_floating_point():
+            raise UsageError(f"a frame tensor is uint8 or float in [0, 1]; got {frame.dtype}")
+        scaled = (frame.float().clamp(0, 1) * 65535).round().to(torch.int32)
+        return scaled.permute(1, 2, 0).cpu().numpy().astype(np.uint16)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype not in (np.uint8, np.uint16):
+        raise UsageError(f"a frame array is (h, w, 3) uint8 or uint16 RGB; got {frame.shape} {frame.dtype}")
+    return frame
+
+
+def _from_array(image: np.ndarray, form: dict[str, Any]) -> np.ndarray | Tensor:
+    if "tensor" not in form:
+        return image
+    dtype, device = form["tensor"]
+    out = torch.from_numpy(image.astype(np.int32) if image.dtype == np.uint16 else image).permute(2, 0, 1)
+    if dtype == torch.uint8:
+        return out.to(device)
+    return (out.float() / 65535).to(device=device, dtype=dtype)
+
+
+__all__ = ["Upscaler", "upscale"]
