@@ -34,9 +34,10 @@ def test_one_process_raising_at_each_point(tmp_path, monkeypatch, fault_weights,
     assert facts["windows_resumed"] >= (2 if point in ("send", "save", "join", "rename") else 1)
 
 
-@pytest.mark.parametrize("point", ["send", "rename"])
+@pytest.mark.parametrize("point", ["rename"])
 def test_one_process_killed_at_a_point(tmp_path, fault_weights, fault_clip, fault_reference, point):
-    """kill -9 (SIGKILL to itself): nothing runs to clean up."""
+    """kill -9 (SIGKILL to itself) while the joined output is moved into place: nothing runs to
+    clean up (test_nothing_lost.py kills single runs part-way through too)."""
     hit = 1 if point in ("join", "rename") else 2
     env = {**os.environ, "VSRPP_FAILPOINTS": f"{point}@{hit}=crash"}
     output = tmp_path / "out.mp4"

@@ -22,7 +22,7 @@ from typing import Any
 from .errors import UsageError
 
 LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing.spawn", "torch.distributed.launcher")
-SHUTDOWN_SECONDS = 5  # SIGTERM to SIGKILL when the agent stops its workers
+SHUTDOWN_SECONDS = 3  # SIGTERM to SIGKILL when the agent stops its workers (they keep nothing worth a wait)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -89,7 +89,7 @@ def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any) -> None:
         rdzv_endpoint=launch.rdzv_endpoint or "",
         rdzv_configs={"rank": launch.node_rank} if multi else {},
         max_restarts=launch.max_restarts,
-        monitor_interval=0.5,
+        monitor_interval=0.2,
         # Older PyTorch (LaunchConfig without the field) waits its own default before SIGKILL.
         **({"shutdown_timeout": SHUTDOWN_SECONDS} if "shutdown_timeout" in LaunchConfig.__dataclass_fields__ else {}),
     )

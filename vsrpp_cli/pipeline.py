@@ -130,8 +130,6 @@ def upscale(
     source = open_source(source_path, options.deinterlace, tell, options.fps)
     info = source.info
     shared = launch.processes > 1
-    if options.deterministic is None:  # workers' outputs are joined: they must compute alike
-        options = replace(options, deterministic=shared)
     device = workers_device(options.device, launch) if shared else pick_device(options.device)
     dtype = pick_dtype(options.precision, device)
     summary.device, summary.precision = str(device), next(n for n, v in PRECISIONS.items() if v == dtype)
@@ -160,7 +158,11 @@ def upscale(
             device, info.width, info.height, model.mid_channels, options.chunk_overlap
         )
         first_plan = plan(chunk, options.segment_frames, container_format is None, total, launch.processes)
+        # Workers' outputs are joined, so they must compute alike; kept with the plan, so that a
+        # resume with another number of workers computes as the run began.
+        first_plan["deterministic"] = shared if options.deterministic is None else options.deterministic
         store = RunStore.open(partial_folder(output), run, first_plan, options.resume, options.overwrite)
+        options = replace(options, deterministic=store.plan.get("deterministic", first_plan["deterministic"]))
         committed = store.closed_segments()
         per_segment = store.plan["windows_per_segment"]
         summary.chunk_frames = store.plan["chunk_frames"]
@@ -277,7 +279,7 @@ def fingerprint(
         "segment_frames": options.segment_frames,
         "strength": options.strength,
         "fps": options.fps,
-        "deterministic": options.deterministic,
+        "deterministic": options.deterministic,  # as asked (None: automatic; the plan holds what it meant)
         "deform_backend": options.deform_backend,
         "vsrpp": __version__,
     }

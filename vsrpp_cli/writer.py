@@ -21,7 +21,7 @@ from .launch import Launch, failure_line, free_port, run_workers
 from .resume import RunStore
 from .worker import InProcess, Local, describe, elastic_main
 
-ABORT_GRACE = 10.0  # seconds a stopped run's workers have to end before they are killed
+ABORT_GRACE = 5.0  # seconds a stopped run's workers have to end (they look every HEARTBEAT) before they are killed
 
 
 class Writer:
