@@ -41,6 +41,19 @@ def test_info_describes_an_official_checkpoint(tmp_path):
     text = vsrpp("info", str(path))
     assert text.returncode == 0
     assert "7,322,927" in text.stdout and "C64/N7" in text.stdout and "super-resolution" in text.stdout
+    assert "None" not in text.stdout  # not a zoo model: said as (none)
+
+
+def test_listing_the_zoo_imports_no_torch():
+    """`weights list` took 3.7 s importing torch for parameter counts that are constants."""
+    import subprocess
+    import sys
+
+    script = "import sys\nfrom vsrpp_cli.cli import run\nrun(['weights', 'list', '--json'])\n"
+    script += "assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert '"name": "reds4"' in result.stdout
 
 
 def test_info_on_a_bad_file_is_one_line_without_traceback(tmp_path):

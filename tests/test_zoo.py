@@ -107,6 +107,8 @@ def test_list_has_all_ten_official_models(monkeypatch):
     for model in zoo.models().values():
         assert model.file.endswith(f"-{model.sha256_prefix}.pth")
     assert zoo.parameter_count(zoo.get("reds4")) == 7_322_927
+    for model in zoo.models().values():  # the table behind `weights list` is the networks' own count
+        assert zoo.parameter_count(model) == zoo.counted_parameters(model), model.name
     listed = json.loads(vsrpp(os.environ, "weights", "list", "--json").stdout)
     assert [m["name"] for m in listed] == names
 

@@ -10,7 +10,6 @@ Layouts accepted (docs/REFERENCE.md section 2):
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
+from .hashing import sha256_of
 from .network.basicvsrpp import BRANCHES, BasicVSRPlusPlus
 
 
@@ -123,14 +123,6 @@ def load_strict(model: torch.nn.Module, state: dict[str, Tensor], source: str | 
     model.load_state_dict(state, strict=True)
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # numpy scalars and dtypes show up in the meta of files saved by mmcv's hooks (best scores).
 # They rebuild plain numbers and run nothing, so the weights-only unpickler may accept them,
 # under the names old (numpy.core) and new (numpy._core) pickles give them. The (function, name)
@@ -152,7 +144,8 @@ def _torch_load(path: Path) -> Any:
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         if not found:  # not a pickle the weights-only reader understands: damaged or not torch
             raise CheckpointError(
-                f"{path}: not a readable torch checkpoint (damaged, or another kind of file); download it again"
+                f"{path}: not a readable torch checkpoint (damaged, or another kind of file); give a BasicVSR++ "
+                "checkpoint (.pth), or fetch it again if a download was cut short"
             ) from error
         raise CheckpointError(
             f"{path}: refused: loading it would run code (it asks for {found.group(1)}); use a checkpoint "
@@ -160,8 +153,8 @@ def _torch_load(path: Path) -> Any:
         ) from error
     except Exception as error:  # anything else torch.load raises on bytes that are not a checkpoint
         raise CheckpointError(
-            f"{path}: not a readable torch checkpoint ({_first_line(error)}); "
-            "the file may be truncated: download it again"
+            f"{path}: not a readable torch checkpoint ({_first_line(error)}); give a BasicVSR++ checkpoint "
+            "(.pth), or fetch it again if a download was cut short"
         ) from error
 
 

@@ -130,7 +130,7 @@ def score(
     """Score the plan's clips; the report, and its facts with the settings and the published
     numbers beside ours when the weights are a zoo model's."""
     from . import zoo
-    from .checkpoint import sha256_of
+    from .hashing import sha256_of
 
     known = zoo.known_file(sha256_of(weights))
 

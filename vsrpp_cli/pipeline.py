@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, failpoints
-from .checkpoint import load_model, sha256_of
+from .checkpoint import load_model
 from .colour import YuvTarget
 from .decode import open_source
 from .encode import EncoderSettings, Muxer, container_for, muxer_target
 from .engine import MIN_TILE, PRECISIONS, check_backend, pick_device, pick_dtype
 from .errors import OutputError, VsrppError, WorkerError, os_error_advice
 from .failpoints import failpoint
+from .hashing import sha256_of
 from .launch import Launch
 from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
 from .resume import RunStore, remove

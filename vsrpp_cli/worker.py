@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_model, sha256_of
+from .checkpoint import load_model
 from .colour import YuvTarget
 from .coordination import HEARTBEAT, AbortError, Board
 from .decode import Frame, Source, VideoInfo, open_source
@@ -38,6 +38,7 @@ from .encode import EncoderSettings, VideoEncoder
 from .engine import Engine, pick_device, pick_dtype
 from .errors import InputError, UsageError, VsrppError
 from .failpoints import failpoint
+from .hashing import sha256_of
 from .launch import die_with_parent, worker_environment
 from .resume import FrameSegment, Spool, VideoSegment
 from .sizing import default_batch

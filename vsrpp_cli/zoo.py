@@ -21,11 +21,8 @@ import urllib.error
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-from torch.hub import download_url_to_file
-
-from .checkpoint import sha256_of
 from .errors import CheckpointError, UsageError, ZooError
+from .hashing import sha256_of
 
 OPENMMLAB = "https://download.openmmlab.com/mmediting/restorers/basicvsr_plusplus/"
 AUTHORS_FOLDER = "https://www.dropbox.com/sh/gopo637rbutlxde/AACGnXDlvQMjwfCey3m2g34za?dl=0"
@@ -282,6 +279,8 @@ def download(model: Model, progress: bool = True) -> Path:
     try:
         # Downloads to a temporary file beside the target, checks the sha256 prefix, then moves
         # it into place; on any failure the temporary file is removed.
+        from torch.hub import download_url_to_file  # torch only when something is fetched
+
         download_url_to_file(url, str(path), hash_prefix=model.sha256_prefix, progress=progress)
     except RuntimeError as error:
         if "invalid hash value" in str(error):
@@ -300,8 +299,21 @@ def download(model: Model, progress: bool = True) -> Path:
     return path
 
 
+# Parameters per architecture (mid channels, blocks, scale), counted on the network built on the
+# meta device (tests/test_zoo.py holds them to it): `weights list` then needs no torch import.
+PARAMETERS = {(64, 7, 4): 7_322_927, (128, 25, 4): 43_780_463, (128, 25, 1): 44_075_631, (64, 15, 1): 9_760_175}
+
+
 def parameter_count(model: Model) -> int:
-    from .network import BasicVSRPlusPlus  # built on the meta device: no memory, no time
+    known = PARAMETERS.get((model.mid_channels, model.num_blocks, model.scale))
+    return known if known is not None else counted_parameters(model)  # a model added by VSRPP_MODELS
+
+
+def counted_parameters(model: Model) -> int:
+    """The count from the network itself, built on the meta device (no memory, no time)."""
+    import torch
+
+    from .network import BasicVSRPlusPlus
 
     with torch.device("meta"):
         network = BasicVSRPlusPlus(model.mid_channels, model.num_blocks, is_low_res_input=model.scale == 4)

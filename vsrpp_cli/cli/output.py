@@ -36,6 +36,8 @@ def facts_table(facts: dict[str, Any]) -> None:
             value = ", ".join(f"{k}={_short(v)}" for k, v in value.items()) or "(none)"
         elif isinstance(value, list):
             value = ", ".join(value) or "(none)"
+        elif value is None:
+            value = "(none)"
         elif isinstance(value, int) and not isinstance(value, bool):
             value = f"{value:,}"
         table.add_row(key.replace("_", " "), str(value))
