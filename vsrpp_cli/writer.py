@@ -17,7 +17,7 @@ from .coordination import POLL, Board, Watch
 from .engine import pick_device
 from .errors import ExitStatus, InputError, Interrupted, UsageError, WorkerError
 from .failpoints import failpoint
-from .launch import Launch, failure_line, free_port, run_workers
+from .launch import Launch, failure_line, run_workers
 from .resume import RunStore
 from .worker import InProcess, Local, describe, elastic_main
 
@@ -82,8 +82,10 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     """Worker processes on this machine (and others), the writer in a thread of this one."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    port = launch.port + 1 if launch.nnodes > 1 else free_port()
-    board = Board.serve(port)
+    # One machine: a port the store picks itself (a second free_port() could return the
+    # rendezvous's own); several: the rendezvous port + 1, which every machine can work out.
+    board = Board.serve(launch.port + 1 if launch.nnodes > 1 else 0)
+    port = board.store.port
     board.publish_job(job)
     stop = threading.Event()
     failure: list[BaseException] = []
