@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import queue
 import resource
@@ -205,7 +206,7 @@ class Worker:
     def claims(self) -> Iterator[int]:
         """Segments not committed, in order, each taken by the first worker to ask for it."""
         job = self.job
-        segments = range(job["segments"]) if job["segments"] is not None else _count()
+        segments = range(job["segments"]) if job["segments"] is not None else itertools.count()
         committed = set(job["committed"])
         for segment in segments:
             if segment in committed or self.board.is_saved(segment):
@@ -346,13 +347,6 @@ def segment_maker(
         return VideoSegment(lambda: VideoEncoder(settings, info, size))
 
     return new_segment
-
-
-def _count() -> Iterator[int]:
-    index = 0
-    while True:
-        yield index
-        index += 1
 
 
 # ----------------------------------------------------------------------------- reading
