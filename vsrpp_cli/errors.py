@@ -83,18 +83,21 @@ class Interrupted(BaseException):
         self.exit_status = exit_status
 
 
-def os_error_advice(error: OSError, folder: Path, what: str) -> VsrppError | None:
+def os_error_advice(error: OSError, folder: Path, what: str, kept: bool = True) -> VsrppError | None:
     """The user's view of an OS failure while writing `what` into `folder`, or None when it is
-    not one a user can fix (then it stays a bug with its traceback)."""
+    not one a user can fix (then it stays a bug with its traceback). `kept`: whether finished
+    work stays for --resume (a run that failed before finishing anything has none)."""
+    again = (
+        "finished work is kept: {fix} and run the same command with --resume"
+        if kept
+        else ("nothing was finished yet: {fix} and run the command again")
+    )
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(
-            f"no space left in {folder} while writing {what}; finished work is kept: free some space "
-            "and run the same command with --resume"
-        )
+        return DiskFullError(f"no space left in {folder} while writing {what}; " + again.format(fix="free some space"))
     if error.errno == errno.EFBIG:
         return DiskFullError(
             f"a file in {folder} grew past what its file system (FAT32: 4 GB) or `ulimit -f` allows while "
-            f"writing {what}; finished work is kept: raise the limit and run the same command with --resume"
+            f"writing {what}; " + again.format(fix="raise the limit")
         )
     if error.errno == errno.EROFS:
         return OutputError(f"{folder} is on a read-only file system; choose an output elsewhere")

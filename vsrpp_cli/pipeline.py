@@ -207,7 +207,8 @@ def upscale(
         }
     except OSError as error:
         cleanup(muxer, temporary, store, notice)
-        advice = os_error_advice(error, output.parent, f"{output.name} or its finished segments")
+        kept = store is not None and store.folder.exists()  # (cleanup removes a folder with nothing in it)
+        advice = os_error_advice(error, output.parent, f"{output.name} or its finished segments", kept)
         if advice is None:
             raise
         raise advice from None
