@@ -101,15 +101,15 @@ class RunStore:
             found.add(int(path.name.split("_")[1].split(".")[0]))
         return found
 
-    def save_segment(self, index: int, files: dict[str, bytes]) -> None:
+    def save_segment(self, index: int, files: dict[str, bytes]) -> int:
         """A segment's files as a worker sent them, durable before they count as committed:
         a video's packets then their index (whose presence marks the segment closed), or a
-        folder of PNG frames renamed whole."""
+        folder of PNG frames renamed whole. Returns its frame count."""
         final = self.segment_path(index)
         if "index.json" in files:
             durable_write(final.with_suffix(".packets"), files["packets"])
             durable_write(final.with_suffix(".json"), files["index.json"])
-            return
+            return len(json.loads(files["index.json"])["packets"])
         partial = final.with_name(final.name + PARTIAL)
         remove(partial)
         partial.mkdir()
@@ -118,6 +118,7 @@ class RunStore:
         sync_folder(partial)
         partial.replace(final)
         sync_folder(self.folder)
+        return len(files)
 
     def segment_frame_count(self, index: int) -> int:
         path = self.segment_path(index)

@@ -220,14 +220,14 @@ class Worker:
         indices = range(first, first + self.per_segment)
         writer = SegmentWriter(self.new_segment)
         try:
-            self.segment_frames = frames = 0
+            self.segment_frames = 0
             for window, upscaled in self.upscaled_windows(indices):
                 for frame, image in zip(window.items[window.keep], upscaled, strict=True):
                     writer.put(image, frame.pts)
-                self.segment_frames = frames = frames + window.keep.stop - window.keep.start
-                self.board.set_within(self.rank, frames)
+                self.segment_frames += window.keep.stop - window.keep.start
+                self.board.set_within(self.rank, self.segment_frames)
                 self.moved()
-            if not frames:
+            if not self.segment_frames:
                 return False
             files = writer.finish()
         finally:
@@ -242,7 +242,7 @@ class Worker:
         self.stats["bytes_sent"] += sum(map(len, files.values()))
         self.board.set_within(self.rank, 0)
         self.spool.drop_windows(indices)
-        self.stats["frames"] += frames
+        self.stats["frames"] += self.segment_frames
         return True
 
     def upscaled_windows(self, indices: range) -> Iterator[tuple[Window[Frame], list]]:
@@ -307,7 +307,7 @@ class Worker:
 def worker_device(name: str, world: int) -> torch.device:
     """The worker's device, made current for the whole process: Triton launches and CUDA graph
     captures use the current device. A worker of several sees one GPU only (launch.py)."""
-    if world > 1 and name not in ("cpu",):
+    if world > 1 and name != "cpu":
         name = "cuda:0" if torch.cuda.is_available() else "cpu"
     device = pick_device(name)
     if device.type == "cuda":

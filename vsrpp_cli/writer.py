@@ -40,11 +40,11 @@ class Writer:
                 began = time.perf_counter()
                 files = board.take(segment)
                 failpoint("save")
-                self.store.save_segment(segment, files)
+                frames = self.store.save_segment(segment, files)  # (its index, not read back from disk)
                 self.seconds_saving += time.perf_counter() - began
                 board.mark_saved(segment)
                 self.saved.add(segment)
-                self.done += self.store.segment_frame_count(segment)
+                self.done += frames
         if watch is not None:
             watch.check()
         self.show_progress(board, world)
