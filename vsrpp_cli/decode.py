@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -92,6 +93,8 @@ class DecodeReport:
 class Source:
     """One input. `frames()` streams; nothing is held beyond the frame being converted."""
 
+    live = False  # read once, front to back (LiveSource)
+
     def __init__(
         self,
         path: Path,
@@ -104,7 +107,7 @@ class Source:
         self.fps = Fraction(fps).limit_denominator(1001) if fps else None  # for frames that carry no time
         self.report = DecodeReport()
         self.undecodable = 0  # packets that failed to decode (reported each)
-        if path.is_dir():
+        if not self.live and path.is_dir():
             self.files = frame_files(path)
             self.info = self._folder_info()
         else:
@@ -191,91 +194,102 @@ class Source:
     def _video_info(self) -> VideoInfo:
         with self._open() as container:
             stream = container.streams.video[0]
-            ctx = stream.codec_context
-            if not ctx.width or not ctx.height:
-                raise InputError(f"{self.path}: the video stream has no frame size; the file may be damaged")
-            pix_fmt = av.VideoFormat(ctx.pix_fmt) if ctx.pix_fmt else None
-            depth = max((c.bits for c in pix_fmt.components), default=8) if pix_fmt else 8
-            matrix = MATRIX_OF_TAG.get(ctx.colorspace) or ("bt709" if ctx.height >= 720 else "bt601")
-            full = ctx.color_range == ColorRange.JPEG or (ctx.pix_fmt or "").startswith("yuvj")
-            if pix_fmt is not None and pix_fmt.is_rgb:  # swscale reads RGB as it is, whatever these say
-                matrix, full = RGB_SOURCE_YUV
-            rate = stream.average_rate or stream.guessed_rate
-            first = first_frame(container, stream)
-            return VideoInfo(
-                width=ctx.width,
-                height=ctx.height,
-                time_base=stream.time_base or Fraction(1, 90000),
-                frame_rate=Fraction(rate) if rate else None,
-                frame_count=stream.frames or None,
-                frame_estimate=_estimate_frames(container, stream, rate),
-                bit_depth=depth,
-                matrix=matrix,
-                full_range=full,
-                primaries=ctx.color_primaries,
-                transfer=ctx.color_trc,
-                rotation=round(first.rotation) if first is not None and first.rotation else 0,
-                interlaced=bool(first is not None and first.interlaced_frame),
-                alpha=pix_fmt is not None and any(c.is_alpha for c in pix_fmt.components),
-                sample_aspect_ratio=stream.sample_aspect_ratio,
-                codec=ctx.name,
-                container_metadata=dict(container.metadata),
-            )
+            return self._describe(container, stream, first_frame(container, stream))
+
+    def _describe(
+        self, container: av.container.InputContainer, stream: av.video.stream.VideoStream, first: av.VideoFrame | None
+    ) -> VideoInfo:
+        """The input's facts from its container, its video stream and its first decoded frame."""
+        ctx = stream.codec_context
+        if not ctx.width or not ctx.height:
+            raise InputError(f"{self.path}: the video stream has no frame size; the file may be damaged")
+        pix_fmt = av.VideoFormat(ctx.pix_fmt) if ctx.pix_fmt else None
+        depth = max((c.bits for c in pix_fmt.components), default=8) if pix_fmt else 8
+        matrix = MATRIX_OF_TAG.get(ctx.colorspace) or ("bt709" if ctx.height >= 720 else "bt601")
+        full = ctx.color_range == ColorRange.JPEG or (ctx.pix_fmt or "").startswith("yuvj")
+        if pix_fmt is not None and pix_fmt.is_rgb:  # swscale reads RGB as it is, whatever these say
+            matrix, full = RGB_SOURCE_YUV
+        rate = stream.average_rate or stream.guessed_rate
+        return VideoInfo(
+            width=ctx.width,
+            height=ctx.height,
+            time_base=stream.time_base or Fraction(1, 90000),
+            frame_rate=Fraction(rate) if rate else None,
+            frame_count=stream.frames or None,
+            frame_estimate=_estimate_frames(container, stream, rate),
+            bit_depth=depth,
+            matrix=matrix,
+            full_range=full,
+            primaries=ctx.color_primaries,
+            transfer=ctx.color_trc,
+            rotation=round(first.rotation) if first is not None and first.rotation else 0,
+            interlaced=bool(first is not None and first.interlaced_frame),
+            alpha=pix_fmt is not None and any(c.is_alpha for c in pix_fmt.components),
+            sample_aspect_ratio=stream.sample_aspect_ratio,
+            codec=ctx.name,
+            container_metadata=dict(container.metadata),
+        )
 
     def _video_frames(self, keep_yuv: bool, first: int = 0, times: list[int] | None = None) -> Iterator[Frame]:
-        info = self.info
-        out_format = "rgb48le" if info.bit_depth > 8 else "rgb24"
-        index: int | None = 0
         with self._open() as container:
             stream = container.streams.video[0]
             # Frame threading drops the frames it holds when a packet fails (a truncated file loses
             # its last good frames silently); slice threading keeps every frame that decodes.
             stream.thread_type = "SLICE"
-            origin = stream.start_time or 0
-            rate = self.fps or info.frame_rate or Fraction(25)
-            timed = False  # said that frames are timed from the rate
-            last = None  # the last frame's time
             if first > 0:
                 # From the keyframe before two frames ahead of the one wanted: a deinterlacer
                 # then sees the fields before it, as it would have in a run from the start.
                 ahead = max(0, first - 2)
-                target = times[ahead] if times else origin + int((ahead - 0.5) / (rate * info.time_base))
+                rate = self.fps or self.info.frame_rate or Fraction(25)
+                origin = stream.start_time or 0
+                target = times[ahead] if times else origin + int((ahead - 0.5) / (rate * self.info.time_base))
                 container.seek(target, stream=stream, backward=True)
-                index = None
             deinterlace = Deinterlacer(self.deinterlacer, stream) if self.deinterlacer else None
-            for frame in self._decoded(container, stream, deinterlace):
-                if index is None and times is not None:
-                    index = bisect.bisect_left(times, frame.pts) if frame.pts is not None else first
-                elif index is None:
-                    index = round((frame.pts - origin) * info.time_base * rate) if frame.pts is not None else first
-                if index < first:
-                    index += 1
-                    continue
-                pts = frame.pts
-                if pts is None:  # a raw stream (.h264, .hevc, .ivf): times from the frame rate
-                    pts = origin + round(index / (rate * info.time_base))
-                    if not timed:
-                        self.notice(f"the input's frames carry no timestamps: timed at {float(rate):g} frames/s "
-                                    "(--fps sets another rate)")  # fmt: skip
-                        timed = True
-                if keep_yuv and converts_here(frame.format.name):
-                    cosited = chroma_cosited(info.codec)
-                    image = read_planes(frame, info.matrix, info.full_range, cosited)
-                else:
-                    image = frame.reformat(
-                        format=out_format,
-                        src_colorspace=SWS_COLORSPACE[info.matrix],
-                        src_color_range=ColorRange.JPEG if info.full_range else ColorRange.MPEG,
-                        dst_color_range=ColorRange.JPEG,
-                        interpolation=CONVERSION,
-                    ).to_ndarray()
-                if frame.is_corrupt:
-                    self.report.lost.append(
-                        f"the frame {_when(frame.pts, info.time_base)} is damaged (kept as decoded)"
-                    )
-                yield Frame(index, pts, image)
-                last = pts
+            decoded = self._decoded(container.demux(stream), stream, deinterlace)
+            yield from self._converted(decoded, stream.start_time or 0, keep_yuv, first, times)
+
+    def _converted(
+        self, decoded: Iterator[av.VideoFrame], origin: int, keep_yuv: bool, first: int, times: list[int] | None
+    ) -> Iterator[Frame]:
+        """Decoded frames as Frames: each one's index in the video (from `first` on), its time, and
+        its image as YUV planes (`keep_yuv`, for conversion on the device) or RGB."""
+        info = self.info
+        out_format = "rgb48le" if info.bit_depth > 8 else "rgb24"
+        rate = self.fps or info.frame_rate or Fraction(25)
+        index: int | None = None if first > 0 else 0  # after a seek: known from the first frame's time
+        timed = False  # said that frames are timed from the rate
+        last = None  # the last frame's time
+        for frame in decoded:
+            if index is None and times is not None:
+                index = bisect.bisect_left(times, frame.pts) if frame.pts is not None else first
+            elif index is None:
+                index = round((frame.pts - origin) * info.time_base * rate) if frame.pts is not None else first
+            if index < first:
                 index += 1
+                continue
+            pts = frame.pts
+            if pts is None:  # a raw stream (.h264, .hevc, .ivf): times from the frame rate
+                pts = origin + round(index / (rate * info.time_base))
+                if not timed:
+                    self.notice(f"the input's frames carry no timestamps: timed at {float(rate):g} frames/s "
+                                "(--fps sets another rate)")  # fmt: skip
+                    timed = True
+            if keep_yuv and converts_here(frame.format.name):
+                cosited = chroma_cosited(info.codec)
+                image = read_planes(frame, info.matrix, info.full_range, cosited)
+            else:
+                image = frame.reformat(
+                    format=out_format,
+                    src_colorspace=SWS_COLORSPACE[info.matrix],
+                    src_color_range=ColorRange.JPEG if info.full_range else ColorRange.MPEG,
+                    dst_color_range=ColorRange.JPEG,
+                    interpolation=CONVERSION,
+                ).to_ndarray()
+            if frame.is_corrupt:
+                self.report.lost.append(f"the frame {_when(frame.pts, info.time_base)} is damaged (kept as decoded)")
+            yield Frame(index, pts, image)
+            last = pts
+            index += 1
         if not index and not first:
             raise InputError(f"{self.path}: no frame could be decoded; the file is damaged or empty")
         if index is not None and last is not None:
@@ -300,18 +314,116 @@ class Source:
                     f"(about {missing} frames missing)"
                 )
 
-    def _decoded(self, container, stream, deinterlace: Deinterlacer | None) -> Iterator[av.VideoFrame]:
-        for packet in container.demux(stream):
+    def _decoded(
+        self, packets: Iterator[av.Packet], stream: av.video.stream.VideoStream, deinterlace: Deinterlacer | None
+    ) -> Iterator[av.VideoFrame]:
+        """The video stream's frames from `packets`; other streams' packets go to `side_packet`."""
+        for packet in packets:
+            if packet.stream.index != stream.index:
+                self.side_packet(packet)
+                continue
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError:
-                self.report.lost.append(f"the packet {_when(packet.pts, self.info.time_base)} could not be decoded")
+                self.report.lost.append(f"the packet {_when(packet.pts, packet.time_base)} could not be decoded")
                 self.undecodable += 1
                 continue
             for frame in decoded:
                 yield from deinterlace(frame) if deinterlace else (frame,)
         if deinterlace:
             yield from deinterlace(None)
+
+    def side_packet(self, packet: av.Packet) -> None:
+        """An audio or subtitle packet met while reading the video (a live source's)."""
+
+
+class LiveSource(Source):
+    """An input read once, front to back: standard input (`-`), a FIFO, a device. One container
+    stays open for the whole run; the audio and subtitle packets met on the way wait in `side`
+    for the output to copy (stream.py), and `decoded` counts the frames read so far."""
+
+    live = True
+
+    def __init__(
+        self, path: Path, deinterlace: str = "off", notice: Callable[[str], None] = lambda m: None,
+        fps: float | None = None,
+    ) -> None:  # fmt: skip
+        self.url = "pipe:0" if str(path) == "-" else str(path)
+        name = Path("standard input") if str(path) == "-" else path
+        self.side: deque[av.Packet] = deque()
+        self.held: deque[av.VideoFrame] = deque()  # decoded while the input was described
+        self.decoded = 0
+        self.path = name
+        self.container = self._open()
+        try:
+            self.video = self.container.streams.video[0]
+            self.video.thread_type = "SLICE"  # as Source._video_frames, for the same reason
+            wanted = [s for s in self.container.streams if s.type in ("video", "audio", "subtitle")]
+            self.raw = self._decoded(self.container.demux(wanted), self.video, None)
+            super().__init__(name, deinterlace, notice, fps)
+        except BaseException:
+            self.container.close()
+            raise
+
+    @property
+    def streams(self) -> list[av.stream.Stream]:
+        """The input's audio and subtitle streams, whose packets arrive in `side`."""
+        return [s for s in self.container.streams if s.type in ("audio", "subtitle")]
+
+    def _open(self) -> av.container.InputContainer:
+        try:
+            container = av.open(self.url)
+        except (av.error.InvalidDataError, av.error.FFmpegError) as error:
+            raise InputError(
+                f"{self.path}: not a video stream FFmpeg can read ({error.strerror or error}); send Matroska, NUT, "
+                "MPEG-TS or yuv4mpegpipe (e.g. ffmpeg -i in.mov -f matroska -)"
+            ) from None
+        if not container.streams.video:
+            container.close()
+            raise InputError(f"{self.path}: the stream holds no video")
+        return container
+
+    def _video_info(self) -> VideoInfo:
+        first = self._next_raw()
+        if first is not None:
+            self.held.append(first)
+        return self._describe(self.container, self.video, first)
+
+    def _next_raw(self) -> av.VideoFrame | None:
+        try:
+            return next(self.raw, None)
+        except av.error.FFmpegError as error:
+            raise InputError(f"{self.path}: reading the stream failed ({error.strerror or error})") from None
+
+    def frame_times(self) -> list[int]:
+        raise InputError(f"{self.path} is read once, front to back: its frames cannot be shared among workers")
+
+    def _video_frames(self, keep_yuv: bool, first: int = 0, times: list[int] | None = None) -> Iterator[Frame]:
+        if first or times:
+            raise InputError(f"{self.path} is read once, front to back: it cannot be read from frame {first}")
+        deinterlace = Deinterlacer(self.deinterlacer, self.video) if self.deinterlacer else None
+        for frame in self._converted(self._deinterlaced(deinterlace), self.video.start_time or 0, keep_yuv, 0, None):
+            self.decoded += 1
+            yield frame
+
+    def _deinterlaced(self, deinterlace: Deinterlacer | None) -> Iterator[av.VideoFrame]:
+        while (frame := self.held.popleft() if self.held else self._next_raw()) is not None:
+            yield from deinterlace(frame) if deinterlace else (frame,)
+        if deinterlace:
+            yield from deinterlace(None)
+
+    def side_packet(self, packet: av.Packet) -> None:
+        if packet.size:  # not the demuxer's end-of-stream marker
+            self.side.append(packet)
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def is_live(path: Path) -> bool:
+    """An input that can be read only once, front to back: `-` (standard input), a FIFO, a
+    device; a regular file or a folder can be read again (for segments, seeks and resumes)."""
+    return str(path) == "-" or (path.exists() and not path.is_file() and not path.is_dir())
 
 
 def first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame | None:
@@ -361,6 +473,8 @@ def open_source(
     fps: float | None = None,
 ) -> Source:
     path = Path(path)
+    if is_live(path):
+        return LiveSource(path, deinterlace, notice, fps)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     return Source(path, deinterlace, notice, fps)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,33 +32,48 @@ import numpy as np
 from av.video.reformatter import ColorRange
 
 from .colour import TAG_OF_MATRIX, Planes, YuvTarget, chroma_cosited, converts_here, to_video_frame
-from .decode import CONVERSION, SWS_COLORSPACE, VideoInfo
+from .decode import CONVERSION, SWS_COLORSPACE, LiveSource, VideoInfo
 from .errors import EncoderError, UsageError
 
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
-DEFAULT_CODEC = {"mp4": "libx264", "matroska": "libx264", "mov": "libx264", "webm": "libvpx-vp9"}
+# What `-` (standard output) can be written as (--format): formats FFmpeg writes to a pipe as it goes.
+STREAM_FORMATS = ("matroska", "nut", "mpegts", "yuv4mpegpipe")
+DEFAULT_CODEC = {"mp4": "libx264", "matroska": "libx264", "mov": "libx264", "webm": "libvpx-vp9", "nut": "libx264",
+                 "mpegts": "libx264", "yuv4mpegpipe": "rawvideo"}  # fmt: skip
 # What each container can hold without transcoding (None: anything FFmpeg can mux there).
 AUDIO_OK = {
     "mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
     "mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s24le", "pcm_s16be", "pcm_s24be"},
     "webm": {"opus", "vorbis"},
     "matroska": None,
+    "nut": None,
+    "mpegts": {"aac", "mp3", "mp2", "ac3", "eac3", "opus"},
+    "yuv4mpegpipe": set(),  # video only
 }
 CONTAINER_HINTS = {
     "webm": "WebM takes VP8, VP9 and AV1: use libvpx-vp9 or libsvtav1, or a .mkv output",
     "mp4": "use libx264, libx265 or libsvtav1, or a .mkv output",
     "mov": "use libx264 or libx265, or a .mkv output",
+    "yuv4mpegpipe": "it holds raw frames only: leave --codec out, or choose --format matroska",
 }
-AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "webm": "libopus"}
-SUBTITLES_OK = {"mp4": {"mov_text"}, "mov": {"mov_text"}, "webm": {"webvtt"}, "matroska": None}
+AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "webm": "libopus", "mpegts": "aac"}
+SUBTITLES_OK = {"mp4": {"mov_text"}, "mov": {"mov_text"}, "webm": {"webvtt"}, "matroska": None, "nut": set(),
+                "mpegts": {"dvb_subtitle"}, "yuv4mpegpipe": set()}  # fmt: skip
 # AVColorPrimaries / AVColorTransferCharacteristic values (libavutil/pixfmt.h).
 PRIMARIES_FOR = {"bt709": 1, "bt601": 6, "bt2020": 9, "smpte240m": 7, "fcc": 4}
 TRANSFER_FOR = {"bt709": 1, "bt601": 6, "bt2020": 14, "smpte240m": 7, "fcc": 4}
 UNSPECIFIED = 2
 
 
-def container_for(path: Path) -> str | None:
-    """The muxer for a video path, or None for a folder of frames (a path with no extension)."""
+def container_for(path: Path, stream_format: str | None = None) -> str | None:
+    """The muxer for a video path, or None for a folder of frames (a path with no extension);
+    `-` (standard output) is Matroska unless `stream_format` (--format) says otherwise."""
+    if stream_format is not None and str(path) != "-":
+        raise UsageError(f"--format {stream_format} is for `-` (standard output); a file's format is its extension")
+    if str(path) == "-":
+        if (stream_format or "matroska") not in STREAM_FORMATS:
+            raise UsageError(f"--format {stream_format}: standard output takes {', '.join(STREAM_FORMATS)}")
+        return stream_format or "matroska"
     if not path.suffix:
         return None
     if path.suffix.lower() not in CONTAINERS:
@@ -131,9 +147,10 @@ def add_video_stream(
     try:
         stream = container.add_stream(codec, rate=info.frame_rate or Fraction(25))
     except ValueError:  # PyAV: "'webm' format does not support 'libx265' codec"
-        suffix = next(ext for ext, name in CONTAINERS.items() if name == settings.container_format)
-        hint = CONTAINER_HINTS.get(settings.container_format, "choose another codec, or a .mkv output")
-        raise EncoderError(f"--codec {codec}: a {suffix} file cannot hold it; {hint}") from None
+        fmt = settings.container_format
+        suffix = next((f"a {ext} file" for ext, name in CONTAINERS.items() if name == fmt), f"--format {fmt}")
+        hint = CONTAINER_HINTS.get(fmt, "choose another codec, or a .mkv output")
+        raise EncoderError(f"--codec {codec}: {suffix} cannot hold it; {hint}") from None
     except av.error.FFmpegError as error:
         raise EncoderError(f"--codec {codec}: not an encoder this FFmpeg has ({error})") from None
     pix_fmt = (
@@ -148,9 +165,11 @@ def add_video_stream(
         notice(f"{pix_fmt} needs even sizes: the last row/column is repeated to make it even")
     stream.width, stream.height = width + pad_w, height + pad_h
     stream.pix_fmt = pix_fmt
-    # The encoder works in the input's time base, so every timestamp survives as it was.
-    stream.time_base = info.time_base
-    stream.codec_context.time_base = info.time_base
+    # The encoder works in the input's time base, so every timestamp survives as it was; a
+    # yuv4mpegpipe stream states its frame rate as 1 / time base (libavformat/yuv4mpegenc.c).
+    time_base = 1 / (info.frame_rate or Fraction(25)) if settings.container_format == "yuv4mpegpipe" else info.time_base
+    stream.time_base = time_base
+    stream.codec_context.time_base = time_base
     ctx = stream.codec_context
     ctx.colorspace = TAG_OF_MATRIX.get(info.matrix, UNSPECIFIED)
     ctx.color_range = ColorRange.JPEG if info.full_range else ColorRange.MPEG
@@ -276,18 +295,23 @@ class Muxer:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,  # a file, or FFmpeg's "pipe:N" for an open file descriptor
         settings: EncoderSettings,
         info: VideoInfo,
         size: tuple[int, int],
-        source: Path | None,  # where audio and subtitles come from
+        source: Path | LiveSource | None,  # where audio and subtitles come from
         notice: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.info = info
         fmt = settings.container_format
-        # Matroska would otherwise shift every stream so that AAC priming (negative audio
-        # timestamps copied from MP4) starts at zero, moving the video's timestamps with it.
-        options = {"avoid_negative_ts": "disabled"} if fmt in ("matroska", "webm") else {}
+        options = {
+            # Matroska would otherwise shift every stream so that AAC priming (negative audio
+            # timestamps copied from MP4) starts at zero, moving the video's timestamps with it.
+            "matroska": {"avoid_negative_ts": "disabled"},
+            "webm": {"avoid_negative_ts": "disabled"},
+            # Deeper than 8 bits is an extension of the format that FFmpeg writes only when told.
+            "yuv4mpegpipe": {"strict": "-1"},
+        }.get(fmt, {})
         self.container = av.open(str(path), "w", format=fmt, options=options)
         self.passthrough = None
         try:
@@ -295,7 +319,7 @@ class Muxer:
             if info.rotation:
                 self.stream.set_display_rotation(info.rotation)
             self.container.metadata.update(info.container_metadata)
-            self.passthrough = Passthrough(source, self.container, fmt, notice) if source else None
+            self.passthrough = Passthrough(source, self.container, fmt, notice) if source is not None else None
             # Opens the (unused) encoder for its headers, which match every segment's, and writes
             # the file's header.
             self.container.start_encoding()
@@ -322,6 +346,19 @@ class Muxer:
                 if self.passthrough:
                     self.passthrough.mux_until(float(dts * self.info.time_base))
                 self.container.mux(out)
+
+    def write(self, packets: list[av.Packet]) -> None:
+        """Packets of one encoder for the whole output (a live run), as they come: the audio
+        and subtitles up to each packet's time go in before it."""
+        for packet in packets:
+            out = av.Packet(bytes(packet))
+            out.pts, out.dts, out.duration = packet.pts, packet.dts, packet.duration
+            out.is_keyframe = packet.is_keyframe
+            out.time_base = packet.time_base
+            out.stream = self.stream
+            if self.passthrough and packet.dts is not None:
+                self.passthrough.mux_until(float(packet.dts * packet.time_base))
+            self.container.mux(out)
 
     def close(self) -> None:
         if self.passthrough:
@@ -351,19 +388,29 @@ def decode_timestamps(pts: list[int]) -> list[int]:
 
 
 class Passthrough:
-    """Copies the input's audio and subtitle streams into the output, packet by packet."""
+    """Copies the input's audio and subtitle streams into the output, packet by packet: from a
+    file of its own opening, or from a live source's packets as they were read (`side`)."""
 
-    def __init__(self, source: Path, output: av.container.OutputContainer, fmt: str, notice) -> None:
-        self.input = av.open(str(source))
+    def __init__(
+        self, source: Path | LiveSource, output: av.container.OutputContainer, fmt: str,
+        notice: Callable[[str], None],
+    ) -> None:  # fmt: skip
+        self.input = av.open(str(source)) if isinstance(source, Path) else None
+        streams = list(self.input.streams) if self.input is not None else source.streams
         self.output_streams: dict[int, av.stream.Stream] = {}
         self.transcoders: dict[int, av.audio.stream.AudioStream] = {}
         wanted = []
-        for stream in self.input.streams:
+        for stream in streams:
             name = stream.codec_context.name if stream.codec_context else "unknown"
             if stream.type == "audio":
                 allowed = AUDIO_OK[fmt]
                 if allowed is None or name in allowed:
                     self.output_streams[stream.index] = output.add_stream_from_template(stream)
+                    if name == "aac" and not stream.codec_context.extradata:
+                        self.output_streams[stream.index].codec_context.extradata = adts_config(stream)
+                elif fmt not in AUDIO_FALLBACK:
+                    notice(f"audio stream {stream.index} ({name}): {fmt} holds video only, so it is left out")
+                    continue
                 else:
                     target = AUDIO_FALLBACK[fmt]
                     notice(
@@ -383,9 +430,13 @@ class Passthrough:
                     notice(
                         f"subtitle stream {stream.index} ({name}) cannot go into {fmt}: left out (use .mkv to keep it)"
                     )
-        for index, out in self.output_streams.items():
-            out.metadata.update(self.input.streams[index].metadata)
-        self.packets: Iterator[av.Packet] = self.input.demux(wanted) if wanted else iter(())
+        for stream in streams:
+            if stream.index in self.output_streams:
+                self.output_streams[stream.index].metadata.update(stream.metadata)
+        if self.input is not None:
+            self.packets: Iterator[av.Packet] = self.input.demux(wanted) if wanted else iter(())
+        else:
+            self.packets = Drain(source.side, set(self.output_streams))
         self.pending: av.Packet | None = None
         self.output = output
 
@@ -417,7 +468,43 @@ class Passthrough:
         for out in self.transcoders.values():
             self.output.mux(out.encode())
         self.transcoders.clear()
-        self.input.close()
+        if self.input is not None:
+            self.input.close()
+
+
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+AAC_OBJECT_TYPES = {"Main": 1, "LC": 2, "SSR": 3, "LTP": 4}  # an ADTS header holds only these
+
+
+def adts_config(stream: av.audio.stream.AudioStream) -> bytes | None:
+    """The AudioSpecificConfig (ISO/IEC 14496-3, 1.6.2.1) of an AAC stream in ADTS form (MPEG-TS,
+    raw .aac), which carries none: Matroska written to a pipe needs it in its header, before the
+    first packet from which FFmpeg's aac_adtstoasc filter would take it. None where the stream's
+    parameters do not give it (a rate off the table, channels from a program config element)."""
+    ctx = stream.codec_context
+    if ctx.sample_rate not in AAC_RATES or not 0 < ctx.channels < 8:
+        return None
+    object_type = AAC_OBJECT_TYPES.get(ctx.profile or "LC", 2)  # HE-AAC travels in ADTS as LC
+    config = object_type << 11 | AAC_RATES.index(ctx.sample_rate) << 7 | ctx.channels << 3
+    return config.to_bytes(2, "big")
+
+
+class Drain:
+    """The packets waiting in a live source's queue, of the streams kept: an iterator that runs
+    dry when the queue is empty now and yields again once the source has read more."""
+
+    def __init__(self, queue: deque[av.Packet], streams: set[int]) -> None:
+        self.queue, self.streams = queue, streams
+
+    def __iter__(self) -> Drain:
+        return self
+
+    def __next__(self) -> av.Packet:
+        while self.queue:
+            packet = self.queue.popleft()
+            if packet.stream.index in self.streams:
+                return packet
+        raise StopIteration
 
 
 # Constant-quality ranges (FFmpeg's encoder documentation, doc/encoders.texi: x264 and x265 take
@@ -500,6 +587,8 @@ def check_pix_fmt(codec: str, pix_fmt: str) -> str:
 def choose_pix_fmt(codec: str, bit_depth: int, notice: Callable[[str], None]) -> str:
     """4:2:0 at the input's depth (10-bit for deeper input) when the encoder has it."""
     formats = encoder_formats(codec)
+    if not formats:  # an encoder that takes any format (rawvideo)
+        return "yuv420p10le" if bit_depth > 8 else "yuv420p"
     if bit_depth > 8:
         wanted = ["yuv420p10le", "yuv422p10le", "yuv444p10le", "p010le"]  # p010le: NVENC's 10-bit
     else:
@@ -510,6 +599,4 @@ def choose_pix_fmt(codec: str, bit_depth: int, notice: Callable[[str], None]) ->
     if bit_depth > 8 and "yuv420p" in formats:
         notice(f"{codec} here cannot write 10-bit: the output is 8-bit (use libx265 or libx264 for 10-bit)")
         return "yuv420p"
-    if not formats:
-        raise EncoderError(f"--codec {codec}: not a video encoder")
     return formats[0]

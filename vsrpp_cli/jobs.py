@@ -41,10 +41,13 @@ def run_jobs(
 
 def plan_jobs(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
     """(input, output) pairs. One video or frame folder goes to OUTPUT itself; several inputs, or
-    a folder of videos, go into OUTPUT as a folder, each under its own name."""
+    a folder of videos, go into OUTPUT as a folder, each under its own name. `-` (standard input
+    or output) goes alone."""
+    if len(inputs) > 1 and Path("-") in inputs:
+        raise UsageError("- (standard input) is one stream: give it as the only INPUT")
     if len(inputs) == 1 and not is_video_folder(inputs[0]):
         return [(inputs[0], output)]
-    if output.suffix:
+    if output.suffix or str(output) == "-":
         raise UsageError(f"{output}: several inputs need an output folder (a path without an extension)")
     sources: list[Path] = []
     for path in inputs:
@@ -68,9 +71,12 @@ def is_video_folder(path: Path) -> bool:
     return not any(p.suffix.lower() in FRAME_EXTENSIONS for p in entries) and any(map(is_video_file, entries))
 
 
-def check_encoder(outputs: list[Path], codec: str | None, crf: int | None, preset: str | None, pix_fmt: str | None):
+def check_encoder(
+    outputs: list[Path], codec: str | None, crf: int | None, preset: str | None, pix_fmt: str | None,
+    stream_format: str | None = None,
+) -> None:  # fmt: skip
     """The encoder settings against every container they will go into, before any work starts."""
-    formats = {container_for(output) for output in outputs}
+    formats = {container_for(output, stream_format) for output in outputs}
     if None in formats and any(value is not None for value in (codec, crf, preset, pix_fmt)):
         raise UsageError("--codec, --crf, --preset and --pix-fmt are for video outputs; a frames folder is PNG")
     for container_format in sorted(formats - {None}):

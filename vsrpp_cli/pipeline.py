@@ -25,7 +25,7 @@ from typing import Any
 from . import __version__, failpoints
 from .checkpoint import load_model
 from .colour import YuvTarget
-from .decode import open_source
+from .decode import is_live, open_source
 from .encode import EncoderSettings, Muxer, container_for, muxer_target
 from .engine import MIN_TILE, PRECISIONS, check_backend, pick_device, pick_dtype
 from .errors import OutputError, VsrppError, WorkerError, os_error_advice
@@ -65,6 +65,7 @@ class Options:
     fps: float | None = None  # the frame rate of inputs whose frames carry no times (raw streams, frame folders)
     deterministic: bool | None = None  # the same bits in every process (engine.make_deterministic); None: when shared
     deform_backend: str = "auto"  # the deformable conv's kernel (network/deform_conv.py)
+    format: str | None = None  # what `-` (standard output) is written as (encode.STREAM_FORMATS); None: Matroska
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Summary:
     notices: list[str] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)  # each worker's segments, frames and fps
     timings: dict[str, float] = field(default_factory=dict)  # the writer's: saving segments, joining them
+    latency_frames: int | None = None  # a one-pass run's largest lag: frames read before a frame came out
 
     @property
     def fps(self) -> float:
@@ -106,6 +108,10 @@ def upscale(
 ) -> Summary:
     launch = (launch or Launch()).resolved()
     failpoints.start_run()
+    if is_live(source_path) or str(output) == "-":  # a pipe in or out: one pass (stream.py)
+        from .stream import upscale_stream
+
+        return upscale_stream(source_path, output, options, on_progress, notice, launch)
     if launch.node_rank > 0:
         notice(f"working for the first machine ({launch.host}); it writes {output.name}")
         work_for_first_machine(Local(str(source_path), str(options.weights), str(partial_folder(output)),
@@ -114,7 +120,7 @@ def upscale(
     started = time.perf_counter()
     if output.exists() and source_path.exists() and output.resolve() == source_path.resolve():
         raise OutputError(f"{output} is the input itself; choose another output")
-    container_format = container_for(output)
+    container_format = container_for(output, options.format)
     check_output(output, options.overwrite)
     summary = Summary(str(source_path), str(output), colour=options.colour, chunk_overlap=options.chunk_overlap)
 
@@ -236,11 +242,13 @@ def summarise(summary: Summary, reports: list[dict], resumed: int, tell: Callabl
                            for r in reports]  # fmt: skip
 
 
-def cleanup(muxer: Muxer | None, temporary: Path, store: RunStore | None, notice: Callable[[str], None]) -> None:
+def cleanup(muxer: Muxer | None, temporary: Path | None, store: RunStore | None, notice: Callable[[str], None]) -> None:
     """After a failure or an interruption: what is partial goes, closed segments and stored
     windows stay for --resume (and the folder goes too when it holds nothing). Never raises over
     the failure it follows: what it could not remove is said in one line."""
-    steps: list[tuple[str, Callable[[], None]]] = [("the temporary output", lambda: remove(temporary))]
+    steps: list[tuple[str, Callable[[], None]]] = []
+    if temporary is not None:
+        steps.append(("the temporary output", lambda: remove(temporary)))
     if muxer is not None:
         steps.insert(0, ("the output being joined", muxer.abort))
     if store is not None:

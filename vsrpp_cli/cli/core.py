@@ -103,11 +103,12 @@ def upscale(args: Namespace) -> None:
         raise UsageError("give an INPUT and an OUTPUT, e.g. vsrpp upscale in.mp4 out.mp4")
     check_tiles(args.tile, args.tile_overlap)
     *inputs, destination = args.paths
+    from ..decode import is_live
     from ..jobs import check_encoder, plan_jobs, run_jobs
     from ..pipeline import Options
 
     jobs = plan_jobs(inputs, destination)
-    check_encoder([target for _, target in jobs], args.codec, args.crf, args.preset, args.pix_fmt)
+    check_encoder([target for _, target in jobs], args.codec, args.crf, args.preset, args.pix_fmt, args.output_format)
     options = Options(
         weights=chosen_weights(args.model, args.weights, args.quiet),
         **shared_options(args),
@@ -120,18 +121,23 @@ def upscale(args: Namespace) -> None:
         compile=args.compile,
         segment_frames=args.segment_frames,
         strength=args.strength,
+        format=args.output_format,
     )
     again = [arg for arg in sys.argv[1:] if arg not in ("--overwrite", "--resume")]
-    state.on_interrupt = f": finished segments are kept; continue with `{shlex.join(['vsrpp', *again, '--resume'])}`"
+    if str(destination) != "-" and not is_live(inputs[0]):  # a one-pass run keeps nothing
+        state.on_interrupt = (
+            f": finished segments are kept; continue with `{shlex.join(['vsrpp', *again, '--resume'])}`"
+        )
     where = launch_options(args, args.nproc_per_node)
     if len(jobs) > 1 and where.resolved().nnodes > 1:
         raise UsageError("--nnodes: machines share the segments of one input; give one INPUT")
     with output.UpscaleProgress([source.name for source, _ in jobs], disabled=args.quiet) as progress:
         results = run_jobs(jobs, options, where, progress.update, output.notice_printer(args.quiet))
 
-    if args.as_json:
+    if args.as_json:  # on standard error where standard output carries the video
         summaries = [None if isinstance(r, Exception) else r.as_dict() for r in results]
-        print(json.dumps(summaries[0] if len(jobs) == 1 else summaries, indent=2))
+        print(json.dumps(summaries[0] if len(jobs) == 1 else summaries, indent=2),
+              file=sys.stderr if str(destination) == "-" else sys.stdout)  # fmt: skip
     for result in results:
         if not isinstance(result, Exception):
             output.upscale_summary(result, lost_only=args.quiet or args.as_json)

@@ -251,8 +251,9 @@ def upscale(
         typer.Argument(
             metavar="PATH",
             help="INPUT... OUTPUT. Inputs: video files (anything FFmpeg reads), folders of PNG/JPEG frames, or "
-            "folders of videos. Output: a video (.mp4 .mkv .mov .webm), a folder for PNG frames, or, for "
-            "several inputs, the folder to write them into.",
+            "folders of videos; - reads one stream from standard input (Matroska, NUT, MPEG-TS, yuv4mpegpipe). "
+            "Output: a video (.mp4 .mkv .mov .webm), a folder for PNG frames, for several inputs the folder to "
+            "write them into; - writes to standard output as the run goes (Matroska, or --format).",
             show_default=False,
         ),
     ],
@@ -344,6 +345,16 @@ def upscale(
             min=0,
         ),
     ] = 0,
+    output_format: Annotated[
+        str | None,
+        option(
+            "What - (standard output) is written as: matroska (default), nut, mpegts or yuv4mpegpipe "
+            "(raw frames, video only).",
+            "--format",
+            metavar="NAME",
+            panel=OUTPUT,
+        ),
+    ] = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -354,7 +365,11 @@ def upscale(
     segments as it goes: an interrupted run keeps them, and the same command with --resume
     continues from the last one.
 
+    With - as INPUT or OUTPUT the run is one pass through pipes: frames come out chunk-frames +
+    chunk-overlap frames behind the input (plus the encoder's delay), with audio and subtitles.
+
     Example: vsrpp upscale in.mp4 out.mp4   (the reds4 model, downloaded once)
+    Example: ffmpeg -i in.mov -f matroska - | vsrpp upscale - - | ffmpeg -i - -c:v libx265 out.mp4
     """
     core.upscale(Namespace(**locals()))
 

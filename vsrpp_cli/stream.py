@@ -1,0 +1,248 @@
+"""One pass from input to output, for what can be read or written only once: `-` as INPUT
+(standard input) or as OUTPUT (standard output), a FIFO, a device.
+
+Frames go through the same engine as every run (windows with context, tiles, precision, the
+fp32 fallback) and one encoder for the whole output, and are muxed as they come out, with the
+input's audio and subtitles interleaved by time; nothing is stored on the way, so such a run can
+be neither resumed nor shared among workers, and both are refused before any work.
+
+Latency: output frame i leaves once input frame i + chunk_frames + chunk_overlap - 1 has been
+read (the end of its window's context), plus the encoder's own delay (none for rawvideo and
+yuv4mpegpipe; x264's lookahead otherwise). `Summary.latency_frames` is the largest lag measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from . import failpoints
+from .checkpoint import load_model
+from .decode import Frame, LiveSource, is_live, open_source
+from .encode import EncoderSettings, FrameFolderSink, Muxer, VideoEncoder, container_for
+from .engine import PRECISIONS, Engine, check_backend, pick_dtype
+from .errors import OutputError, UsageError, os_error_advice
+from .launch import Launch
+from .outputs import check_output, finish, path_bytes, temporary_path
+from .pipeline import Options, Summary, cleanup
+from .sizing import default_chunk
+from .windows import Window, temporal_windows
+from .worker import in_background, worker_device
+
+STDIO = "-"
+
+
+def check_stream_run(source: Path, output: Path, options: Options, launch: Launch) -> None:
+    """What a one-pass run cannot do, refused before anything is read."""
+    if is_live(source):
+        what = "standard input" if str(source) == STDIO else str(source)
+        if options.resume:
+            raise UsageError(f"--resume: {what} is read once, front to back, so its run cannot be resumed; "
+                             "save it to a file first to be able to resume")  # fmt: skip
+        if launch.processes > 1:
+            raise UsageError(f"--nproc-per-node/--nnodes: {what} is read once, front to back, so it cannot be "
+                             "shared among workers; run it in one process, or save it to a file first")  # fmt: skip
+    if str(output) == STDIO:
+        if options.resume:
+            raise UsageError("--resume: a run that writes to standard output cannot be resumed; write to a file "
+                             "to be able to resume")  # fmt: skip
+        if launch.processes > 1:
+            raise UsageError("--nproc-per-node/--nnodes: workers' segments are joined at the end, but standard "
+                             "output is written as the run goes; write to a file, or run in one process")  # fmt: skip
+
+
+def upscale_stream(
+    source_path: Path,
+    output: Path,
+    options: Options,
+    on_progress: Callable[[float, int | None], None],
+    notice: Callable[[str], None],
+    launch: Launch,
+) -> Summary:
+    check_stream_run(source_path, output, options, launch)
+    started = time.perf_counter()
+    to_stdout = str(output) == STDIO
+    container_format = container_for(output, options.format)
+    if not to_stdout:
+        check_output(output, options.overwrite)
+    summary = Summary(str(source_path), str(output), colour=options.colour, chunk_overlap=options.chunk_overlap)
+
+    def tell(message: str) -> None:
+        if message not in summary.notices:
+            summary.notices.append(message)
+            notice(message)
+
+    source = open_source(source_path, options.deinterlace, tell, options.fps)
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, LiveSource):
+            stack.callback(source.close)
+        info = source.info
+        device = worker_device(options.device, 1)
+        dtype = pick_dtype(options.precision, device)
+        summary.device, summary.precision = str(device), next(n for n, v in PRECISIONS.items() if v == dtype)
+        check_backend(options.deform_backend, device, dtype)
+        model = load_model(options.weights, deform_backend=options.deform_backend)
+        chunk = options.chunk_frames or default_chunk(device, info.width, info.height, model.mid_channels,
+                                                      options.chunk_overlap)  # fmt: skip
+        # One window at a time unless asked: each window more in a batch is a chunk more of latency.
+        engine = Engine(model, device, dtype, options.tile, options.tile_overlap, warn=tell, graphs=options.graphs,
+                        batch=options.batch or 1, compile=options.compile, strength=options.strength,
+                        deterministic=bool(options.deterministic))  # fmt: skip
+        summary.chunk_frames, summary.batch = chunk, engine.batch
+        size = (info.width * model.scale, info.height * model.scale)
+        total = info.frame_count or info.frame_estimate
+        on_progress(0, total)
+        sink = stack.enter_context(open_sink(output, container_format, options, info, size, source, tell))
+        taken = Counted(in_background(source.frames(options.colour == "device")))
+        windows = temporal_windows(taken, chunk, options.chunk_overlap)
+        done = 0
+        for batch in batches(windows, engine.batch):
+            kept = sum(w.keep.stop - w.keep.start for w in batch)
+
+            def within(fraction: float, done: int = done, kept: int = kept) -> None:
+                on_progress(done + fraction * kept, total)
+
+            runs = [([f.image for f in w.items], w.keep) for w in batch]
+            for window, images in zip(batch, engine.upscale_many(runs, info.bit_depth, sink.target, within),
+                                      strict=True):  # fmt: skip
+                for frame, image in zip(window.items[window.keep], images, strict=True):
+                    sink.write(image, frame.pts, taken.count)
+                    done += 1
+                failpoints.failpoint("network")
+                on_progress(done, total)
+        sink.finish(taken.count)
+        summary.latency_frames = sink.latency
+        summary.fp32_fallbacks = engine.fp32_fallbacks
+        summary.tile = engine.tile
+        summary.lost = list(source.report.lost)
+    summary.frames = done
+    summary.seconds = time.perf_counter() - started
+    summary.output_bytes = 0 if to_stdout else path_bytes(output)
+    return summary
+
+
+def batches(windows: Iterable[Window[Frame]], size: int) -> Iterator[list[Window[Frame]]]:
+    """Runs of up to `size` windows of one length (the network batches equal shapes only)."""
+    pending: list[Window[Frame]] = []
+    for window in windows:
+        if pending and len(pending[0].items) != len(window.items):
+            yield pending
+            pending = []
+        pending.append(window)
+        if len(pending) >= size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+class Counted:
+    """An iterable that counts the items taken from it (the frames the windows have read)."""
+
+    def __init__(self, items: Iterable) -> None:
+        self.items, self.count = items, 0
+
+    def __iter__(self) -> Iterator:
+        for item in self.items:
+            self.count += 1
+            yield item
+
+
+class Sink:
+    """Where upscaled frames go in a one-pass run: one encoder and the muxer (a file or a pipe),
+    or PNG frames; the lag between frames read and frames out is measured as they go."""
+
+    def __init__(self, muxer: Muxer | None, encoder: VideoEncoder | None, frames: FrameFolderSink | None,
+                 use_planes: bool) -> None:  # fmt: skip
+        self.muxer, self.encoder, self.frames = muxer, encoder, frames
+        self.target = encoder.planes_target if encoder is not None and use_planes else None
+        self.out = 0  # frames in the output so far (packets muxed, or PNGs written)
+        self.latency = 0
+
+    def write(self, image, pts: int | None, read: int) -> None:
+        """One upscaled frame, `read` input frames having been taken so far."""
+        if self.frames is not None:
+            self.frames.write(image, pts)
+            self._out(1, read)
+        else:
+            self._mux(self.encoder.encode(image, pts), read)
+
+    def finish(self, read: int) -> None:
+        if self.encoder is not None:
+            self._mux(self.encoder.flush(), read)
+            self.muxer.close()
+
+    def _mux(self, packets: list, read: int) -> None:
+        self.muxer.write(packets)
+        self._out(len(packets), read)
+
+    def _out(self, frames: int, read: int) -> None:
+        """Output frame i (i = self.out) left with `read` input frames read: a lag of read - i."""
+        if frames:
+            self.latency = max(self.latency, read - self.out)
+        self.out += frames
+
+
+@contextlib.contextmanager
+def open_sink(
+    output: Path, container_format: str | None, options: Options, info, size: tuple[int, int], source,
+    tell: Callable[[str], None],
+) -> Iterator[Sink]:  # fmt: skip
+    """The output, open for the run: standard output, or a temporary beside OUTPUT moved into
+    place once complete. On a failure what was begun is removed (nothing is kept: there is no
+    resume), and a closed pipe downstream is said in one line."""
+    to_stdout = str(output) == STDIO
+    temporary = None if to_stdout else temporary_path(output)
+    muxer: Muxer | None = None
+    encoder: VideoEncoder | None = None
+    with stdout_for_video() if to_stdout else contextlib.nullcontext(None) as descriptor:
+        try:
+            if container_format is None:
+                sink = Sink(None, None, FrameFolderSink(temporary), False)
+            else:
+                settings = EncoderSettings(container_format, options.codec, options.crf, options.preset,
+                                           options.pix_fmt)  # fmt: skip
+                url = f"pipe:{descriptor}" if to_stdout else temporary
+                # Audio and subtitles: a live source's as it reads them, or a file's own.
+                audio = source if isinstance(source, LiveSource) else source.path if source.path.is_file() else None
+                muxer = Muxer(url, settings, info, size, audio, tell)
+                encoder = VideoEncoder(settings, info, size)
+                sink = Sink(muxer, encoder, None, options.colour == "device")
+            yield sink
+            if temporary is not None:
+                finish(temporary, output)
+        except OSError as error:
+            cleanup(muxer, temporary, None, tell)
+            if error.errno == errno.EPIPE:
+                raise OutputError("the program reading vsrpp's output closed the pipe, so the run stopped") from None
+            advice = os_error_advice(error, output.parent, output.name, kept=False)
+            if advice is None:
+                raise
+            raise advice from None
+        except BaseException:
+            cleanup(muxer, temporary, None, tell)
+            raise
+        finally:
+            if encoder is not None:
+                encoder.close()
+
+
+@contextlib.contextmanager
+def stdout_for_video() -> Iterator[int]:
+    """A descriptor of standard output for the video alone: while it is written, descriptor 1
+    points at standard error, so that nothing else printed can land in the stream."""
+    import sys
+
+    sys.stdout.flush()
+    video = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield video
+    finally:
+        sys.stdout.flush()
+        os.dup2(video, 1)
+        os.close(video)
