@@ -138,14 +138,14 @@ def decode_rgb(path: Path) -> list[np.ndarray]:
 
 
 def with_subtitles(video: Path, cues: list[tuple[int, int, str]], path: Path) -> Path:
-    """`video`'s video stream plus an SRT subtitle stream of (start ms, end ms, text) cues, in
+    """`video`'s streams plus an SRT subtitle stream of (start ms, end ms, text) cues, in
     Matroska (PyAV cannot encode subtitles, so they are demuxed from an .srt file and remuxed)."""
     srt = path.with_suffix(".srt")
     srt.write_text(
         "".join(f"{i + 1}\n{_srt_time(a)} --> {_srt_time(b)}\n{text}\n\n" for i, (a, b, text) in enumerate(cues))
     )
     with av.open(str(video)) as video_in, av.open(str(srt)) as subtitles_in, av.open(str(path), "w") as out:
-        streams = {id(video_in.streams.video[0]): out.add_stream_from_template(video_in.streams.video[0])}
+        streams = {id(stream): out.add_stream_from_template(stream) for stream in video_in.streams}
         streams[id(subtitles_in.streams.subtitles[0])] = out.add_stream_from_template(subtitles_in.streams.subtitles[0])
         for container in (video_in, subtitles_in):
             for packet in container.demux():

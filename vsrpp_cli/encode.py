@@ -551,6 +551,9 @@ def check_codec(codec: str, container_format: str) -> None:
         ) from None
     if found.type != "video":
         raise EncoderError(f"--codec {codec}: that encoder makes {found.type}, not video; choose e.g. libx264")
+    if container_format == "yuv4mpegpipe" and codec != "rawvideo":
+        hint = CONTAINER_HINTS[container_format]
+        raise EncoderError(f"--codec {codec}: --format yuv4mpegpipe cannot hold it; {hint}")
 
 
 def check_encoder_settings(settings: EncoderSettings, info: VideoInfo | None = None) -> None:
