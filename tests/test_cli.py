@@ -70,6 +70,20 @@ def test_info_on_a_bad_file_is_one_line_without_traceback(tmp_path):
     assert "Traceback" in debug.stderr
 
 
+def test_info_on_a_training_state_names_the_weights_beside_it(tmp_path):
+    """latest.state.pth (what `vsrpp train` keeps to resume) is not a model: info says so and
+    names latest.pth, instead of complaining about its first entry."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    state = {"iteration": 300, "best_psnr": 20.5, "optimizer": optimizer.state_dict(), "scheduler": {"last_epoch": 300},
+             "scaler": {}, "torch_rng": [torch.get_rng_state()]}  # fmt: skip
+    torch.save(state, tmp_path / "latest.state.pth")
+    result = vsrpp("info", str(tmp_path / "latest.state.pth"))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "a training run's state (optimizer and schedule at iteration 300), not a model" in result.stderr
+    assert str(tmp_path / "latest.pth") in result.stderr
+
+
 def test_missing_checkpoint(tmp_path):
     result = vsrpp("info", str(tmp_path / "nothing.pth"))
     assert result.returncode == 1

@@ -261,3 +261,18 @@ def test_published_number_beside_ours(tmp_path, reds, weights, monkeypatch):
     assert facts["zoo_model"] == "tiny" and facts["published_psnr"] == 30.0
     assert facts["psnr_difference"] == pytest.approx(facts["psnr"] - 30.0)
     assert "published (tiny)" in result.stderr and "difference" in result.stderr
+
+
+def test_the_deform_backend_is_chosen_and_reported(tmp_path, weights):
+    """--deform-backend on eval: the kernel asked for is the one used (in the facts), and the
+    plain per-tap baseline scores as the default torch kernel does."""
+    make_clip(tmp_path / "lq" / "a", tmp_path / "gt" / "a", 2, 4)
+    scores = {}
+    for backend in ("torch", "plain"):
+        result = vsrpp("eval", "--lq", str(tmp_path / "lq"), "--gt", str(tmp_path / "gt"), "--weights", str(weights),
+                       "--device", "cpu", "--deform-backend", backend, "--json", "-q")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        facts = json.loads(result.stdout)
+        assert facts["deform_backend"] == backend
+        scores[backend] = (facts["psnr"], facts["ssim"])
+    assert scores["plain"] == pytest.approx(scores["torch"], abs=1e-4)

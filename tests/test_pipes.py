@@ -210,3 +210,22 @@ def test_the_api_refuses_to_resume_a_fifo_before_reading_it(tmp_path, weights):
     os.mkfifo(fifo)  # nobody writes to it: reading it would block
     with pytest.raises(UsageError, match="cannot be resumed"):
         vsrpp_cli.upscale(fifo, tmp_path / "out.mkv", weights=weights, resume=True)
+
+
+@pytest.mark.parametrize("end", ["input", "output"])
+def test_a_terminal_is_refused_as_the_pipe(tmp_path, weights, end):
+    """`-` where standard input or output is a terminal: a video cannot come from or go to it."""
+    clip = encode_video(tmp_path / "in.mkv", moving_scene(2, 16, 16))
+    master, terminal = os.openpty()
+    descriptor = 0 if end == "input" else 1
+    saved = os.dup(descriptor)
+    os.dup2(terminal, descriptor)
+    try:
+        paths = ["-", tmp_path / "out.mkv"] if end == "input" else [clip, "-"]
+        result = run_vsrpp("upscale", *paths, "--weights", weights)
+    finally:
+        os.dup2(saved, descriptor)
+        for fd in (saved, terminal, master):
+            os.close(fd)
+    assert result.returncode == 2 and "that is a terminal here" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["in.mkv"]

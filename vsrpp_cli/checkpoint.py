@@ -59,6 +59,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     raw = _torch_load(path)
     if not isinstance(raw, dict) or not raw:
         raise CheckpointError(f"{path}: holds {type(raw).__name__}, not a BasicVSR++ state_dict")
+    if {"iteration", "optimizer", "scheduler"} <= raw.keys():  # train/worker.py's latest.state.pth
+        weights = path.with_name("latest.pth")
+        raise CheckpointError(
+            f"{path}: a training run's state (optimizer and schedule at iteration {raw['iteration']}), not a model; "
+            f"its weights are {weights}, and `vsrpp train`/`finetune --resume` continue from it"
+        )
 
     if "state_dict" in raw and isinstance(raw["state_dict"], dict):
         state, layout = dict(raw["state_dict"]), "official"

@@ -19,6 +19,7 @@ from .decode import InputError, frame_files, read_image
 from .engine import PRECISIONS, Engine
 from .errors import EvalError, UsageError
 from .metrics import psnr, ssim
+from .network.basicvsrpp import BRANCHES
 from .tensors import tensor_to_frames
 from .train.config import REDS4_CLIPS
 from .windows import temporal_windows
@@ -153,6 +154,7 @@ def score(
         tile=engine.tile,
         crop_border=crop_border,
         strength=engine.strength,
+        deform_backend=engine.model.deform_align[BRANCHES[0]].backend,  # what the asked-for one resolved to
     )
     return report, facts
 

@@ -46,7 +46,13 @@ def check_stream_run(source: Path, output: Path, options: Options, launch: Launc
         if launch.processes > 1:
             raise UsageError(f"--nproc-per-node/--nnodes: {what} is read once, front to back, so it cannot be "
                              "shared among workers; run it in one process, or save it to a file first")  # fmt: skip
+    if str(source) == STDIO and os.isatty(0):
+        raise UsageError("- reads a video from standard input, but that is a terminal here; pipe a stream in, "
+                         "e.g. ffmpeg -i in.mov -f matroska - | vsrpp upscale - out.mkv")  # fmt: skip
     if str(output) == STDIO:
+        if os.isatty(1):
+            raise UsageError("- writes the video to standard output, but that is a terminal here; pipe it into "
+                             "a program (vsrpp upscale in.mp4 - | mpv -) or give a file")  # fmt: skip
         if options.resume:
             raise UsageError("--resume: a run that writes to standard output cannot be resumed; write to a file "
                              "to be able to resume")  # fmt: skip

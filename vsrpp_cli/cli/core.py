@@ -186,16 +186,18 @@ def evaluate(args: Namespace) -> None:
         check_plot_target(args.plot)
     check_tiles(args.tile, args.tile_overlap)
     from ..checkpoint import load_model
-    from ..engine import Engine, pick_device, pick_dtype
+    from ..engine import Engine, check_backend, pick_device, pick_dtype
     from ..evaluate import EvalPlan, score
 
     plan = EvalPlan.make(args.dataset, args.data_root, args.lq, args.gt, args.y_channel)
     chosen = chosen_weights(args.model, args.weights, args.quiet)
     torch_device = pick_device(args.device)
+    dtype = pick_dtype(args.precision, torch_device)
+    check_backend(args.deform_backend, torch_device, dtype)
     engine = Engine(
-        load_model(chosen),
+        load_model(chosen, deform_backend=args.deform_backend),
         torch_device,
-        pick_dtype(args.precision, torch_device),
+        dtype,
         args.tile,
         args.tile_overlap,
         warn=output.notice_printer(args.quiet),

@@ -453,6 +453,7 @@ def eval_command(
     device: Device = "auto",
     precision: Precision = "auto",
     strength: Strength = 1.0,
+    deform_backend: DeformBackend = "auto",
     chunk_frames: Annotated[int, option("Frames per window; 0 = each clip as one sequence.", panel=WINDOWS, min=0)] = 0,
     chunk_overlap: Annotated[int, option("Context frames each side of a window.", panel=WINDOWS, min=0)] = 0,
     tile: TileSize = 0,
@@ -625,6 +626,8 @@ def bench(
         list[str] | None,
         option(
             "Deformable-conv backend(s); repeat for several.",
+            "--deform-backend",
+            "--backend",
             metavar="NAME",
             callback=one_of("auto", "triton", "torch", "torchvision", "mmcv", "plain"),
         ),
