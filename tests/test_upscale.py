@@ -348,6 +348,23 @@ def test_a_truncated_matroska_file_says_what_it_lost(tmp_path, weights):
     assert json.loads(whole.stdout)["lost"] == []  # the whole file: nothing said
 
 
+def test_a_corrupt_packet_in_the_middle_is_said_once(tmp_path, weights):
+    """Packet 10 of 20 overwritten: one line names it; it is not also counted as the file
+    ending early (it used to be both), and every other frame comes out."""
+    source = encode_video(tmp_path / "in.mp4", moving_scene(20, 32, 48))
+    with av.open(str(source)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+        position, size, when = packets[10].pos, packets[10].size, float(packets[10].pts * packets[10].time_base)
+    data = bytearray(source.read_bytes())
+    data[position : position + size] = b"\xff" * size
+    source.write_bytes(bytes(data))
+    result = vsrpp("upscale", str(source), str(tmp_path / "out.mp4"), "--weights", str(weights), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["lost"] == [f"the packet at {when:.3f}s could not be decoded"]
+    assert summary["frames"] == 19 == len(probe(tmp_path / "out.mp4")["times"])
+
+
 # ----------------------------------------------------------------------------- batches
 def test_several_inputs_into_a_folder(tmp_path, weights):
     videos = tmp_path / "videos"
