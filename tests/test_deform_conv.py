@@ -11,6 +11,7 @@ import pytest
 import torch
 from reference import dcn_reference
 
+from vsrpp_cli.checkpoint import load_model
 from vsrpp_cli.network import deform_conv
 from vsrpp_cli.network.deform_conv import (
     available_backends,
@@ -272,3 +273,36 @@ def test_the_probe_feeds_the_layouts_the_network_feeds():
     for name in ("torch", "plain"):
         for dtype in (torch.float32, torch.bfloat16):
             assert passes_probe(deform_conv._IMPLEMENTATIONS[name], "cpu", dtype), (name, dtype)
+
+
+_PLAIN = deform_conv._IMPLEMENTATIONS["plain"]
+
+
+def _first_group_channels_only(x, offset, mask, weight, bias, padding):
+    """A kernel that is right while a group holds at most 2 channels (the small probe's), and
+    drops the rest: a configuration bug that shows only at the network's sizes."""
+    groups = offset.shape[1] // 18
+    per_group = x.shape[1] // groups
+    kept = torch.zeros(per_group, dtype=torch.bool)
+    kept[:2] = True
+    return _PLAIN(x * kept.repeat(groups).view(1, -1, 1, 1).to(x.dtype), offset, mask, weight, bias, padding)
+
+
+def test_the_probe_runs_at_the_networks_own_sizes(monkeypatch, official_checkpoint):
+    """The backend is probed at the sizes the network launches it with (2C channels in 16 groups,
+    C out), not only the small default: a kernel wrong only there passes the small probe, fails
+    the real one, and a model asking for it is refused when it loads."""
+    real = deform_conv.ProbeShape(channels=64, groups=16, out_channels=32)  # C32: 4 channels a group
+    assert passes_probe(_first_group_channels_only, "cpu", torch.float32)  # the small probe: 2 channels a group
+    with pytest.warns(UserWarning, match="disagrees with the reference"):
+        assert not passes_probe(_first_group_channels_only, "cpu", torch.float32, shape=real)
+    assert passes_probe(_PLAIN, "cpu", torch.float32, shape=real)
+
+    monkeypatch.setitem(deform_conv._IMPLEMENTATIONS, "plain", _first_group_channels_only)
+    deform_conv.backend_works.cache_clear()
+    try:
+        path, _ = official_checkpoint(32, 1, True, seed=3)
+        with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="'plain' is not usable"):
+            load_model(path, deform_backend="plain")
+    finally:
+        deform_conv.backend_works.cache_clear()

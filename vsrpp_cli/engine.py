@@ -47,7 +47,7 @@ def check_backend(name: str, device: torch.device, dtype: torch.dtype) -> None:
         return
     if name not in BACKENDS:
         raise UsageError(f"--deform-backend {name}: choose auto, {', '.join(BACKENDS)}")
-    if not backend_works(name, device.type, dtype):
+    if not backend_works(name, str(device), dtype):
         raise UsageError(
             f"--deform-backend {name}: not usable on {device.type} in {str(dtype).removeprefix('torch.')} here (not "
             "installed, or it failed its check); `vsrpp info --backends` lists those that work"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .deform_conv import modulated_deform_conv2d, resolve_backend
+from .deform_conv import ProbeShape, modulated_deform_conv2d, resolve_backend
 from .layers import PixelShufflePack, ResidualBlocksWithInputConv, flow_warp, sampling_grid, warp_with_grid
 from .spynet import SPyNet
 
@@ -128,8 +128,9 @@ class BasicVSRPlusPlus(nn.Module):
         """Probe now, and use from now on, the concrete deformable-conv backend that the asked-for
         one means on the model's device and dtype (never inside a forward, where a probe would
         stall a CUDA graph capture). Call again after changing the device or dtype."""
-        weight = self.deform_align[BRANCHES[0]].weight
-        name = resolve_backend(self.deform_backend, weight.device, weight.dtype)
+        weight = self.deform_align[BRANCHES[0]].weight  # (C, 2C, 3, 3), 16 groups: probed at these sizes
+        shape = ProbeShape(weight.shape[1], DEFORM_GROUPS, weight.shape[0])
+        name = resolve_backend(self.deform_backend, weight.device, weight.dtype, shape)
         for module in self.deform_align.values():
             module.backend = name
         return name

@@ -32,6 +32,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,8 +75,20 @@ def _(x, offset, mask, weight, bias, padding, backend):
     return x.new_empty(x.shape[0], weight.shape[0], *offset.shape[-2:])
 
 
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete backend that `backend` ("auto" or a name) means for this device and dtype."""
+@dataclass(frozen=True)
+class ProbeShape:
+    """The sizes a backend is probed at: the network's own (BasicVSR++ C64: 128 channels in 16
+    groups, 64 out), so that a kernel whose configuration depends on them (block sizes, shared
+    memory) is checked in the configuration the run will launch. The default is a small one."""
+
+    channels: int = 4
+    groups: int = 2
+    out_channels: int = 3
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, shape: ProbeShape = ProbeShape()) -> str:
+    """The concrete backend that `backend` ("auto" or a name) means for this device (its index
+    included: the probe runs there) and dtype, probed at `shape`."""
     if backend == "auto":
         for name in AUTO_ORDER:
             if name == "triton" and (device.type != "cuda" or dtype == torch.float32):
@@ -84,12 +97,12 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
                 # (compiled for sm_90): fp32's native kernels serve better; --precision fp16/bf16
                 # is the fast path.
                 continue
-            if backend_works(name, device.type, dtype):
+            if backend_works(name, str(device), dtype, shape):
                 return name
         return "torch"
     if backend not in BACKENDS:
         raise ValueError(f"unknown deformable-conv backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
-    if not backend_works(backend, device.type, dtype):
+    if not backend_works(backend, str(device), dtype, shape):
         raise RuntimeError(f"deformable-conv backend {backend!r} is not usable on {device.type} with {dtype}")
     return backend
 
@@ -116,27 +129,29 @@ def backend_table() -> dict[str, Any]:
 
 
 @functools.cache
-def backend_works(name: str, device_type: str, dtype: torch.dtype) -> bool:
-    """Import the backend and check it once on the probe problem."""
+def backend_works(name: str, device: str, dtype: torch.dtype, shape: ProbeShape = ProbeShape()) -> bool:
+    """Import the backend and check it once on the probe problem, on `device` ("cpu", "cuda",
+    "cuda:N": that GPU, not the current one) at `shape`."""
     if name == "torch":
         return True
-    if name == "triton" and device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if name == "triton" and not device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
         return False
     try:
-        return passes_probe(_IMPLEMENTATIONS[name], device_type, dtype, name)
+        return passes_probe(_IMPLEMENTATIONS[name], device, dtype, name, shape)
     except Exception:  # an import error, a missing kernel, a build for another torch
         return False
 
 
 def passes_probe(
-    implementation: Callable[..., Tensor], device_type: str, dtype: torch.dtype, name: str = "this backend"
-) -> bool:
+    implementation: Callable[..., Tensor], device: str, dtype: torch.dtype, name: str = "this backend",
+    shape: ProbeShape = ProbeShape(),
+) -> bool:  # fmt: skip
     """Does `implementation` agree with the plain fp32 one on a problem that samples past
     x = 1024 (where fp16 positions are 0.5 px apart) a pattern that changes within a pixel, in
     each memory layout the network feeds: contiguous, views into larger tensors (the offsets and
     masks are chunks of one convolution's output), and channels-last (CUDA)? A kernel that reads
     a view's memory as if it were contiguous fails the second."""
-    problem = [t.to(device_type) for t in probe_problem()]
+    problem = [t.to(device) for t in probe_problem(shape)]
     x, offset, mask, weight, bias = problem
     x, weight, bias = (t.to(dtype) for t in (x, weight, bias))
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
@@ -163,16 +178,17 @@ def probe_layouts(x: Tensor, offset: Tensor, mask: Tensor) -> list[tuple[Tensor,
     return [(x, offset, mask), (wide, offset_view, mask_view), tuple(last)]
 
 
-def probe_problem() -> tuple[Tensor, ...]:
-    """A 2-row strip PROBE_WIDTH wide: sin(1.3 x) per channel, fractional offsets of a few px."""
+def probe_problem(shape: ProbeShape = ProbeShape()) -> tuple[Tensor, ...]:
+    """A 2-row strip PROBE_WIDTH wide: sin(1.3 x + phase) per channel, fractional offsets of a
+    few px, at `shape`'s channels and groups."""
     generator = torch.Generator().manual_seed(0)
-    n, c, h, w, groups = 1, 4, 2, PROBE_WIDTH, 2
+    n, c, h, w, groups = 1, shape.channels, 2, PROBE_WIDTH, shape.groups
     columns = torch.arange(w, dtype=torch.float32)
     x = torch.stack([torch.sin(1.3 * columns + phase) for phase in range(c)]).view(1, c, 1, w).repeat(1, 1, h, 1)
     offset = 3 * torch.rand(n, groups * 18, h, w, generator=generator) - 1.5
     mask = torch.rand(n, groups * 9, h, w, generator=generator)
-    weight = torch.randn(3, c, 3, 3, generator=generator)
-    bias = torch.randn(3, generator=generator)
+    weight = torch.randn(shape.out_channels, c, 3, 3, generator=generator) / c**0.5
+    bias = torch.randn(shape.out_channels, generator=generator)
     return x, offset, mask, weight, bias
 
 
