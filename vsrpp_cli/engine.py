@@ -15,12 +15,12 @@ from .colour import Planes, YuvTarget
 from .errors import UsageError
 from .network import BasicVSRPlusPlus
 from .network.basicvsrpp import BRANCHES
+from .sizing import MIN_TILE
 from .tensors import frames_to_tensor, tensor_to_frames
 from .threads import use_threads
 from .windows import run_count, run_tiled
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MIN_TILE = 64
 
 
 def pick_device(name: str) -> torch.device:

@@ -34,7 +34,7 @@ from .hashing import sha256_of
 from .launch import Launch
 from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
 from .resume import RunStore, remove
-from .sizing import default_chunk, plan
+from .sizing import plan, tiles_notice, window_shape
 from .threads import threads_per_process
 from .worker import Local
 from .writer import Writer, run_shared, run_workers_here, work_for_first_machine, workers_device
@@ -161,10 +161,11 @@ def upscale(
         # Frames for the encoder leave the device as YUV when it takes a format colour.py makes.
         target = muxer_target(settings, info, size) if muxer and options.colour == "device" else None
         run = fingerprint(source_path, source, options, summary, target)
-        chunk = options.chunk_frames or default_chunk(
-            device, info.width, info.height, model.mid_channels, options.chunk_overlap
-        )
+        chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
+        if tile != options.tile:
+            tell(tiles_notice(info, chunk + 2 * options.chunk_overlap, tile))
         first_plan = plan(chunk, options.segment_frames, container_format is None, total, launch.processes)
+        first_plan["tile"] = tile
         # Workers' outputs are joined, so they must compute alike; kept with the plan, so that a
         # resume with another number of workers computes as the run began.
         first_plan["deterministic"] = shared if options.deterministic is None else options.deterministic

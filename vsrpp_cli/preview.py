@@ -29,7 +29,7 @@ from .engine import Engine, pick_device, pick_dtype
 from .errors import OutputError, UsageError, os_error_advice
 from .labels import draw_text
 from .pipeline import Options
-from .sizing import default_chunk
+from .sizing import window_shape
 from .tensors import frames_to_tensor, tensor_to_frames
 
 BAND = 24  # label band height, pixels
@@ -132,10 +132,8 @@ def preview(
     sources: dict[int, np.ndarray] = {}
     for setting in settings:
         model = load_model(setting.weights, deform_backend=options.deform_backend)
-        chunk = options.chunk_frames or default_chunk(
-            device, info.width, info.height, model.mid_channels, options.chunk_overlap
-        )
-        engine = Engine(model, device, dtype, options.tile, options.tile_overlap, warn=notice, graphs=options.graphs,
+        chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
+        engine = Engine(model, device, dtype, tile, options.tile_overlap, warn=notice, graphs=options.graphs,
                         strength=setting.strength)  # fmt: skip
         seconds = []
         upscaled_all = []

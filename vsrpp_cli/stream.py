@@ -29,7 +29,7 @@ from .errors import OutputError, UsageError, os_error_advice
 from .launch import Launch
 from .outputs import check_output, finish, path_bytes, temporary_path
 from .pipeline import Options, Summary, cleanup
-from .sizing import default_chunk
+from .sizing import tiles_notice, window_shape
 from .windows import Window, temporal_windows
 from .worker import in_background, worker_device
 
@@ -92,10 +92,11 @@ def upscale_stream(
         summary.device, summary.precision = str(device), next(n for n, v in PRECISIONS.items() if v == dtype)
         check_backend(options.deform_backend, device, dtype)
         model = load_model(options.weights, deform_backend=options.deform_backend)
-        chunk = options.chunk_frames or default_chunk(device, info.width, info.height, model.mid_channels,
-                                                      options.chunk_overlap)  # fmt: skip
+        chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
+        if tile != options.tile:
+            tell(tiles_notice(info, chunk + 2 * options.chunk_overlap, tile))
         # One window at a time unless asked: each window more in a batch is a chunk more of latency.
-        engine = Engine(model, device, dtype, options.tile, options.tile_overlap, warn=tell, graphs=options.graphs,
+        engine = Engine(model, device, dtype, tile, options.tile_overlap, warn=tell, graphs=options.graphs,
                         batch=options.batch or 1, compile=options.compile, strength=options.strength,
                         deterministic=bool(options.deterministic))  # fmt: skip
         summary.chunk_frames, summary.batch = chunk, engine.batch

@@ -155,10 +155,12 @@ class Worker:
         self.chunk, self.per_segment = job["plan"]["chunk_frames"], job["plan"]["windows_per_segment"]
         self.overlap = options["chunk_overlap"]
         window_frames = self.chunk + 2 * self.overlap
-        batch = options["batch"] or default_batch(
-            self.device, self.info.width, self.info.height, model.mid_channels, window_frames
-        )
-        self.engine = Engine(model, self.device, dtype, options["tile"], options["tile_overlap"], warn=self.tell,
+        tile = job["plan"].get("tile", options["tile"])  # the writer's choice, the same for every worker
+        width, height = (min(side, tile + 2 * options["tile_overlap"]) if tile else side
+                         for side in (self.info.width, self.info.height))  # fmt: skip
+        batch = options["batch"] or default_batch(self.device, width, height, model.mid_channels, window_frames,
+                                                  dtype.itemsize)  # fmt: skip
+        self.engine = Engine(model, self.device, dtype, tile, options["tile_overlap"], warn=self.tell,
                              graphs=options["graphs"], batch=batch, compile=options["compile"],
                              strength=options["strength"], deterministic=options["deterministic"])  # fmt: skip
         self.target = YuvTarget(**job["target"]) if job["target"] else None
