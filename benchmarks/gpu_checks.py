@@ -2,6 +2,7 @@
 
 For each device asked for (`cuda:0`, and `cuda:1` where there is one), on a short encoded clip
 with random official-size weights: a run with CUDA graphs and one without give the same frames;
+a live source (a FIFO, read in one pass) gives the frames of the file;
 under --deterministic, --batch 1 and --batch 4 give the same frames; a second GPU gives the
 frames of the first. One JSON line per check, and exit 1 if any failed. Usage:
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,7 +40,8 @@ def main() -> int:
     args = parser.parse_args()
     height, width = map(int, args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="vsrpp-gpu-checks-"))
-    clip = encode_video(work / "clip.mp4", moving_scene(args.frames, height, width), audio_channels=2)
+    scene = moving_scene(args.frames, height, width)
+    clip = encode_video(work / "clip.mp4", scene, audio_channels=2)
     weights = work / "c64n7.pth"
     small = args.device == "cpu"
     torch.save(random_official_checkpoint(8 if small else 64, 1 if small else 7, True, 0), weights)
@@ -45,12 +49,12 @@ def main() -> int:
     devices = [args.device] if small else [f"cuda:{i}" for i in range(min(2, torch.cuda.device_count()))]
     results = []
 
-    def run(name: str, **settings) -> np.ndarray | None:
+    def run(name: str, source: Path = clip, **settings) -> np.ndarray | None:
         output = work / f"{name}.mkv"
         options = Options(weights, precision=precision, chunk_frames=4, chunk_overlap=2, codec="ffv1", **settings)
         began = time.perf_counter()
         try:
-            summary = upscale(clip, output, options)
+            summary = upscale(source, output, options)
         except Exception as error:  # a failure is a result here
             results.append({"run": name, "ok": False, "error": f"{type(error).__name__}: {error}"[:300]})
             return None
@@ -64,6 +68,17 @@ def main() -> int:
         diff = int(np.abs(a.astype(int) - b.astype(int)).max()) if a is not None and b is not None else None
         results.append({"check": check, "ok": ok, "max_diff": diff})
 
+    def run_live(name: str, **settings) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """A Matroska clip through a FIFO (stream.py's one pass, as for pipes), and as a file."""
+        fifo = work / f"{name}.fifo"
+        os.mkfifo(fifo)
+        matroska = encode_video(work / "clip.mkv", scene, audio_channels=2, container_format="matroska")
+        writer = threading.Thread(target=lambda: fifo.write_bytes(matroska.read_bytes()), daemon=True)
+        writer.start()
+        live = run(name, source=fifo, **settings)
+        writer.join(timeout=60)  # a run that failed before reading it leaves the writer blocked: let it go
+        return live, run(f"{name}-file", source=matroska, **settings)
+
     first = None
     for device in devices:
         graphs = run(f"{device}-graphs", device=device, graphs=True)
@@ -74,6 +89,8 @@ def main() -> int:
         same(f"{device}: --batch 1 and 4 give the same frames under --deterministic", one, four)
         if first is None:
             first = one
+            same(f"{device}: a live source (a FIFO, one pass) gives the frames of a file",
+                 *run_live(f"{device}-live", device=device, batch=1, deterministic=True))  # fmt: skip
         else:
             same(f"{device} gives the frames of {devices[0]} (--deterministic)", one, first)
     args.out.mkdir(parents=True, exist_ok=True)
