@@ -306,3 +306,15 @@ def test_the_probe_runs_at_the_networks_own_sizes(monkeypatch, official_checkpoi
             load_model(path, deform_backend="plain")
     finally:
         deform_conv.backend_works.cache_clear()
+
+
+def test_a_loaded_model_never_probes_inside_its_forward(official_checkpoint):
+    """The model probes its backend at its own sizes when it loads; a forward must not probe
+    again (at another size, or at all): a probe inside a CUDA graph capture breaks the capture."""
+    path, _ = official_checkpoint(16, 1, True, seed=3)
+    model = load_model(path, deform_backend="plain")
+    probes = deform_conv.backend_works.cache_info()
+    with torch.no_grad():
+        model(torch.rand(1, 3, 3, 64, 64))
+    after = deform_conv.backend_works.cache_info()
+    assert (after.hits, after.misses) == (probes.hits, probes.misses)

@@ -55,7 +55,10 @@ def modulated_deform_conv2d(
 ) -> Tensor:  # (n, c_out, h_out, w_out); stride 1, dilation 1
     if torch.compiler.is_compiling() and backend in ("torch", "plain"):
         return _IMPLEMENTATIONS[backend](x, offset, mask, weight, bias, padding)  # Inductor fuses its gathers
-    name = resolve_backend(backend, x.device, x.dtype)
+    # A backend admitted here already (at any probe size: the model probes at its own when it
+    # loads) runs without another probe, which inside a CUDA graph capture would break it.
+    admitted = (backend, str(x.device), x.dtype) in _ADMITTED
+    name = backend if admitted else resolve_backend(backend, x.device, x.dtype)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, mask, weight, bias)):
         if name in ("triton", "mmcv", "torchvision"):  # inference kernels: train on the torch one
             name = "torch"
@@ -98,13 +101,18 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, shap
                 # is the fast path.
                 continue
             if backend_works(name, str(device), dtype, shape):
+                _ADMITTED.add((name, str(device), dtype))
                 return name
         return "torch"
     if backend not in BACKENDS:
         raise ValueError(f"unknown deformable-conv backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
     if not backend_works(backend, str(device), dtype, shape):
         raise RuntimeError(f"deformable-conv backend {backend!r} is not usable on {device.type} with {dtype}")
+    _ADMITTED.add((backend, str(device), dtype))
     return backend
+
+
+_ADMITTED: set[tuple[str, str, torch.dtype]] = set()  # (backend, device, dtype) that passed a probe
 
 
 def available_backends(device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
