@@ -3,6 +3,7 @@ what a one-pass run refuses, a closed pipe downstream, and the latency it measur
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,7 +116,7 @@ def test_a_closed_pipe_downstream_stops_the_run_with_one_line(tmp_path, weights)
 
 def feed_fifo(fifo: Path, data: bytes) -> threading.Thread:
     def write() -> None:
-        with open(fifo, "wb") as pipe:
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as pipe:  # a reader that stops early
             pipe.write(data)
 
     thread = threading.Thread(target=write, daemon=True)
@@ -229,3 +230,55 @@ def test_a_terminal_is_refused_as_the_pipe(tmp_path, weights, end):
             os.close(fd)
     assert result.returncode == 2 and "that is a terminal here" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["in.mkv"]
+
+
+def test_a_one_pass_run_that_fails_leaves_nothing_and_runs_again(tmp_path, monkeypatch, weights, source, file_run):
+    """A failure in the middle (the failpoint after the second window) removes what was begun; a
+    crash (SIGKILL: nothing can clean) leaves its temporary, which the next run replaces. A
+    one-pass run has no resume: the same command again gives the whole output."""
+    fifo, out = tmp_path / "live.mkv", tmp_path / "out.mkv"
+    os.mkfifo(fifo)
+    options = {"weights": weights, "device": "cpu", "codec": "ffv1", "chunk_frames": CHUNK, "chunk_overlap": OVERLAP}
+    monkeypatch.setenv("VSRPP_FAILPOINTS", "network@2=raise")
+    writer = feed_fifo(fifo, source.read_bytes())
+    with pytest.raises(Exception, match="failpoint network"):
+        vsrpp_cli.upscale(fifo, out, **options)
+    writer.join()  # the pipe closed under it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mkv"]
+
+    monkeypatch.setenv("VSRPP_FAILPOINTS", "network@2=crash")
+    with open(source, "rb") as stdin:  # `-`: a one-pass run, as from a pipe
+        crashed = subprocess.run(
+            [sys.executable, "-m", "vsrpp_cli", "upscale", "-", out, "--weights", weights, "--device", "cpu",
+             "--codec", "ffv1", *WINDOWS, "-q"], stdin=stdin, capture_output=True,
+        )  # fmt: skip
+    assert crashed.returncode == -9 and not out.exists()
+    assert (tmp_path / ".out.mkv.vsrpp-tmp").exists()  # what a killed process leaves
+
+    monkeypatch.delenv("VSRPP_FAILPOINTS")
+    writer = feed_fifo(fifo, source.read_bytes())
+    vsrpp_cli.upscale(fifo, out, **options)
+    writer.join()
+    assert np.array_equal(read_frames(out), read_frames(file_run))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mkv", "out.mkv"]
+
+
+def test_stopping_a_live_run_ends_the_output_with_the_frames_out_so_far(tmp_path, weights, source, file_run):
+    """Ctrl-C is how a live source is stopped: the output is a whole file with the frames out so
+    far (here the interruption comes after the second window), as FFmpeg ends a recording."""
+    fifo, out = tmp_path / "live.mkv", tmp_path / "out.mkv"
+    os.mkfifo(fifo)
+    writer = feed_fifo(fifo, source.read_bytes())
+
+    def stop_after_two_windows(done: float, total: int | None) -> None:
+        if done == 2 * CHUNK and isinstance(done, int):  # written (fractions are heard within a window)
+            raise KeyboardInterrupt
+
+    notices: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        vsrpp_cli.upscale(fifo, out, weights=weights, device="cpu", codec="ffv1", chunk_frames=CHUNK,
+                          chunk_overlap=OVERLAP, on_progress=stop_after_two_windows, notice=notices.append)  # fmt: skip
+    writer.join()
+    assert np.array_equal(read_frames(out), read_frames(file_run)[: 2 * CHUNK])
+    assert notices[-1] == f"stopped: {out} ends after {2 * CHUNK} frames"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mkv", "out.mkv"]

@@ -25,10 +25,11 @@ from .checkpoint import load_model
 from .decode import Frame, LiveSource, is_live, open_source
 from .encode import EncoderSettings, FrameFolderSink, Muxer, VideoEncoder, container_for
 from .engine import PRECISIONS, Engine, check_backend, pick_dtype
-from .errors import OutputError, UsageError, os_error_advice
+from .errors import Interrupted, OutputError, UsageError, os_error_advice
 from .launch import Launch
 from .outputs import check_output, finish, path_bytes, temporary_path
 from .pipeline import Options, Summary, cleanup
+from .resume import remove
 from .sizing import tiles_notice, window_shape
 from .windows import Window, temporal_windows
 from .worker import in_background, worker_device
@@ -104,7 +105,9 @@ def upscale_stream(
         total = info.frame_count or info.frame_estimate
         on_progress(0, total)
         sink = stack.enter_context(open_sink(output, container_format, options, info, size, source, tell))
-        taken = Counted(in_background(source.frames(options.colour == "device")))
+        decoded = in_background(source.frames(options.colour == "device"))
+        stack.callback(decoded.close)  # the decode thread stopped (before the input is closed), on any exit
+        taken = Counted(decoded)
         windows = temporal_windows(taken, chunk, options.chunk_overlap)
         done = 0
         for batch in batches(windows, engine.batch):
@@ -201,14 +204,18 @@ def open_sink(
 ) -> Iterator[Sink]:  # fmt: skip
     """The output, open for the run: standard output, or a temporary beside OUTPUT moved into
     place once complete. On a failure what was begun is removed (nothing is kept: there is no
-    resume), and a closed pipe downstream is said in one line."""
+    resume), and a closed pipe downstream is said in one line. Ctrl-C (SIGTERM, KeyboardInterrupt)
+    is how a live source is stopped: the output is ended with the frames out so far, a whole
+    file, as FFmpeg ends a recording."""
     to_stdout = str(output) == STDIO
     temporary = None if to_stdout else temporary_path(output)
     muxer: Muxer | None = None
     encoder: VideoEncoder | None = None
+    sink: Sink | None = None
     with stdout_for_video() if to_stdout else contextlib.nullcontext(None) as descriptor:
         try:
             if container_format is None:
+                remove(temporary)  # a folder left by a killed run
                 sink = Sink(None, None, FrameFolderSink(temporary), False)
             else:
                 settings = EncoderSettings(container_format, options.codec, options.crf, options.preset,
@@ -230,12 +237,34 @@ def open_sink(
             if advice is None:
                 raise
             raise advice from None
+        except (Interrupted, KeyboardInterrupt):
+            if not end_early(sink, temporary, output, tell):
+                cleanup(muxer, temporary, None, tell)
+            raise
         except BaseException:
             cleanup(muxer, temporary, None, tell)
             raise
         finally:
             if encoder is not None:
                 encoder.close()
+
+
+def end_early(sink: Sink | None, temporary: Path | None, output: Path, tell: Callable[[str], None]) -> bool:
+    """After an interruption: the output ended with the frames out so far (the encoder's held
+    ones flushed, the container closed, the file moved into place). False where nothing came out
+    yet, or ending failed (then the caller removes what was begun)."""
+    if sink is None:
+        return False
+    try:
+        sink.finish(sink.out)  # frames the encoder still held come out here
+        if not sink.out:
+            return False
+        if temporary is not None:
+            finish(temporary, output)
+    except Exception:  # the interruption is what is reported
+        return False
+    tell(f"stopped: {output if temporary is not None else 'the stream'} ends after {sink.out} frames")
+    return True
 
 
 @contextlib.contextmanager

@@ -97,28 +97,39 @@ def elastic_main(host: str, port: int, launcher: int, local: Local) -> None:
     except Exception as error:
         print(f"vsrpp worker {rank}: the writer at {host}:{port} does not answer ({error})", file=sys.stderr)
         sys.exit(1)
-    threading.Thread(target=keep_beating, args=(board, rank), daemon=True, name="vsrpp-beat").start()
+    stop_beating = threading.Event()
+    beat = threading.Thread(target=keep_beating, args=(board, rank, stop_beating), daemon=True, name="vsrpp-beat")
+    beat.start()
+    failed = True
     try:
         Worker(board, local, rank, world, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))).run()
         board.leave(rank)
+        failed = False
     except AbortError:
-        sys.exit(1)
+        pass
     except BaseException as error:
         with contextlib.suppress(Exception):  # the board may be gone with the writer: exit all the same
             board.fail(f"worker {rank}: {describe(error)}")
+    finally:
+        # The beat thread stops before the process's teardown destroys the store client it uses
+        # (a finished worker was once ended by SIGABRT in the teardown, which the agent takes for
+        # a failure). The return itself is the agent's: it waits for a worker's return value.
+        stop_beating.set()
+        beat.join()
+    if failed:
         sys.exit(1)
 
 
-def keep_beating(board: Board, rank: int) -> None:
+def keep_beating(board: Board, rank: int, stop: threading.Event) -> None:
     """Signs of life from a thread (the network may hold the main one for minutes); the worker
     ends itself when the writer has stopped the run or can no longer be reached."""
-    while True:
+    while not stop.is_set():
         try:
             board.beat(rank)
             board.check_abort()
         except BaseException:
             os._exit(1)
-        time.sleep(HEARTBEAT)
+        stop.wait(HEARTBEAT)
 
 
 def describe(error: BaseException) -> str:
