@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -96,19 +97,15 @@ def test_pipe_in_and_pipe_out_keep_frames_times_audio_and_subtitles(tmp_path, we
     assert sorted(os.listdir(tmp_path)) == ["report.json", "report.npy"]  # nothing else written
 
 
-def test_a_closed_pipe_downstream_stops_the_run_with_one_line(tmp_path, weights):
-    """The reader exits after 2000 bytes: vsrpp stops with one line and exit 1, leaving nothing."""
+def test_a_closed_pipe_downstream_stops_the_run_with_one_line(tmp_path, monkeypatch, weights):
+    """The reader (another process) exits after 2000 bytes: vsrpp stops with one line and exit 1,
+    and leaves nothing behind."""
+    monkeypatch.chdir(tmp_path)
     clip = encode_video(tmp_path / "in.mkv", moving_scene(40, 32, 48), audio_channels=2)
-    vsrpp = subprocess.Popen(
-        [sys.executable, "-m", "vsrpp_cli", "upscale", clip, "-", "--weights", weights, "--device", "cpu",
-         "--codec", "ffv1", *WINDOWS],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-    )  # fmt: skip
-    reader = subprocess.Popen([sys.executable, PIPES, "close-after", "2000"], stdin=vsrpp.stdout)
-    vsrpp.stdout.close()
-    errors = vsrpp.stderr.read().decode()
-    assert (reader.wait(), vsrpp.wait()) == (0, 1)
-    assert errors.strip().splitlines() == [
+    with stdout_into(PIPES, "close-after", 2000) as reader:
+        result = run_vsrpp("upscale", clip, "-", "--weights", weights, "--device", "cpu", "--codec", "ffv1", *WINDOWS)
+    assert (reader.wait(), result.returncode) == (0, 1)
+    assert result.stderr.strip().splitlines() == [
         "error: the program reading vsrpp's output closed the pipe, so the run stopped"
     ]
     assert sorted(os.listdir(tmp_path)) == ["in.mkv"]
@@ -140,25 +137,34 @@ def test_a_fifo_is_read_once_to_the_same_output_with_its_latency_measured(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mkv", "out.mkv"]
 
 
+@contextlib.contextmanager
+def stdout_into(*command: object) -> Iterator[subprocess.Popen]:
+    """This process's standard output (descriptor 1) into the standard input of `command` (a
+    real pipe to a real process) for the block; the pipe is closed after it (the reader's EOF)."""
+    read, write = os.pipe()
+    reader = subprocess.Popen([sys.executable, *map(str, command)], stdin=read)
+    os.close(read)
+    saved = os.dup(1)
+    os.dup2(write, 1)
+    os.close(write)
+    try:
+        yield reader
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 @pytest.mark.parametrize("fmt", ["nut", "mpegts", "yuv4mpegpipe"])
 def test_every_stream_format_carries_the_frames_and_what_it_can_hold(tmp_path, weights, source, file_run, fmt):
-    """--format writes standard output as NUT, MPEG-TS or yuv4mpegpipe: the same frames (lossless
-    encoders; y4m holds raw frames), audio wherever the format holds it, its time base kept."""
+    """--format writes standard output as NUT, MPEG-TS or yuv4mpegpipe (read by PyAV in another
+    process): the same frames (lossless encoders; y4m holds raw frames), the audio wherever the
+    format holds it, every frame's time."""
     report = tmp_path / "report"
-    codec = (
-        []
-        if fmt == "yuv4mpegpipe"
-        else ["--codec", "ffv1" if fmt == "nut" else "libx264", "--crf", "0"][: 2 if fmt == "nut" else 4]
-    )
-    vsrpp = subprocess.Popen(
-        [sys.executable, "-m", "vsrpp_cli", "upscale", source, "-", "--format", fmt, "--weights", weights,
-         "--device", "cpu", *codec, *WINDOWS, "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    consumer = subprocess.Popen([sys.executable, PIPES, "consume", report], stdin=vsrpp.stdout)
-    vsrpp.stdout.close()
-    errors = vsrpp.stderr.read().decode()
-    assert (consumer.wait(), vsrpp.wait()) == (0, 0), errors
+    codec = {"nut": ["--codec", "ffv1"], "mpegts": ["--codec", "libx264", "--crf", "0"], "yuv4mpegpipe": []}[fmt]
+    with stdout_into(PIPES, "consume", report) as consumer:
+        result = run_vsrpp("upscale", source, "-", "--format", fmt, "--weights", weights, "--device", "cpu", *codec,
+                           *WINDOWS, "-q")  # fmt: skip
+    assert (consumer.wait(), result.returncode) == (0, 0), result.stderr
     received = json.loads(Path(str(report) + ".json").read_text())
     frames = np.load(str(report) + ".npy")
     assert frames.shape == (10, 128, 192, 3)

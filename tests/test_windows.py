@@ -113,10 +113,10 @@ def measured_window_memory(official_checkpoint) -> dict:
         return peak_allocated(lambda: engine.upscale(clip, slice(0, frames), 8))
 
     facts = {}
-    for mid, (height, width) in ((16, (64, 96)), (32, (64, 96)), (16, (96, 128))):
+    for mid, (height, width) in ((16, (64, 64)), (32, (64, 64)), (16, (64, 96))):
         few, more = window(mid, 2, height, width), window(mid, 4, height, width)
         per_frame = (more - few) / 2 / (height * width)
-        facts[mid, height] = (per_frame, few / (height * width) - 2 * per_frame)
+        facts[mid, height, width] = (per_frame, few / (height * width) - 2 * per_frame)
     return facts
 
 
