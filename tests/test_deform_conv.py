@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,9 @@ from reference import dcn_reference
 from vsrpp_cli.checkpoint import load_model
 from vsrpp_cli.network import deform_conv
 from vsrpp_cli.network.deform_conv import (
+    BACKENDS,
     available_backends,
+    backend_works,
     modulated_deform_conv2d,
     passes_probe,
     resolve_backend,
@@ -41,7 +41,15 @@ def problem(n=2, c_in=32, c_out=8, h=9, w=11, groups=16, reach=6.0, seed=0):
 
 
 def backends_on(device: str) -> list[str]:
-    return available_backends(device) if device == "cpu" or torch.cuda.is_available() else []
+    """The backends to hold to the formula here. On the CPU the Triton kernel runs in Triton's
+    interpreter without its probe (16 s interpreted): these tests are its check. Its compiled
+    form for each GPU target: tests/test_kernel_targets.py (the slow matrix .ci/run runs)."""
+    if device == "cpu":
+        interpreted = ["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else []
+        return interpreted + [
+            name for name in BACKENDS if name != "triton" and backend_works(name, "cpu", torch.float32)
+        ]
+    return available_backends(device) if torch.cuda.is_available() else []
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -54,7 +62,10 @@ def test_fp32_matches_the_formula(device, backend, shape):
     x, offset, mask, weight, bias = problem(**shape)
     want = dcn_reference(x, offset, mask, weight, bias)
     args = (t.to(device) for t in (x, offset, mask, weight, bias))
-    got = modulated_deform_conv2d(*args, backend=backend).cpu().double().numpy()
+    if backend == "triton" and device == "cpu":  # the kernel itself, interpreted: its probe would take 16 s
+        got = deform_conv._IMPLEMENTATIONS["triton"](*args, 1).cpu().double().numpy()
+    else:
+        got = modulated_deform_conv2d(*args, backend=backend).cpu().double().numpy()
     assert got.shape == want.shape
     assert np.abs(got - want).max() < 1e-5
 
@@ -95,8 +106,9 @@ def test_sampling_coordinates_stay_fp32_with_fp16_features(device):
 
 
 def test_auto_and_unknown_names():
-    assert resolve_backend("auto", torch.device("cpu"), torch.float32) in available_backends()
-    assert "torch" in available_backends()
+    picked = resolve_backend("auto", torch.device("cpu"), torch.float32)
+    assert picked != "triton" and backend_works(picked, "cpu", torch.float32)
+    assert backend_works("torch", "cpu", torch.float32)
     with pytest.raises(ValueError, match="unknown deformable-conv backend 'fast'"):
         resolve_backend("fast", torch.device("cpu"), torch.float32)
 
@@ -223,32 +235,14 @@ def test_triton_zero_mask_gives_the_bias_and_layouts_agree():
 
 
 def test_triton_backend_through_the_operator():
-    """The backend name reaches the kernel through the one dispatched operator."""
+    """The backend name reaches the kernel through the one dispatched operator (the backend
+    admitted as a model's load admits it: its probe, 16 s interpreted, is tested apart)."""
     triton_kernel()
     x, offset, mask, weight, bias = problem(n=1, c_in=32, c_out=8, h=3, w=5, groups=16)
-    args = on_triton_device(x, offset, mask, weight, bias)
+    args = list(on_triton_device(x, offset, mask, weight, bias))
+    deform_conv._ADMITTED.add(("triton", str(args[0].device), args[0].dtype))
     got = modulated_deform_conv2d(*args, backend="triton").cpu().double().numpy()
     assert np.abs(got - dcn_reference(x, offset, mask, weight, bias)).max() < 1e-5
-
-
-def test_triton_kernel_compiles_for_the_h100(tmp_path):
-    """Down to an sm_90 binary (fp16, the network's DCN), on a machine without a GPU: the GPU
-    compiler rejects what the interpreter lets through (tl.dot shapes, layouts), so this is the
-    check the CPU can make. In a process of its own: the interpreter patches Triton's language
-    globally. (fp32 compiles too, in 100 s here: left to benchmarks/gpu.sh.)"""
-    pytest.importorskip("triton")
-    script = (
-        "import torch\n"
-        "from vsrpp_cli.network.deform_conv_triton import compile_for_gpu\n"
-        "compiled = compile_for_gpu(90, torch.float16)\n"
-        "assert compiled.asm['cubin'] and '.target sm_90' in compiled.asm['ptx']\n"
-        "print('shared memory', compiled.metadata.shared)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)  # a real compile, not a cached one
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "shared memory" in result.stdout
 
 
 def _reads_memory_as_contiguous(x, offset, mask, weight, bias, padding):

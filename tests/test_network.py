@@ -38,10 +38,10 @@ def run(model, clip):
 
 def test_x4_matches_reference_on_real_frames(official_checkpoint, video_clip):
     path, checkpoint = official_checkpoint(64, 7, True)
-    clip = video_clip(5, 64, 64)
+    clip = video_clip(3, 64, 64)  # the third frame of each direction takes the second-order path
     ours = run(load_model(path), clip)
     want = Reference(checkpoint)(clip)
-    assert ours.shape == (1, 5, 3, 256, 256)
+    assert ours.shape == (1, 3, 3, 256, 256)
     assert (ours.double() - want).abs().max() <= TOLERANCE
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import failpoints
 from .checkpoint import load_model
-from .decode import Frame, LiveSource, is_live, open_source
+from .decode import Frame, LiveSource, VideoInfo, is_live, open_source
 from .encode import EncoderSettings, FrameFolderSink, Muxer, VideoEncoder, container_for
 from .engine import PRECISIONS, Engine, check_backend, pick_dtype
 from .errors import Interrupted, OutputError, UsageError, os_error_advice
@@ -88,20 +88,10 @@ def upscale_stream(
         if isinstance(source, LiveSource):
             stack.callback(source.close)
         info = source.info
-        device = worker_device(options.device, 1)
-        dtype = pick_dtype(options.precision, device)
-        summary.device, summary.precision = str(device), next(n for n, v in PRECISIONS.items() if v == dtype)
-        check_backend(options.deform_backend, device, dtype)
-        model = load_model(options.weights, deform_backend=options.deform_backend)
-        chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
-        if tile != options.tile:
-            tell(tiles_notice(info, chunk + 2 * options.chunk_overlap, tile))
-        # One window at a time unless asked: each window more in a batch is a chunk more of latency.
-        engine = Engine(model, device, dtype, tile, options.tile_overlap, warn=tell, graphs=options.graphs,
-                        batch=options.batch or 1, compile=options.compile, strength=options.strength,
-                        deterministic=bool(options.deterministic))  # fmt: skip
-        summary.chunk_frames, summary.batch = chunk, engine.batch
-        size = (info.width * model.scale, info.height * model.scale)
+        engine, chunk = engine_for(options, info, tell)
+        summary.device, summary.chunk_frames, summary.batch = str(engine.device), chunk, engine.batch
+        summary.precision = next(name for name, value in PRECISIONS.items() if value == engine.dtype)
+        size = (info.width * engine.scale, info.height * engine.scale)
         total = info.frame_count or info.frame_estimate
         on_progress(0, total)
         sink = stack.enter_context(open_sink(output, container_format, options, info, size, source, tell))
@@ -133,6 +123,23 @@ def upscale_stream(
     summary.seconds = time.perf_counter() - started
     summary.output_bytes = 0 if to_stdout else path_bytes(output)
     return summary
+
+
+def engine_for(options: Options, info: VideoInfo, tell: Callable[[str], None]) -> tuple[Engine, int]:
+    """The engine as a run of these options sets it up (device made current, backend checked,
+    tiles where no window of whole frames fits), and the window's kept frames."""
+    device = worker_device(options.device, 1)
+    dtype = pick_dtype(options.precision, device)
+    check_backend(options.deform_backend, device, dtype)
+    model = load_model(options.weights, deform_backend=options.deform_backend)
+    chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
+    if tile != options.tile:
+        tell(tiles_notice(info, chunk + 2 * options.chunk_overlap, tile))
+    # One window at a time unless asked: each window more in a batch is a chunk more of latency.
+    engine = Engine(model, device, dtype, tile, options.tile_overlap, warn=tell, graphs=options.graphs,
+                    batch=options.batch or 1, compile=options.compile, strength=options.strength,
+                    deterministic=bool(options.deterministic))  # fmt: skip
+    return engine, chunk
 
 
 def batches(windows: Iterable[Window[Frame]], size: int) -> Iterator[list[Window[Frame]]]:
