@@ -97,6 +97,16 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "fps": round(self.fps, 3), "seconds": round(self.seconds, 3)}
 
+    def teller(self, notice: Callable[[str], None]) -> Callable[[str], None]:
+        """What a run says: each notice once, kept in the summary and passed to `notice`."""
+
+        def tell(message: str) -> None:
+            if message not in self.notices:
+                self.notices.append(message)
+                notice(message)
+
+        return tell
+
 
 def upscale(
     source_path: Path,
@@ -123,12 +133,7 @@ def upscale(
     container_format = container_for(output, options.format)
     check_output(output, options.overwrite)
     summary = Summary(str(source_path), str(output), colour=options.colour, chunk_overlap=options.chunk_overlap)
-
-    def tell(message: str) -> None:
-        if message not in summary.notices:
-            summary.notices.append(message)
-            notice(message)
-
+    tell = summary.teller(notice)
     if options.resume and not partial_folder(output).exists():
         tell(f"--resume: no interrupted run of {output.name} was found; starting from the beginning")
     if 0 < options.tile < MIN_TILE:

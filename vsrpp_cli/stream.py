@@ -77,12 +77,7 @@ def upscale_stream(
     if not to_stdout:
         check_output(output, options.overwrite)
     summary = Summary(str(source_path), str(output), colour=options.colour, chunk_overlap=options.chunk_overlap)
-
-    def tell(message: str) -> None:
-        if message not in summary.notices:
-            summary.notices.append(message)
-            notice(message)
-
+    tell = summary.teller(notice)
     source = open_source(source_path, options.deinterlace, tell, options.fps)
     with contextlib.ExitStack() as stack:
         if isinstance(source, LiveSource):
