@@ -10,6 +10,7 @@ conversion on the compute device; other formats are still converted here.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -340,7 +341,7 @@ class Source:
 class LiveSource(Source):
     """An input read once, front to back: standard input (`-`), a FIFO, a device. One container
     stays open for the whole run; the audio and subtitle packets met on the way wait in `side`
-    for the output to copy (stream.py), and `decoded` counts the frames read so far."""
+    for the output to copy (stream.py)."""
 
     live = True
 
@@ -351,8 +352,7 @@ class LiveSource(Source):
         self.url = "pipe:0" if str(path) == "-" else str(path)
         name = Path("standard input") if str(path) == "-" else path
         self.side: deque[av.Packet] = deque()
-        self.held: deque[av.VideoFrame] = deque()  # decoded while the input was described
-        self.decoded = 0
+        self.first: av.VideoFrame | None = None  # decoded while the input was described
         self.path = name
         self.container = self._open()
         try:
@@ -384,10 +384,8 @@ class LiveSource(Source):
         return container
 
     def _video_info(self) -> VideoInfo:
-        first = self._next_raw()
-        if first is not None:
-            self.held.append(first)
-        return self._describe(self.container, self.video, first)
+        self.first = self._next_raw()
+        return self._describe(self.container, self.video, self.first)
 
     def _next_raw(self) -> av.VideoFrame | None:
         try:
@@ -402,12 +400,11 @@ class LiveSource(Source):
         if first or times:
             raise InputError(f"{self.path} is read once, front to back: it cannot be read from frame {first}")
         deinterlace = Deinterlacer(self.deinterlacer, self.video) if self.deinterlacer else None
-        for frame in self._converted(self._deinterlaced(deinterlace), self.video.start_time or 0, keep_yuv, 0, None):
-            self.decoded += 1
-            yield frame
+        yield from self._converted(self._deinterlaced(deinterlace), self.video.start_time or 0, keep_yuv, 0, None)
 
     def _deinterlaced(self, deinterlace: Deinterlacer | None) -> Iterator[av.VideoFrame]:
-        while (frame := self.held.popleft() if self.held else self._next_raw()) is not None:
+        first, self.first = self.first, None
+        for frame in itertools.chain([first] if first is not None else [], iter(self._next_raw, None)):
             yield from deinterlace(frame) if deinterlace else (frame,)
         if deinterlace:
             yield from deinterlace(None)

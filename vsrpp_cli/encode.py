@@ -406,8 +406,9 @@ class Passthrough:
                 allowed = AUDIO_OK[fmt]
                 if allowed is None or name in allowed:
                     self.output_streams[stream.index] = output.add_stream_from_template(stream)
-                    if name == "aac" and not stream.codec_context.extradata:
-                        self.output_streams[stream.index].codec_context.extradata = adts_config(stream)
+                    config = adts_config(stream) if name == "aac" and not stream.codec_context.extradata else None
+                    if config is not None:
+                        self.output_streams[stream.index].codec_context.extradata = config
                 elif fmt not in AUDIO_FALLBACK:
                     notice(f"audio stream {stream.index} ({name}): {fmt} holds video only, so it is left out")
                     continue
