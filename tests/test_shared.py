@@ -96,16 +96,32 @@ def test_two_machines_without_a_shared_folder(tmp_path, weights, clip, single):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 
 
-def test_a_second_run_on_a_live_output_is_refused(tmp_path, weights, clip):
+def test_a_second_run_on_a_live_output_is_refused_and_touches_nothing_of_it(tmp_path, weights, clip):
+    """While a run is live (its lock held) and joining its output, a second run on the same
+    output, with --resume, --overwrite or neither, and a one-pass run from a pipe, are refused in
+    one line, and the live run's folder and temporary outputs stay byte for byte."""
     from vsrpp_cli.resume import RunStore
 
-    live = RunStore.open(tmp_path / ".out.mp4.vsrpp-partial", {}, {}, resume=False, overwrite=False)
-    for flag in ("--resume", "--overwrite"):
-        result = run_vsrpp("upscale", clip, tmp_path / "out.mp4", "--weights", weights, *WINDOWS, flag)
-        assert result.returncode == 1
-        assert "another vsrpp run is writing out.mp4 now" in result.stderr and "Traceback" not in result.stderr
-    assert (live.folder / "run.json").exists()  # the live run's folder is untouched
-    live.unlock()
+    for name in ("out.mp4", "frames"):
+        output = tmp_path / name
+        live = RunStore.open(tmp_path / f".{name}.vsrpp-partial", {}, {}, resume=False, overwrite=False)
+        joining = tmp_path / f".{name}.vsrpp-tmp"
+        if name == "frames":
+            joining.mkdir()
+            (joining / "00000000.png").write_bytes(b"a frame being joined")
+        else:
+            joining.write_bytes(b"the output being joined")
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        for flags in (["--resume"], ["--overwrite"], []):
+            result = run_vsrpp("upscale", clip, output, "--weights", weights, *WINDOWS, *flags)
+            assert result.returncode == 1, result.stderr
+            assert f"another vsrpp run is writing {name} now" in result.stderr and "Traceback" not in result.stderr
+        with open(clip, "rb") as stdin:  # `-`: a one-pass run, as from a pipe
+            piped = subprocess.run([sys.executable, "-m", "vsrpp_cli", "upscale", "-", output, "--weights", weights,
+                                    *WINDOWS], stdin=stdin, capture_output=True, text=True)  # fmt: skip
+        assert piped.returncode == 1 and f"another vsrpp run is writing {name} now" in piped.stderr, piped.stderr
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+        live.unlock()
 
 
 def test_gpus_asked_for_but_absent(tmp_path, weights, clip):

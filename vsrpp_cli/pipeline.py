@@ -153,18 +153,13 @@ def upscale(
     total = len(times) if times else info.frame_count or info.frame_estimate
     on_progress(0, total)
     temporary = temporary_path(output)
+    made: Path | None = None  # the temporary output, once this run owns it (cleanup removes only that)
     muxer: Muxer | None = None
     store: RunStore | None = None
     try:
-        # The final file is opened now, so that its encoder, container and audio settings are
-        # refused before any work rather than after hours; it is written at the end.
-        if container_format is None:
-            remove(temporary)  # a folder left by a killed run
-            temporary.mkdir()
-        else:
-            muxer = Muxer(temporary, settings, info, size, source_path if source_path.is_file() else None, tell)
-        # Frames for the encoder leave the device as YUV when it takes a format colour.py makes.
-        target = muxer_target(settings, info, size) if muxer and options.colour == "device" else None
+        # Frames for the encoder leave the device as YUV when it takes a format colour.py makes;
+        # making that encoder refuses bad encoder settings before any work.
+        target = muxer_target(settings, info, size) if container_format and options.colour == "device" else None
         run = fingerprint(source_path, source, options, summary, target)
         chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
         if tile != options.tile:
@@ -174,7 +169,16 @@ def upscale(
         # Workers' outputs are joined, so they must compute alike; kept with the plan, so that a
         # resume with another number of workers computes as the run began.
         first_plan["deterministic"] = shared if options.deterministic is None else options.deterministic
+        # The run's lock first: a run refused because another is live must touch nothing of its.
         store = RunStore.open(partial_folder(output), run, first_plan, options.resume, options.overwrite)
+        # The final file is opened now, so that its container and audio settings are refused
+        # before any work rather than after hours; it is written at the end.
+        made = temporary
+        if container_format is None:
+            remove(temporary)  # a folder left by a killed run
+            temporary.mkdir()
+        else:
+            muxer = Muxer(temporary, settings, info, size, source_path if source_path.is_file() else None, tell)
         options = replace(options, deterministic=store.plan.get("deterministic", first_plan["deterministic"]))
         committed = store.closed_segments()
         per_segment = store.plan["windows_per_segment"]
@@ -218,14 +222,14 @@ def upscale(
             "segments": len(store.closed_segments()),
         }
     except OSError as error:
-        cleanup(muxer, temporary, store, notice)
+        cleanup(muxer, made, store, notice)
         kept = store is not None and store.folder.exists()  # (cleanup removes a folder with nothing in it)
         advice = os_error_advice(error, output.parent, f"{output.name} or its finished segments", kept)
         if advice is None:
             raise
         raise advice from None
     except BaseException:
-        cleanup(muxer, temporary, store, notice)
+        cleanup(muxer, made, store, notice)
         raise
     store.remove()
     summarise(summary, reports, len(committed) * per_segment, tell)

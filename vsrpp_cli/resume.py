@@ -18,6 +18,7 @@ run is live, so a second run on the same output is refused rather than racing th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import io
@@ -34,6 +35,7 @@ import numpy as np
 from .colour import Planes, YuvTarget, planar_format, read_planes, to_video_frame
 from .encode import StoredPacket, VideoEncoder, png_bytes
 from .errors import OutputError, ResumeError
+from .outputs import partial_folder
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
@@ -165,6 +167,23 @@ def lock_folder(folder: Path) -> int:
             "stop it, then run again"
         ) from None
     return descriptor
+
+
+@contextlib.contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """One live run per output for a run that keeps no folder (a one-pass run into a file): the
+    run's folder, made for its lock where there is none, removed after if it holds only that (an
+    interrupted run's folder stays for its --resume)."""
+    folder = partial_folder(output)
+    folder.mkdir(exist_ok=True)
+    descriptor = lock_folder(folder)
+    try:
+        yield
+    finally:
+        os.close(descriptor)
+        with contextlib.suppress(OSError):  # never raised over the run's own outcome
+            if {path.name for path in folder.iterdir()} <= {LOCK_FILE}:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 class Spool:

@@ -29,7 +29,7 @@ from .errors import Interrupted, OutputError, UsageError, os_error_advice
 from .launch import Launch
 from .outputs import check_output, finish, path_bytes, temporary_path
 from .pipeline import Options, Summary, cleanup
-from .resume import remove
+from .resume import output_lock, remove
 from .sizing import tiles_notice, window_shape
 from .windows import Window, temporal_windows
 from .worker import in_background, worker_device
@@ -214,7 +214,10 @@ def open_sink(
     muxer: Muxer | None = None
     encoder: VideoEncoder | None = None
     sink: Sink | None = None
-    with stdout_for_video() if to_stdout else contextlib.nullcontext(None) as descriptor:
+    with (
+        contextlib.nullcontext() if to_stdout else output_lock(output),
+        stdout_for_video() if to_stdout else contextlib.nullcontext(None) as descriptor,
+    ):
         try:
             if container_format is None:
                 remove(temporary)  # a folder left by a killed run
