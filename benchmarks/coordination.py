@@ -23,7 +23,6 @@ from media import encode_video, moving_scene
 from reference import random_official_checkpoint
 
 from vsrpp_cli.coordination import Board
-from vsrpp_cli.launch import free_port
 
 
 def run(source: Path, output: Path, weights: Path, *extra: str) -> tuple[dict, float]:
@@ -37,9 +36,8 @@ def run(source: Path, output: Path, weights: Path, *extra: str) -> tuple[dict, f
 
 def store_throughput(size: int) -> float:
     """Seconds for one `size`-byte segment to go through a TCPStore on this machine (set, get)."""
-    port = free_port()
-    server = Board.serve(port)
-    client = Board.connect("127.0.0.1", port)
+    server = Board.serve(0, "benchmark", loopback=True)
+    client = Board.connect("127.0.0.1", server.port, "benchmark")
     blob = {"packets": bytes(size)}
     began = time.perf_counter()
     client.send(0, blob)

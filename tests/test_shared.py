@@ -71,10 +71,11 @@ def test_two_workers_give_the_frames_of_one(tmp_path, weights, clip, single):
     assert sorted(p.name for p in output.parent.iterdir()) == ["two.mp4"]
 
 
-def test_two_machines_without_a_shared_folder(tmp_path, weights, clip, single):
+def test_two_machines_without_a_shared_folder(tmp_path, monkeypatch, weights, clip, single):
     """Two launches with --nnodes 2 (two machines, here on one): the second is given an output
     folder that does not exist there, so it cannot have touched one: segments travel to the first
-    over the store; the frames of one process."""
+    over the store; the frames of one process. Each machine is given the run's secret."""
+    monkeypatch.setenv("VSRPP_RUN_SECRET", "a secret for this test")
     output = tmp_path / "out.mp4"
     port = free_port()
     where = ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", port, "--nproc-per-node", "1"]
@@ -155,13 +156,13 @@ def test_segments_travel_whole():
     """Over a real TCPStore, whose values are 8 MiB at most: a 20 MB segment goes in parts."""
     files = {"packets": np.random.default_rng(0).bytes(20 << 20), "index.json": b'{"packets": []}', "empty": b""}
     assert unpack(pack(files)) == files
-    port = free_port()
-    writer = Board.serve(port)
-    worker = Board.connect("127.0.0.1", port)
-    worker.send(5, files)
-    worker.send(2, {"a": b"x"})
-    assert worker.shipped() == [5, 2]  # answered on the worker's connection: everything it sent has arrived
-    assert writer.shipped() == [5, 2]
+    writer = Board.serve(0, "a secret", loopback=True)
+    worker = Board.connect("127.0.0.1", writer.port, "a secret")
+    worker.send(5, files, rank=1, round_=0)
+    worker.send(2, {"a": b"x"}, rank=0, round_=1)
+    shipped = [(5, 1, 0), (2, 0, 1)]
+    assert worker.shipped() == shipped  # answered on the worker's connection: everything it sent has arrived
+    assert writer.shipped() == shipped
     assert writer.take(5) == files and writer.take(2) == {"a": b"x"}
     assert writer.store.num_keys() == 1  # "shipped": every part was taken
 

@@ -5,11 +5,17 @@ process on the first machine, which outlives any worker and any restart of them)
 every worker over TCP, so no machine but the first needs the output's folder. Every operation is
 atomic on the store's server; nothing goes through file names or file times.
 
+The store has no authentication, so every key of a run lives under the run's secret (a
+PrefixStore): a client that does not know it can neither read nor change them. On one machine the
+store listens on loopback alone (a socket bound there and handed over: libuv's TCPStore server
+otherwise listens on every interface whatever host it is given); across machines on every
+interface, as the others must reach it.
+
 Keys:
   job                      the run as every worker must do it (JSON, published first)
   claim/<round>/<segment>  the worker that took the segment in this round (compare_set: one wins)
   segment/<i>[/<part>]     a finished segment's files, in parts (the part count last)
-  shipped                  the segments sent, in the order they were
+  shipped                  the segments sent, in the order they were: "segment:rank:round" each
   saved/<i>                the writer has it on disk (fsynced): the worker may forget it
   within/<rank>            progress: frames of the worker's open segment done so far
   beat/<rank>, left/<rank> signs of life (a counter, compared with the writer's own clock only)
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -50,8 +57,8 @@ class AbortError(Exception):
 
 
 class Board:
-    def __init__(self, store: dist.Store) -> None:
-        self.store = store
+    def __init__(self, store: dist.Store, secret: str = "") -> None:
+        self.store = dist.PrefixStore(f"vsrpp/{secret}", store) if secret else store
 
     # --------------------------------------------------------------------- opening
     @classmethod
@@ -59,14 +66,36 @@ class Board:
         return cls(dist.HashStore())
 
     @classmethod
-    def serve(cls, port: int) -> Board:
-        """The writer's store, on every interface at `port` (the workers of other machines reach it)."""
-        return cls(dist.TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False,
-                                 timeout=timedelta(seconds=CONNECT_SECONDS)))  # fmt: skip
+    def serve(cls, port: int, secret: str, loopback: bool) -> Board:
+        """The writer's store at `port` (0: one the system picks): on loopback alone, or on every
+        interface where workers of other machines must reach it."""
+        if not loopback:
+            store = dist.TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False,
+                                  timeout=timedelta(seconds=CONNECT_SECONDS))  # fmt: skip
+            return cls(store, secret)
+        listener = socket.create_server(("127.0.0.1", port), backlog=256)
+        try:
+            store = dist.TCPStore(
+                "127.0.0.1",
+                listener.getsockname()[1],
+                is_master=True,
+                wait_for_workers=False,
+                timeout=timedelta(seconds=CONNECT_SECONDS),
+                master_listen_fd=listener.fileno(),
+            )
+        except BaseException:
+            listener.close()
+            raise
+        listener.detach()  # the store's server owns the socket now
+        return cls(store, secret)
+
+    @property
+    def port(self) -> int:
+        return self.store.underlying_store.port if isinstance(self.store, dist.PrefixStore) else self.store.port
 
     @classmethod
-    def connect(cls, host: str, port: int) -> Board:
-        return cls(dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=CONNECT_SECONDS)))
+    def connect(cls, host: str, port: int, secret: str) -> Board:
+        return cls(dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=CONNECT_SECONDS)), secret)
 
     # --------------------------------------------------------------------- the job
     def publish_job(self, job: dict[str, Any]) -> None:
@@ -81,18 +110,23 @@ class Board:
         mine = str(rank).encode()
         return self.store.compare_set(f"claim/{round_}/{segment}", "", mine) == mine
 
+    def claimed_by(self, round_: int, segment: int) -> int | None:
+        key = f"claim/{round_}/{segment}"
+        return int(self.store.get(key)) if self.store.check([key]) else None
+
     def is_saved(self, segment: int) -> bool:
         return self.store.check([f"saved/{segment}"])
 
     # --------------------------------------------------------------------- segments
-    def send(self, segment: int, files: dict[str, bytes]) -> None:
-        """In parts (the TCPStore takes values of 8 MiB at most), the part count last."""
+    def send(self, segment: int, files: dict[str, bytes], rank: int = 0, round_: int = 0) -> None:
+        """In parts (the TCPStore takes values of 8 MiB at most), the part count last; shipped
+        with its sender, whose claim the writer checks."""
         blob = pack(files)
         parts = range(0, max(1, len(blob)), PART_BYTES)
         for number, offset in enumerate(parts):
             self.store.set(f"segment/{segment}/{number}", blob[offset : offset + PART_BYTES])
         self.store.set(f"segment/{segment}", str(len(parts)))
-        self.store.append("shipped", f"{segment} ")
+        self.store.append("shipped", f"{segment}:{rank}:{round_} ")
 
     def wait_saved(self, segment: int) -> None:
         """Until the writer has the segment on disk; stops early if the run is aborted."""
@@ -109,10 +143,18 @@ class Board:
                         "machine's disk or network stalled?"
                     ) from None
 
-    def shipped(self) -> list[int]:
+    def shipped(self) -> list[tuple[int, int, int]]:
+        """(segment, sender's rank, its round) of every segment sent, in order."""
         if not self.store.check(["shipped"]):
             return []
-        return [int(word) for word in self.store.get("shipped").split()]
+        shipped = []
+        for word in self.store.get("shipped").decode(errors="replace").split():
+            fields = word.split(":")
+            if len(fields) != 3 or not all(field.isdigit() for field in fields):
+                raise WorkerError(f"a worker announced a segment as {word[:40]!r}, which no vsrpp worker sends; "
+                                  "the run stopped")  # fmt: skip
+            shipped.append((int(fields[0]), int(fields[1]), int(fields[2])))
+        return shipped
 
     def take(self, segment: int) -> dict[str, bytes]:
         keys = [f"segment/{segment}/{number}" for number in range(int(self.store.get(f"segment/{segment}")))]
@@ -199,10 +241,20 @@ def pack(files: dict[str, bytes]) -> bytes:
 
 
 def unpack(blob: bytes) -> dict[str, bytes]:
-    (length,) = struct.unpack_from("<Q", blob)
+    """What pack made; ValueError for anything else (sizes that do not add up, a bad index)."""
+    try:
+        (length,) = struct.unpack_from("<Q", blob)
+        index = json.loads(blob[8 : 8 + length])
+    except (struct.error, ValueError) as error:
+        raise ValueError(f"no segment index ({error})") from None
     offset = 8 + length
     files = {}
-    for name, size in json.loads(blob[8:offset]):
-        files[name] = blob[offset : offset + size]
-        offset += size
+    for entry in index if isinstance(index, list) else [None]:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], int)
+                and entry[1] >= 0 and entry[0] not in files):  # fmt: skip
+            raise ValueError("a malformed segment index")
+        files[entry[0]] = blob[offset : offset + entry[1]]
+        offset += entry[1]
+    if offset != len(blob):
+        raise ValueError(f"the segment holds {len(blob)} bytes where its index says {offset}")
     return files

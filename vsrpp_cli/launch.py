@@ -12,16 +12,19 @@ import ctypes
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
 
 LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing.spawn", "torch.distributed.launcher")
+SECRET_VARIABLE = "VSRPP_RUN_SECRET"  # the run's secret, the same on every machine of a run
 SHUTDOWN_SECONDS = 3  # SIGTERM to SIGKILL when the agent stops its workers (they keep nothing worth a wait)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -37,6 +40,7 @@ class Launch:
     master_port: int | None = None
     rdzv_endpoint: str | None = None
     max_restarts: int = 0
+    secret: str = field(default="", repr=False)  # every key of the run's stores lives under it; never printed
 
     @property
     def processes(self) -> int:
@@ -61,7 +65,8 @@ class Launch:
         if endpoint is None:
             port = self.master_port or (free_port() if nnodes == 1 else 29500)
             endpoint = f"{master_addr or '127.0.0.1'}:{port}"
-        return Launch(self.nproc, nnodes, node_rank, master_addr, self.master_port, endpoint, self.max_restarts)
+        return Launch(self.nproc, nnodes, node_rank, master_addr, self.master_port, endpoint, self.max_restarts,
+                      self.secret or run_secret(nnodes))  # fmt: skip
 
     @property
     def host(self) -> str:
@@ -72,22 +77,50 @@ class Launch:
         return int((self.rdzv_endpoint or "127.0.0.1:0").rsplit(":", 1)[1])
 
 
-def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any) -> None:
+def run_secret(nnodes: int) -> str:
+    """The run's secret: VSRPP_RUN_SECRET where set (every machine of a run must have the same,
+    as torchrun users give each MASTER_ADDR), else one made now for a run on one machine."""
+    given = os.environ.get(SECRET_VARIABLE, "")
+    if given and len(given) < 16:
+        raise UsageError(f"{SECRET_VARIABLE}: give at least 16 characters (e.g. `openssl rand -hex 16`)")
+    return given or (secrets.token_hex(16) if nnodes == 1 else "")
+
+
+def require_secret(launch: Launch) -> None:
+    """Machines that share a run's stores must prove they belong to it."""
+    if launch.nnodes > 1 and not launch.secret:
+        raise UsageError(
+            f"--nnodes {launch.nnodes}: set {SECRET_VARIABLE} to the same secret on every machine of the run (e.g. "
+            f"`export {SECRET_VARIABLE}=$(openssl rand -hex 16)` once, passed to each), so that only they can join"
+        )
+
+
+def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any, rendezvous_file: Path | None = None) -> None:
     """`entry(*args)` in launch.nproc processes here, as part of launch.nnodes machines; returns
     when all of them have, raises torch's ChildFailedError when one failed (after the agent has
     stopped the others). The agent turns SIGINT/SIGTERM into its own exception while it runs;
-    this process's handlers are put back afterwards."""
+    this process's handlers are put back afterwards.
+
+    `rendezvous_file`: on one machine, the agent meets its workers through this file (a FileStore)
+    rather than a TCP store, and opens no TCP server of its own for them: nothing listens."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     multi = launch.nnodes > 1
+    by_file = rendezvous_file is not None and not multi
+    if multi:
+        rendezvous = {"rdzv_backend": "static", "rdzv_endpoint": launch.rdzv_endpoint or "",
+                      "rdzv_configs": {"rank": launch.node_rank}}  # fmt: skip
+    elif by_file:
+        rendezvous = {"rdzv_backend": "c10d", "rdzv_endpoint": str(rendezvous_file),
+                      "rdzv_configs": {"store_type": "file"}}  # fmt: skip
+    else:
+        rendezvous = {"rdzv_backend": "c10d", "rdzv_endpoint": launch.rdzv_endpoint or "", "rdzv_configs": {}}
     config = LaunchConfig(
         min_nodes=launch.nnodes,
         max_nodes=launch.nnodes,
         nproc_per_node=launch.nproc,
         run_id=os.environ.get("SLURM_JOB_ID") or ("vsrpp" if multi else uuid.uuid4().hex),
-        rdzv_backend="static" if multi else "c10d",
-        rdzv_endpoint=launch.rdzv_endpoint or "",
-        rdzv_configs={"rank": launch.node_rank} if multi else {},
+        **rendezvous,
         max_restarts=launch.max_restarts,
         monitor_interval=0.2,
         # Older PyTorch (LaunchConfig without the field) waits its own default before SIGKILL.
@@ -99,9 +132,19 @@ def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any) -> None:
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)
+    # The agent otherwise serves a TCP store (on every interface) for its workers' own process
+    # group, which vsrpp's upscale workers never make (dynamic_rendezvous.py reads this variable).
+    shared_store = os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
+    if by_file:
+        os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     try:
         elastic_launch(config, entry)(*args)
     finally:
+        if by_file:
+            if shared_store is None:
+                os.environ.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
+            else:
+                os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = shared_store
         for number, handler in handlers.items():
             if handler is not None:
                 signal.signal(number, handler)

@@ -31,7 +31,7 @@ from .engine import MIN_TILE, PRECISIONS, check_backend, pick_device, pick_dtype
 from .errors import OutputError, VsrppError, WorkerError, os_error_advice
 from .failpoints import failpoint
 from .hashing import sha256_of
-from .launch import Launch
+from .launch import Launch, require_secret
 from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
 from .resume import RunStore, remove
 from .sizing import plan, tiles_notice, window_shape
@@ -117,6 +117,7 @@ def upscale(
     launch: Launch | None = None,
 ) -> Summary:
     launch = (launch or Launch()).resolved()
+    require_secret(launch)
     failpoints.start_run()
     if is_live(source_path) or str(output) == "-":  # a pipe in or out: one pass (stream.py)
         from .stream import upscale_stream
@@ -198,7 +199,7 @@ def upscale(
             "container_format": container_format,
         }
         done = sum(store.segment_frame_count(segment) for segment in committed)
-        writer = Writer(store, done, total, on_progress)
+        writer = Writer(store, job, done, total, on_progress)
         # This machine's cores shared among its workers (oversubscribed OpenMP threads spin: threads.py).
         threads = threads_per_process(launch.nproc)
         local = Local(str(source_path), str(options.weights), str(store.folder), options.device, threads)

@@ -84,7 +84,7 @@ class InProcess:
             self.done.set()
 
 
-def elastic_main(host: str, port: int, launcher: int, local: Local) -> None:
+def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str) -> None:
     """A worker process started by the elastic launcher (RANK, LOCAL_RANK, WORLD_SIZE and
     TORCHELASTIC_RESTART_COUNT in its environment)."""
     die_with_parent(launcher)
@@ -93,7 +93,7 @@ def elastic_main(host: str, port: int, launcher: int, local: Local) -> None:
         os.environ.update(worker_environment(int(os.environ["LOCAL_RANK"]), dict(os.environ)))
     os.environ["OMP_NUM_THREADS"] = str(local.threads)  # read by the Engine (threads.use_threads)
     try:
-        board = Board.connect(host, port)
+        board = Board.connect(host, port, secret)
     except Exception as error:
         print(f"vsrpp worker {rank}: the writer at {host}:{port} does not answer ({error})", file=sys.stderr)
         sys.exit(1)
@@ -248,7 +248,7 @@ class Worker:
         failpoint("encode", self.rank)
         failpoint("commit", self.rank)
         began = time.perf_counter()
-        self.board.send(segment, files)
+        self.board.send(segment, files, self.rank, self.round)
         failpoint("send", self.rank)
         self.board.wait_saved(segment)
         self.stats["seconds_sending"] += time.perf_counter() - began  # until the writer has it on disk

@@ -4,12 +4,14 @@ shown, silent workers noticed."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,27 +20,30 @@ from .engine import pick_device
 from .errors import ExitStatus, InputError, Interrupted, UsageError, WorkerError
 from .failpoints import failpoint
 from .launch import Launch, failure_line, run_workers
-from .resume import RunStore
+from .resume import RunStore, remove
 from .worker import InProcess, Local, describe, elastic_main
 
+RENDEZVOUS_FILE = "rendezvous.partial"  # one machine's elastic rendezvous (a FileStore), in the run's folder
 ABORT_GRACE = 5.0  # seconds a stopped run's workers have to end (they look every HEARTBEAT) before they are killed
 
 
 class Writer:
-    """Stores the segments the workers send, reports progress, and watches the workers."""
+    """Stores the segments the workers send, once each is checked against the plan, reports
+    progress, and watches the workers."""
 
-    def __init__(self, store: RunStore, done: int, total: int | None, on_progress: Callable) -> None:
-        self.store, self.done, self.total, self.on_progress = store, done, total, on_progress
+    def __init__(self, store: RunStore, job: dict[str, Any], done: int, total: int | None,
+                 on_progress: Callable) -> None:  # fmt: skip
+        self.store, self.job, self.done, self.total, self.on_progress = store, job, done, total, on_progress
         self.saved: set[int] = set()
         self.seconds_saving = 0.0  # taking sent segments from the store and committing them
         self.shown = 0.0
         self.lock = threading.Lock()
 
     def poll(self, board: Board, world: int, watch: Watch | None = None) -> None:
-        for segment in board.shipped():
+        for segment, sender, round_ in board.shipped():
             if segment not in self.saved:
                 began = time.perf_counter()
-                files = board.take(segment)
+                files = self.take(board, segment, sender, round_)
                 failpoint("save")
                 frames = self.store.save_segment(segment, files)  # (its index, not read back from disk)
                 self.seconds_saving += time.perf_counter() - began
@@ -49,6 +54,40 @@ class Writer:
             watch.check()
         self.show_progress(board, world)
 
+    def take(self, board: Board, segment: int, sender: int, round_: int) -> dict[str, bytes]:
+        """A sent segment's files, if it is one the plan holds, its sender claimed it in its round,
+        and its files are what that segment must be; else the run stops, naming the sender."""
+        why = None
+        segments = self.job["segments"]
+        if segment < 0 or (segments is not None and segment >= segments):
+            why = f"that is not in the plan ({segments} segments)"
+        elif board.claimed_by(round_, segment) != sender:
+            why = f"that it did not claim in round {round_}"
+        else:
+            try:
+                files = board.take(segment)
+            except ValueError as error:
+                why = f"in a form no worker sends ({error})"
+            else:
+                why = segment_fault(files, self.expected_times(segment), self.job["container_format"] is None,
+                                    self.segment_length)  # fmt: skip
+        if why is not None:
+            raise WorkerError(
+                f"worker {sender} sent segment {segment} {why}; the run stopped (the finished segments are kept: "
+                "run the same command with --resume)"
+            )
+        return files
+
+    def expected_times(self, segment: int) -> list[int] | None:
+        """The input's frame times that the segment's frames carry (a shared run knows them all)."""
+        times, length = self.job["times"], self.segment_length
+        return None if times is None else times[segment * length : (segment + 1) * length]
+
+    @property
+    def segment_length(self) -> int:
+        """Frames in a segment (the last one may hold fewer)."""
+        return self.job["plan"]["chunk_frames"] * self.job["plan"]["windows_per_segment"]
+
     def show_progress(self, board: Board, world: int) -> None:
         """From the writer's polls, and from the in-process worker at every propagation step."""
         with self.lock:
@@ -57,6 +96,35 @@ class Writer:
             if progress > self.shown:
                 self.shown = progress
                 self.on_progress(progress, self.total)
+
+
+def segment_fault(files: dict[str, bytes], times: list[int] | None, frames_folder: bool, most: int) -> str | None:
+    """What is wrong with a segment's files, or None: exactly the names its output kind allows,
+    and the frame count and times of the plan (`times`; where unknown, 1 to `most` frames)."""
+    if frames_folder:
+        count = len(files)
+        if list(files) != [f"{index:08d}.png" for index in range(count)]:
+            return f"with files named {sorted(files)[:3]}, not frames 00000000.png on"
+        stamps = None
+    else:
+        if set(files) != {"packets", "index.json"}:
+            return f"with files {sorted(files)[:3]}, not its packets and their index"
+        try:
+            packets = json.loads(files["index.json"])["packets"]
+            stamps = sorted(int(pts) for pts, _, _, _ in packets)
+            sizes = sum(int(size) for _, _, _, size in packets)
+        except (ValueError, TypeError, KeyError):
+            return "with an index that is not one"
+        if sizes != len(files["packets"]):
+            return f"whose index counts {sizes} bytes of packets where it holds {len(files['packets'])}"
+        count = len(stamps)
+    if times is not None and count != len(times):
+        return f"with {count} frames where the plan has {len(times)}"
+    if times is None and not 1 <= count <= most:
+        return f"with {count} frames where a segment holds 1 to {most}"
+    if times is not None and stamps is not None and stamps != sorted(times):
+        return "whose frames carry other timestamps than the input's"
+    return None
 
 
 def run_workers_here(job: dict, local: Local, writer: Writer, tell: Callable[[str], None]) -> list[dict]:
@@ -82,10 +150,11 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     """Worker processes on this machine (and others), the writer in a thread of this one."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    # One machine: a port the store picks itself (a second free_port() could return the
-    # rendezvous's own); several: the rendezvous port + 1, which every machine can work out.
-    board = Board.serve(launch.port + 1 if launch.nnodes > 1 else 0)
-    port = board.store.port
+    # One machine: on loopback, at a port the store picks itself; several: on every interface
+    # at the rendezvous port + 1, which every machine can work out.
+    one_machine = launch.nnodes == 1
+    board = Board.serve(0 if one_machine else launch.port + 1, launch.secret, loopback=one_machine)
+    port = board.port
     board.publish_job(job)
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -103,9 +172,11 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
 
     thread = threading.Thread(target=serve, daemon=True, name="vsrpp-writer")
     thread.start()
-    host = launch.host if launch.nnodes > 1 else "127.0.0.1"
+    host = "127.0.0.1" if one_machine else launch.host
+    rendezvous = writer.store.folder / RENDEZVOUS_FILE
+    remove(rendezvous)  # one a killed run left
     try:
-        run_workers(launch, elastic_main, host, port, os.getpid(), local)
+        run_workers(launch, elastic_main, host, port, os.getpid(), local, launch.secret, rendezvous_file=rendezvous)
     except SignalException as signal_:
         raise Interrupted(ExitStatus.INTERRUPTED if signal_.sigval == 2 else ExitStatus.TERMINATED) from None
     except Exception as error:
@@ -118,6 +189,7 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     finally:
         stop.set()
         thread.join()
+        remove(rendezvous)
     if failure:
         raise failure[0]
     writer.poll(board, launch.processes)
@@ -147,7 +219,7 @@ def work_for_first_machine(local: Local, launch: Launch) -> None:
 
     def watch() -> None:  # the writer may stop the run while a worker here hangs
         try:
-            board = Board.connect(launch.host, launch.port + 1)
+            board = Board.connect(launch.host, launch.port + 1, launch.secret)
             while not ended.wait(POLL * 10):
                 board.check_abort()
         except Exception:  # stopped, or the writer is gone: workers that still run are hung
@@ -155,7 +227,7 @@ def work_for_first_machine(local: Local, launch: Launch) -> None:
 
     threading.Thread(target=watch, daemon=True, name="vsrpp-watch").start()
     try:
-        run_workers(launch, elastic_main, launch.host, launch.port + 1, os.getpid(), local)
+        run_workers(launch, elastic_main, launch.host, launch.port + 1, os.getpid(), local, launch.secret)
     except Exception as error:
         if type(error).__name__ != "ChildFailedError":
             raise
