@@ -5,7 +5,9 @@ folder; a silent worker; the coordination's pieces on a real store."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -275,3 +277,65 @@ def test_a_seek_that_lands_elsewhere_is_refused(clip):
     wrong = [*times[:9], times[9] + 1, *times[10:]]
     with pytest.raises(InputError, match="seeking to frame 9 gave frame"):
         list(FrameReader(source, False, wrong, behind=2).read(9, 12))
+
+
+def test_a_worker_whose_main_thread_hangs_stops_the_run_and_resume_finishes_it(tmp_path, monkeypatch, weights, clip,
+                                                                                single):  # fmt: skip
+    """Its beat thread goes on, so it is heard from; its progress does not move, so the writer
+    stops the run at the worker's deadline with one line; the same command with --resume then
+    gives the uninterrupted output, and no worker process is left."""
+    monkeypatch.setenv("VSRPP_FAILPOINTS", "network/1@1=hang")
+    monkeypatch.setenv("VSRPP_STALL_SECONDS", "15")
+    output = tmp_path / "out.mp4"
+    args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nproc-per-node", "2", "--device", "cpu"]
+    result = run_vsrpp(*args)
+    assert result.returncode == 1
+    # (15 s, or ten times its longest step where a busy machine made that longer)
+    assert re.search(r"worker 1 is alive but has made no progress for \d+ s", result.stderr)
+    assert "--resume" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not output.exists()
+    assert multiprocessing.active_children() == []
+    monkeypatch.delenv("VSRPP_FAILPOINTS")
+    assert run_vsrpp(*args, "--resume").returncode == 0
+    assert output.read_bytes() == single.read_bytes()
+
+
+def test_a_worker_that_left_is_not_watched_and_one_that_stalls_is_stopped(monkeypatch):
+    """By the writer's clock: a worker's deadline is the floor (loading, compiling) or ten times
+    its longest wait between steps seen so far, whichever is longer."""
+    monkeypatch.setenv("VSRPP_STALL_SECONDS", "30")
+    monkeypatch.setenv("VSRPP_SILENT_SECONDS", "1000")
+    now = [0.0]
+    board = Board.in_memory()
+    watch = Watch(board, world=2, clock=lambda: now[0])
+    for rank in (0, 1):
+        board.beat(rank)
+    watch.check()
+    for second in range(1, 9):  # rank 0 steps every 4 s; rank 1 steps, then leaves
+        now[0] = 4.0 * second
+        board.set_within(0, second), board.set_within(1, second)
+        board.beat(0), board.beat(1)
+        watch.check()
+    board.leave(1)
+    now[0] += 39  # rank 0: 39 s without a step, under 10 x 4 s
+    board.beat(0)
+    watch.check()
+    now[0] += 2  # 41 s
+    board.beat(0)
+    with pytest.raises(WorkerError, match=r"worker 0 is alive but has made no progress for 40 s"):
+        watch.check()
+
+
+def test_workers_without_the_runs_folder_spool_apart():
+    """Each its own folder: one that runs out of segments and removes its empty spool cannot take
+    a neighbour's from under it."""
+    from vsrpp_cli.resume import Spool
+    from vsrpp_cli.worker import spool_folder
+
+    first, second = spool_folder("run", 0), spool_folder("run", 1)
+    assert first != second and first.is_dir() and second.is_dir()
+    Spool(second).save_window(3, [np.zeros((4, 4, 3), np.uint8)])
+    first.rmdir()  # what worker 0 does when it ends with nothing stored
+    assert Spool(second).stored_windows() == [3]
+    Spool(second).drop_windows([3])
+    second.rmdir()

@@ -48,8 +48,18 @@ PART_BYTES = 4 << 20  # a segment travels in values of this size (libuv TCPStore
 
 
 def silent_seconds() -> float:
-    """A worker not heard from for this long has stopped (a lost machine, a hung process)."""
+    """A worker not heard from for this long has stopped (a lost machine, a stopped process)."""
     return float(os.environ.get("VSRPP_SILENT_SECONDS", 60))
+
+
+def stall_seconds() -> float:
+    """The least time a worker that is heard from may go without progress (loading the model,
+    compiling kernels) before it counts as hung; more once its windows show how long they take."""
+    return float(os.environ.get("VSRPP_STALL_SECONDS", 900))
+
+
+WATCH_EVERY = 0.5  # seconds between the writer's looks at the workers' signs of life
+STALL_FACTOR = 10  # a worker is hung after this many times its longest wait between steps seen so far
 
 
 class AbortError(Exception):
@@ -172,8 +182,12 @@ class Board:
         self.store.set(f"within/{rank}", f"{frames:.3f}")
 
     def within(self, world: int) -> float:
+        return sum(self.withins(world))
+
+    def withins(self, world: int) -> list[float]:
+        """Each worker's frames of its open segment done (0 before it starts)."""
         keys = [f"within/{rank}" for rank in range(world)]
-        return sum(float(self.store.get(key)) for key in keys if self.store.check([key]))
+        return [float(self.store.get(key)) if self.store.check([key]) else 0.0 for key in keys]
 
     # --------------------------------------------------------------------- liveness and failures
     def beat(self, rank: int) -> int:
@@ -214,24 +228,49 @@ class Board:
 
 
 class Watch:
-    """The writer's view of the workers' signs of life: a worker whose counter has not moved for
-    silent_seconds() (by the writer's clock), and that has not left, has stopped."""
+    """The writer's view of the workers, by its own clock: a worker whose beat counter has not
+    moved for silent_seconds() has stopped (its machine or process is gone); one that beats but
+    whose progress has not moved for its deadline hangs (its main thread is stuck). Workers that
+    have left are neither."""
 
     def __init__(self, board: Board, world: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.board, self.world, self.clock = board, world, clock
         self.seen = [0] * world
         self.since = [clock()] * world
+        self.progress: list[float | None] = [None] * world  # None: not started (no beat yet)
+        self.moved = [0.0] * world  # when its progress last moved
+        self.longest = [0.0] * world  # its longest wait between moves so far
+        self.looked = float("-inf")
 
     def check(self) -> None:
         now = self.clock()
+        if now - self.looked < WATCH_EVERY:  # 2 x world store calls a look: not at every poll
+            return
+        self.looked = now
+        withins = self.board.withins(self.world)
         for rank, count in enumerate(self.board.beats(self.world)):
             if count != self.seen[rank]:
                 self.seen[rank], self.since[rank] = count, now
-            elif count and now - self.since[rank] > silent_seconds() and not self.board.has_left(rank, count):
+            if not count or self.board.has_left(rank, count):
+                continue
+            if now - self.since[rank] > silent_seconds():
                 raise WorkerError(
                     f"worker {rank} has not been heard from for {silent_seconds():.0f} s (its machine is lost or "
                     "the process hangs); the segments finished so far are kept: run the same command with --resume"
                 )
+            if self.progress[rank] is None or withins[rank] != self.progress[rank]:
+                if self.progress[rank] is not None:
+                    self.longest[rank] = max(self.longest[rank], now - self.moved[rank])
+                self.progress[rank], self.moved[rank] = withins[rank], now
+            elif now - self.moved[rank] > self.deadline(rank):
+                raise WorkerError(
+                    f"worker {rank} is alive but has made no progress for {self.deadline(rank):.0f} s (stuck in a "
+                    "read, the GPU driver or the decoder); the segments finished so far are kept: run the same "
+                    "command with --resume"
+                )
+
+    def deadline(self, rank: int) -> float:
+        return max(stall_seconds(), STALL_FACTOR * self.longest[rank])
 
 
 def pack(files: dict[str, bytes]) -> bytes:

@@ -10,7 +10,9 @@ VSRPP_FAILPOINTS lists them, comma-separated: `NAME[/RANK][@HIT]=ACTION`.
 - HIT: only at the HIT-th time the point is reached in that process's run (from 1); every time if
   unset.
 - ACTION: crash (SIGKILL to itself: nothing runs, as with kill -9 or a power cut), raise (an
-  error, which the pipeline handles as any other), stall (SIGSTOP to itself: a hung machine).
+  error, which the pipeline handles as any other), stall (SIGSTOP to itself: a lost machine, as
+  the others see it), hang (the calling thread blocks for ever, the process's other threads run
+  on: a read stuck on a network file system, a wedged GPU).
 
 Failpoints act in the first start of the workers only: a worker restarted by the elastic agent
 (--max-restarts) runs as a process restarted after a transient fault would. Unset, a failpoint
@@ -22,12 +24,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 from collections import Counter
 
 from .errors import VsrppError
 
 POINTS = ("decode", "network", "encode", "commit", "send", "save", "join", "rename")
-ACTIONS = ("crash", "raise", "stall")
+ACTIONS = ("crash", "raise", "stall", "hang")
 SPEC = re.compile(r"(?P<name>\w+)(?:/(?P<rank>\d+))?(?:@(?P<hit>\d+))?=(?P<action>\w+)")
 
 _hits: Counter[str] = Counter()  # times each point was reached in this process's current run
@@ -69,5 +72,7 @@ def failpoint(name: str, rank: int = 0) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "stall":
             os.kill(os.getpid(), signal.SIGSTOP)
+        elif action == "hang":
+            threading.Event().wait()
         else:
             raise FailpointError(f"failpoint {name} (VSRPP_FAILPOINTS)")

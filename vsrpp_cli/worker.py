@@ -103,7 +103,6 @@ def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str)
     failed = True
     try:
         Worker(board, local, rank, world, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))).run()
-        board.leave(rank)
         failed = False
     except AbortError:
         pass
@@ -118,6 +117,7 @@ def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str)
         beat.join()
     if failed:
         sys.exit(1)
+    board.leave(rank)  # after its last beat: the count it leaves at is the last one the writer sees
 
 
 def keep_beating(board: Board, rank: int, stop: threading.Event) -> None:
@@ -180,7 +180,7 @@ class Worker:
                                    options["pix_fmt"])  # fmt: skip
         self.new_segment = segment_maker(settings, self.info, size)
         self.own_spool = not Path(local.spool).is_dir()
-        self.spool = Spool(spool_folder(job["run_id"]) if self.own_spool else Path(local.spool))
+        self.spool = Spool(spool_folder(job["run_id"], rank) if self.own_spool else Path(local.spool))
         self.reader = FrameReader(self.source, options["colour"] == "device", job["times"], 2 * self.overlap)
         self.stats: dict[str, Any] = {
             "rank": rank, "device": str(self.device), "batch": batch, "segments": 0, "windows": 0,
@@ -342,9 +342,10 @@ def check_same_input(source: Source, local: Local, job: dict[str, Any]) -> None:
         raise UsageError(f"{local.weights} here differs from the first machine's weights; give every machine the same")
 
 
-def spool_folder(run_id: str) -> Path:
-    """Where a machine without the run's folder keeps its lossless windows (kept for --resume)."""
-    folder = Path(tempfile.gettempdir()) / f"vsrpp-spool-{run_id}"
+def spool_folder(run_id: str, rank: int) -> Path:
+    """Where a worker on a machine without the run's folder keeps its lossless windows (kept for
+    --resume): a folder of its own, which it removes when it ends with nothing in it."""
+    folder = Path(tempfile.gettempdir()) / f"vsrpp-spool-{run_id}-{rank}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

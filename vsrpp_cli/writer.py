@@ -51,6 +51,10 @@ class Writer:
                 self.saved.add(segment)
                 self.done += frames
         if watch is not None:
+            failed = board.error()  # a worker's own cause, told at once (never as its later silence)
+            if failed is not None:
+                raise WorkerError(f"{failed}; the segments finished so far are kept: run the same command with "
+                                  "--resume")  # fmt: skip
             watch.check()
         self.show_progress(board, world)
 
@@ -158,6 +162,7 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     board.publish_job(job)
     stop = threading.Event()
     failure: list[BaseException] = []
+    before = own_children()
 
     def serve() -> None:
         watch = Watch(board, launch.processes)
@@ -168,7 +173,7 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
         except BaseException as error:  # every worker stops; the launcher then reports this
             failure.append(error)
             board.abort(describe(error))
-            kill_workers_after_grace(stop)
+            kill_workers_after_grace(stop, before)
 
     thread = threading.Thread(target=serve, daemon=True, name="vsrpp-writer")
     thread.start()
@@ -216,16 +221,18 @@ def work_for_first_machine(local: Local, launch: Launch) -> None:
     if not Path(local.source).exists():
         raise InputError(f"{local.source}: no such input on this machine; every machine needs it at the same path")
     ended = threading.Event()
+    board = Board.connect(launch.host, launch.port + 1, launch.secret)  # here, so the thread below never waits in it
+    before = own_children()
 
     def watch() -> None:  # the writer may stop the run while a worker here hangs
         try:
-            board = Board.connect(launch.host, launch.port + 1, launch.secret)
             while not ended.wait(POLL * 10):
                 board.check_abort()
         except Exception:  # stopped, or the writer is gone: workers that still run are hung
-            kill_workers_after_grace(ended)
+            kill_workers_after_grace(ended, before)
 
-    threading.Thread(target=watch, daemon=True, name="vsrpp-watch").start()
+    watcher = threading.Thread(target=watch, daemon=True, name="vsrpp-watch")
+    watcher.start()
     try:
         run_workers(launch, elastic_main, launch.host, launch.port + 1, os.getpid(), local, launch.secret)
     except Exception as error:
@@ -234,12 +241,19 @@ def work_for_first_machine(local: Local, launch: Launch) -> None:
         raise WorkerError(f"{failure_line(error)}; the first machine says why and keeps what is finished") from None
     finally:
         ended.set()
+        watcher.join()  # no thread may be inside a store call when the process ends (SIGABRT)
 
 
-def kill_workers_after_grace(ended: threading.Event) -> None:
+def own_children() -> set[int]:
+    """This process's child processes now: those started later are the run's workers."""
+    return {process.pid for process in multiprocessing.active_children()}
+
+
+def kill_workers_after_grace(ended: threading.Event, before: set[int]) -> None:
     """Workers told to stop end within moments; one that has not after ABORT_GRACE seconds hangs
-    (a stopped process, a wedged driver) and would keep the agent waiting: SIGKILL for this
-    process's worker processes (the agent then reports the run failed)."""
+    (a stopped process, a wedged driver) and would keep the agent waiting: SIGKILL for the worker
+    processes of this run (children started after `before`: an embedding program's own stay)."""
     if not ended.wait(ABORT_GRACE):
         for process in multiprocessing.active_children():
-            process.kill()
+            if process.pid not in before:
+                process.kill()
