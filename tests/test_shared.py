@@ -295,6 +295,8 @@ def test_a_worker_whose_main_thread_hangs_stops_the_run_and_resume_finishes_it(t
     assert "--resume" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not output.exists()
     assert multiprocessing.active_children() == []
+    plan = json.loads((tmp_path / ".out.mp4.vsrpp-partial" / "run.json").read_text())["plan"]
+    assert plan["deterministic"] is False  # only where asked, shared or not: the plan keeps what it meant
     monkeypatch.delenv("VSRPP_FAILPOINTS")
     assert run_vsrpp(*args, "--resume").returncode == 0
     assert output.read_bytes() == single.read_bytes()

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,24 @@ def test_a_shared_run_on_one_machine_listens_on_loopback_alone(tmp_path, monkeyp
     assert summary.frames == 8
     assert seen and all(addresses == {"0100007F"} for addresses in seen[1:]), seen
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]
+
+
+def test_a_machine_whose_input_differs_only_in_its_bytes_is_refused(tmp_path, official_checkpoint):
+    """The same size is not the same input: a copy with one byte changed in the middle is told apart."""
+    from vsrpp_cli.decode import open_source
+    from vsrpp_cli.errors import InputError
+    from vsrpp_cli.hashing import sample_sha256, sha256_of
+    from vsrpp_cli.worker import Local, check_same_input
+
+    clip = encode_video(tmp_path / "in.mp4", moving_scene(4, 32, 48))
+    weights = official_checkpoint(8, 1, True)[0]
+    job = {"fingerprint": {"input_size": clip.stat().st_size, "input_sample": sample_sha256(clip),
+                           "weights_sha256": sha256_of(weights)}}  # fmt: skip
+    local = Local(str(clip), str(weights), str(tmp_path), "cpu", 1)
+    check_same_input(open_source(clip), local, job)  # the same file
+    other = bytearray(clip.read_bytes())
+    other[len(other) // 2] ^= 0xFF
+    changed = tmp_path / "elsewhere.mp4"
+    changed.write_bytes(bytes(other))
+    with pytest.raises(InputError, match="the same size as the first machine's, other bytes"):
+        check_same_input(open_source(changed), Local(str(changed), *astuple(local)[1:]), job)

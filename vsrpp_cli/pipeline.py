@@ -30,7 +30,7 @@ from .encode import EncoderSettings, Muxer, container_for, muxer_target
 from .engine import MIN_TILE, PRECISIONS, check_backend, pick_device, pick_dtype
 from .errors import OutputError, VsrppError, WorkerError, os_error_advice
 from .failpoints import failpoint
-from .hashing import sha256_of
+from .hashing import sample_sha256, sha256_of
 from .launch import Launch, require_secret
 from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
 from .resume import RunStore, remove
@@ -63,7 +63,7 @@ class Options:
     segment_frames: int = 0  # output frames per segment; 0: sizing.plan's default
     strength: float = 1.0  # 0: the source enlarged as the network's skip connection does; 1: the network
     fps: float | None = None  # the frame rate of inputs whose frames carry no times (raw streams, frame folders)
-    deterministic: bool | None = None  # the same bits in every process (engine.make_deterministic); None: when shared
+    deterministic: bool | None = None  # the same bits in every process (engine.make_deterministic); None: off
     deform_backend: str = "auto"  # the deformable conv's kernel (network/deform_conv.py)
     format: str | None = None  # what `-` (standard output) is written as (encode.STREAM_FORMATS); None: Matroska
 
@@ -167,9 +167,10 @@ def upscale(
             tell(tiles_notice(info, chunk + 2 * options.chunk_overlap, tile))
         first_plan = plan(chunk, options.segment_frames, container_format is None, total, launch.processes)
         first_plan["tile"] = tile
-        # Workers' outputs are joined, so they must compute alike; kept with the plan, so that a
-        # resume with another number of workers computes as the run began.
-        first_plan["deterministic"] = shared if options.deterministic is None else options.deterministic
+        # Only where asked, single or shared alike: each frame comes from one process, so workers
+        # need not compute alike for the join. Kept with the plan, so a resume computes as the
+        # run began.
+        first_plan["deterministic"] = bool(options.deterministic)
         # The run's lock first: a run refused because another is live must touch nothing of its.
         store = RunStore.open(partial_folder(output), run, first_plan, options.resume, options.overwrite)
         # The final file is opened now, so that its container and audio settings are refused
@@ -282,6 +283,7 @@ def fingerprint(
     return {
         "input": str(source_path.resolve()),
         "input_size": source_path.stat().st_size if source_path.is_file() else len(source.files),
+        "input_sample": sample_sha256(source_path, source.files or None),
         "input_mtime_ns": source_path.stat().st_mtime_ns,
         "weights_sha256": sha256_of(options.weights),
         "chunk_frames": options.chunk_frames,  # as asked (0: sized to the device; the plan has the size)

@@ -39,7 +39,7 @@ from .encode import EncoderSettings, VideoEncoder
 from .engine import Engine, pick_device, pick_dtype
 from .errors import InputError, UsageError, VsrppError
 from .failpoints import failpoint
-from .hashing import sha256_of
+from .hashing import sample_sha256, sha256_of
 from .launch import die_with_parent, worker_environment
 from .resume import FrameSegment, Spool, VideoSegment
 from .sizing import default_batch
@@ -337,6 +337,11 @@ def check_same_input(source: Source, local: Local, job: dict[str, Any]) -> None:
         raise InputError(
             f"{source.path} here is not the input of the run ({size} bytes against {fingerprint['input_size']} on "
             "the first machine); give every machine the same file"
+        )
+    if sample_sha256(source.path, source.files or None) != fingerprint["input_sample"]:
+        raise InputError(
+            f"{source.path} here is not the input of the run (the same size as the first machine's, other bytes); "
+            "give every machine the same file"
         )
     if sha256_of(Path(local.weights)) != fingerprint["weights_sha256"]:
         raise UsageError(f"{local.weights} here differs from the first machine's weights; give every machine the same")

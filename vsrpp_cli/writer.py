@@ -82,6 +82,11 @@ class Writer:
             )
         return files
 
+    def complete(self) -> bool:
+        """Every segment of the plan is stored (a shared run knows how many there are)."""
+        segments = self.job["segments"]
+        return segments is not None and set(range(segments)) <= self.saved | set(self.job["committed"])
+
     def expected_times(self, segment: int) -> list[int] | None:
         """The input's frame times that the segment's frames carry (a shared run knows them all)."""
         times, length = self.job["times"], self.segment_length
@@ -182,6 +187,11 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     remove(rendezvous)  # one a killed run left
     try:
         run_workers(launch, elastic_main, host, port, os.getpid(), local, launch.secret, rendezvous_file=rendezvous)
+        # The agent's return ends this machine's part, not the run: workers of other machines may
+        # work on for hours (torch's exit barrier gives up on them after 300 s without a word).
+        # The run ends when the writer has every segment, or a failure (which the watch sees).
+        while not failure and not writer.complete() and not everyone_left(board, launch.processes):
+            stop.wait(POLL)
     except SignalException as signal_:
         raise Interrupted(ExitStatus.INTERRUPTED if signal_.sigval == 2 else ExitStatus.TERMINATED) from None
     except Exception as error:
@@ -199,6 +209,10 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
         raise failure[0]
     writer.poll(board, launch.processes)
     return board.reports(launch.processes, launch.max_restarts + 1)
+
+
+def everyone_left(board: Board, world: int) -> bool:
+    return all(board.has_left(rank, beats) for rank, beats in enumerate(board.beats(world)))
 
 
 def workers_device(name: str, launch: Launch) -> torch.device:

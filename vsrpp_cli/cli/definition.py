@@ -294,7 +294,8 @@ def upscale(
         bool | None,
         flag(
             "The same bits in every process on the same GPU model: cuDNN's benchmark off, deterministic "
-            "algorithms, TF32 off (slower). Default: on when workers share the input, off otherwise.",
+            "algorithms, TF32 off (slower). Off by default: each frame comes from one process, so a run "
+            "with workers needs it no more than one without.",
             "--deterministic/--no-deterministic",
             panel=MODEL,
         ),
