@@ -219,3 +219,13 @@ def test_a_machine_whose_input_differs_only_in_its_bytes_is_refused(tmp_path, of
     changed.write_bytes(bytes(other))
     with pytest.raises(InputError, match="the same size as the first machine's, other bytes"):
         check_same_input(open_source(changed), Local(str(changed), *astuple(local)[1:]), job)
+
+
+def test_a_job_of_hours_of_frames_travels_whole(served):
+    """The frame-time table of 4 hours at 60 fps (864,000 times, about 10 MB of JSON) passes the
+    8 MiB a TCPStore value may hold: the job travels in parts."""
+    board, _ = served
+    job = {"times": list(range(0, 864_000 * 1001, 1001)), "segments": 27_000}
+    board.publish_job(job)
+    got = peer(board.port, SECRET, "job = board.job(); print(len(job['times']), job['times'][-1], job['segments'])")
+    assert got.stdout.split() == ["864000", str(863_999 * 1001), "27000"]

@@ -12,7 +12,7 @@ otherwise listens on every interface whatever host it is given); across machines
 interface, as the others must reach it.
 
 Keys:
-  job                      the run as every worker must do it (JSON, published first)
+  job, job/<part>          the run as every worker must do it (JSON in parts, the part count last)
   claim/<round>/<segment>  the worker that took the segment in this round (compare_set: one wins)
   segment/<i>[/<part>]     a finished segment's files, in parts (the part count last)
   shipped                  the segments sent, in the order they were: "segment:rank:round" each
@@ -109,11 +109,18 @@ class Board:
 
     # --------------------------------------------------------------------- the job
     def publish_job(self, job: dict[str, Any]) -> None:
-        self.store.set("job", json.dumps(job))
+        """In parts, as segments travel: the frame-time table of hours of video passes a value's
+        8 MiB (about 3.6 h at 60 fps); the part count last."""
+        blob = json.dumps(job).encode()
+        parts = range(0, max(1, len(blob)), PART_BYTES)
+        for number, offset in enumerate(parts):
+            self.store.set(f"job/{number}", blob[offset : offset + PART_BYTES])
+        self.store.set("job", str(len(parts)))
 
     def job(self) -> dict[str, Any]:
         self.store.wait(["job"], timedelta(seconds=CONNECT_SECONDS))
-        return json.loads(self.store.get("job"))
+        parts = int(self.store.get("job"))
+        return json.loads(b"".join(self.store.get(f"job/{number}") for number in range(parts)))
 
     # --------------------------------------------------------------------- claims
     def claim(self, round_: int, segment: int, rank: int) -> bool:
