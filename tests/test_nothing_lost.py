@@ -205,6 +205,20 @@ def test_a_signal_stops_cleanly_and_says_how_to_resume(tmp_path, weights, clip, 
         assert probe(output) == probe(reference)
 
 
+def test_a_signal_to_a_shared_run_is_one_line_and_leaves_no_process(tmp_path, weights, clip):
+    """The elastic agent's own warning on a signal is not printed: the one line is vsrpp's."""
+    output, partial = tmp_path / "out.mp4", tmp_path / ".out.mp4.vsrpp-partial"
+    process = start("upscale", clip, output, "--weights", weights, *SEGMENTED, "--nproc-per-node", "2",
+                    "--device", "cpu")  # fmt: skip
+    wait_for(partial / "segment_000000.json", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate()
+    assert process.returncode == 143
+    assert len(stderr.strip().splitlines()) == 1 and "--resume" in stderr, stderr
+    session = subprocess.run(["ps", "-o", "stat=,args=", "-s", str(process.pid)], capture_output=True, text=True)
+    assert [line for line in session.stdout.splitlines() if not line.startswith("Z")] == []  # (dead, unreaped: gone)
+
+
 # ----------------------------------------------------------------------------- a full disk
 def test_output_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, weights, clip):
     """The output file lands on /dev/full (every write: No space left on device). Its header is

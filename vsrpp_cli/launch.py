@@ -127,8 +127,11 @@ def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any, rendezvou
         **({"shutdown_timeout": SHUTDOWN_SECONDS} if "shutdown_timeout" in LaunchConfig.__dataclass_fields__ else {}),
     )
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    # The agent logs each failure as a traceback; the caller says it in one line.
-    quiet = [logging.getLogger(name) for name in LAUNCHER_LOGGERS]
+    # The agent logs each failure as a traceback, and a signal as a warning; the caller says it
+    # in one line. Its modules' loggers carry levels of their own (torch's get_logger sets them),
+    # so each is quieted, not only their parents.
+    quiet = [logging.getLogger(name) for name in sorted(logging.root.manager.loggerDict)
+             if name.startswith(LAUNCHER_LOGGERS)]  # fmt: skip
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)
