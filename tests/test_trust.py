@@ -6,6 +6,7 @@ segment must have. Every peer here is a real process on a real TCPStore."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 import pytest
+from harness import run_vsrpp
 from media import encode_video, moving_scene
 
 import vsrpp_cli
@@ -229,3 +231,21 @@ def test_a_job_of_hours_of_frames_travels_whole(served):
     board.publish_job(job)
     got = peer(board.port, SECRET, "job = board.job(); print(len(job['times']), job['times'][-1], job['segments'])")
     assert got.stdout.split() == ["864000", str(863_999 * 1001), "27000"]
+
+
+@pytest.mark.parametrize("taken", ["rendezvous", "writer"])
+def test_a_taken_port_on_the_first_machine_is_one_line_at_once(tmp_path, monkeypatch, official_checkpoint, taken):
+    """A program that listens on --master-port (or the port after it, the writer's) and never
+    answers: refused before any worker starts, never joined as a client."""
+    monkeypatch.setenv("VSRPP_RUN_SECRET", SECRET)
+    holder = socket.create_server(("", 0))
+    port = holder.getsockname()[1] - (taken == "writer")
+    clip = encode_video(tmp_path / "in.mp4", moving_scene(4, 32, 48))
+    result = run_vsrpp("upscale", clip, tmp_path / "out.mp4", "--weights", official_checkpoint(8, 1, True)[0],
+                       "--device", "cpu", "--nnodes", "2", "--node-rank", "0", "--master-addr", "127.0.0.1",
+                       "--master-port", port)  # fmt: skip
+    held = holder.getsockname()[1]
+    holder.close()
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"port {held} is taken here" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

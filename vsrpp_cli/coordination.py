@@ -38,7 +38,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from .errors import WorkerError
+from .errors import UsageError, WorkerError
 
 POLL = 0.05  # seconds between looks at the store
 CONNECT_SECONDS = 300.0  # a worker waits this long for the writer's store to answer
@@ -78,15 +78,18 @@ class Board:
     @classmethod
     def serve(cls, port: int, secret: str, loopback: bool) -> Board:
         """The writer's store at `port` (0: one the system picks): on loopback alone, or on every
-        interface where workers of other machines must reach it."""
-        if not loopback:
-            store = dist.TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False,
-                                  timeout=timedelta(seconds=CONNECT_SECONDS))  # fmt: skip
-            return cls(store, secret)
-        listener = socket.create_server(("127.0.0.1", port), backlog=256)
+        interface where workers of other machines must reach it. The socket is bound here and
+        handed to the store, so a taken port is one clear error (never a client of its holder)."""
+        try:
+            listener = socket.create_server(("127.0.0.1" if loopback else "", port), backlog=256)
+        except OSError as error:
+            raise UsageError(
+                f"port {port} is taken here ({os.strerror(error.errno or 0)}); give another --master-port (the "
+                "writer uses the port after it)"
+            ) from None
         try:
             store = dist.TCPStore(
-                "127.0.0.1",
+                "127.0.0.1" if loopback else "0.0.0.0",
                 listener.getsockname()[1],
                 is_master=True,
                 wait_for_workers=False,

@@ -211,6 +211,19 @@ def first_host(nodelist: str) -> str | None:
     return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
 
 
+def check_port_free(port: int) -> None:
+    """The first machine's rendezvous port must be free before the agent serves it there: taken,
+    torch would hang as a client of whatever holds it."""
+    try:
+        with socket.create_server(("", port)):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"--master-port {port} is taken here ({os.strerror(error.errno or 0)}); give another, the same on every "
+            "machine"
+        ) from None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ from .coordination import POLL, Board, Watch
 from .engine import pick_device
 from .errors import ExitStatus, InputError, Interrupted, UsageError, WorkerError
 from .failpoints import failpoint
-from .launch import Launch, failure_line, run_workers
+from .launch import Launch, check_port_free, failure_line, run_workers
 from .resume import RunStore, remove
 from .worker import InProcess, Local, describe, elastic_main
 
@@ -162,6 +162,8 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     # One machine: on loopback, at a port the store picks itself; several: on every interface
     # at the rendezvous port + 1, which every machine can work out.
     one_machine = launch.nnodes == 1
+    if not one_machine:
+        check_port_free(launch.port)
     board = Board.serve(0 if one_machine else launch.port + 1, launch.secret, loopback=one_machine)
     port = board.port
     board.publish_job(job)
