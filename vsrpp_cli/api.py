@@ -15,6 +15,8 @@ do.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -25,8 +27,10 @@ import torch
 from torch import Tensor
 
 from .checkpoint import load_model
+from .cli.core import check_tiles
 from .engine import Engine, check_backend, pick_device, pick_dtype
-from .errors import UsageError
+from .errors import UsageError, WorkerError
+from .jobs import check_encoder
 from .launch import Launch
 from .pipeline import Options, Summary
 from .pipeline import upscale as run_upscale
@@ -57,18 +61,70 @@ def upscale(
     unknown = sorted(set(options) - known - set(LAUNCH_OPTIONS))
     if unknown:
         raise UsageError(f"upscale() takes no option {unknown[0]!r}; the options are {', '.join(sorted(known))}")
+    options = checked("upscale", options)
+    check_tiles(options.get("tile", 0), options.get("tile_overlap", 16))
+    check_encoder([Path(output)], *(options.get(name) for name in ("codec", "crf", "preset", "pix_fmt", "format")))
+    if options.get("nproc_per_node", 1) > 1 and _inheriting():
+        os._exit(1)  # a worker importing the script that launched it: the launcher says what to add (below)
     launch = {name: options.pop(name) for name in LAUNCH_OPTIONS if name in options}
     where = Launch(nproc=launch.pop("nproc_per_node", 1), **launch)
     chosen = resolve_weights(model, Path(weights) if weights is not None else None, progress=False)
     run_options = Options(weights=chosen, **{k: v for k, v in options.items() if k in known})
-    return run_upscale(
-        Path(input),
-        Path(output),
-        run_options,
-        on_progress or (lambda done, total: None),
-        notice or (lambda message: None),
-        where,
-    )
+    try:
+        return run_upscale(
+            Path(input),
+            Path(output),
+            run_options,
+            on_progress or (lambda done, total: None),
+            notice or (lambda message: None),
+            where,
+        )
+    except WorkerError as error:
+        if not error.before_start or not getattr(sys.modules["__main__"], "__file__", None):
+            raise
+        raise UsageError(
+            "the workers stopped before they began: a script that calls vsrpp_cli.upscale(..., nproc_per_node=N) "
+            'must call it under `if __name__ == "__main__":` (each worker imports the script again)'
+        ) from None
+
+
+# The command's own names where the library's differ.
+COMMAND_NAMES = {"format": "output_format"}
+
+
+def checked(command: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Keyword options as the command takes them: each converted and checked by the command's own
+    declaration (cli/definition.py: its type, range and choices), so that the library refuses
+    what the command refuses, with a VsrppError that names the option."""
+    import typer
+
+    from .cli.definition import app
+
+    declaration = typer.main.get_command(app).commands[command]
+    declared = {param.name: param for param in declaration.params}
+    context = typer.Context(declaration)
+    out = {}
+    for name, value in options.items():
+        param = declared.get(COMMAND_NAMES.get(name, name))
+        if param is None or value is None:
+            out[name] = value
+            continue
+        flag = bool(getattr(param, "is_flag", False))
+        if isinstance(value, bool) != flag:  # (the command's parsing would take 1 for True, True for 1)
+            raise UsageError(f"{name}={value!r}: give {'True or False' if flag else 'a number or a name, not a bool'}")
+        try:
+            out[name] = param.process_value(context, value)
+        except typer.BadParameter as error:
+            raise UsageError(f"{name}={value!r}: {error.message}") from None
+    return out
+
+
+def _inheriting() -> bool:
+    """This process is a worker still importing the script of the process that started it
+    (multiprocessing's spawn, as its own start-up check knows it)."""
+    import multiprocessing
+
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 class Upscaler:
@@ -102,8 +158,16 @@ class Upscaler:
         deterministic: bool = False,
         notice: Callable[[str], None] | None = None,
     ) -> None:
-        if chunk_frames < 1 or chunk_overlap < 0:
-            raise UsageError("chunk_frames must be at least 1 and chunk_overlap at least 0")
+        given = checked("upscale", {"device": device, "precision": precision, "chunk_frames": chunk_frames,
+                                    "chunk_overlap": chunk_overlap, "tile": tile, "tile_overlap": tile_overlap,
+                                    "batch": batch, "strength": strength, "graphs": graphs,
+                                    "deform_backend": deform_backend, "deterministic": deterministic})  # fmt: skip
+        device, precision, chunk_frames, chunk_overlap = (given[k] for k in ("device", "precision", "chunk_frames",
+                                                                             "chunk_overlap"))  # fmt: skip
+        tile, tile_overlap, batch, strength = (given[k] for k in ("tile", "tile_overlap", "batch", "strength"))
+        if chunk_frames < 1:
+            raise UsageError(f"chunk_frames={chunk_frames}: an Upscaler keeps at least 1 frame a window")
+        check_tiles(tile, tile_overlap)
         chosen = resolve_weights(model, Path(weights) if weights is not None else None, progress=False)
         self.device = pick_device(device)
         dtype = pick_dtype(precision, self.device)
@@ -119,6 +183,8 @@ class Upscaler:
 
     def frames(self, frames: Iterable[np.ndarray | Tensor]) -> Iterator[np.ndarray | Tensor]:
         """Each frame upscaled, in order, as its window completes."""
+        if not isinstance(frames, Iterable) or (isinstance(frames, (np.ndarray, Tensor)) and frames.ndim < 2):
+            raise UsageError(f"Upscaler.frames takes frames one after another (a list, an iterator); got {frames!r}")
         form: dict[str, Any] = {}
         arrays = (_to_array(frame, form) for frame in frames)
         for window in temporal_windows(arrays, self.chunk, self.overlap):
@@ -128,26 +194,44 @@ class Upscaler:
 
     def tensor(self, clip: Tensor) -> Tensor:
         """A whole (t, 3, h, w) clip, uint8 or float in [0, 1], to (t, 3, sh, sw) of the same kind."""
-        if clip.dim() != 4 or clip.shape[1] != 3:
-            raise UsageError(f"Upscaler.tensor takes (t, 3, h, w); got {tuple(clip.shape)}")
+        if clip.dim() != 4 or clip.shape[1] != 3 or clip.numel() == 0:
+            raise UsageError(f"Upscaler.tensor takes (t, 3, h, w), each at least 1; got {tuple(clip.shape)}")
         return torch.stack(list(self.frames(clip.unbind(0))))
 
 
 def _to_array(frame: np.ndarray | Tensor, form: dict[str, Any]) -> np.ndarray:
-    """A frame as the engine takes it, (h, w, 3) uint8/uint16; `form` remembers the caller's."""
+    """A frame as the engine takes it, (h, w, 3) uint8/uint16; `form` remembers the caller's
+    kind and the first frame's size, which every frame must have."""
+    array = _as_samples(frame, form)
+    size = form.setdefault("size", array.shape[:2])
+    if array.shape[:2] != size:
+        raise UsageError(
+            f"frame {form.get('count', 0)} is {array.shape[1]}x{array.shape[0]}, the first was {size[1]}x{size[0]}: "
+            "every frame of an Upscaler's run must be the same size (a new Upscaler.frames() call starts another)"
+        )
+    form["count"] = form.get("count", 0) + 1
+    return array
+
+
+def _as_samples(frame: np.ndarray | Tensor, form: dict[str, Any]) -> np.ndarray:
     if isinstance(frame, Tensor):
-        if frame.dim() != 3 or frame.shape[0] != 3:
-            raise UsageError(f"a frame tensor is (3, h, w); got {tuple(frame.shape)}")
+        if frame.dim() != 3 or frame.shape[0] != 3 or frame.numel() == 0:
+            raise UsageError(f"a frame tensor is (3, h, w), h and w at least 1; got {tuple(frame.shape)}")
         form.setdefault("tensor", (frame.dtype, frame.device))
         if frame.dtype == torch.uint8:
             return frame.permute(1, 2, 0).cpu().numpy()
         if not frame.is_floating_point():
             raise UsageError(f"a frame tensor is uint8 or float in [0, 1]; got {frame.dtype}")
-        scaled = (frame.float().clamp(0, 1) * 65535).round().to(torch.int32)
+        low, high = frame.min().item(), frame.max().item()  # (NaN compares false: refused too)
+        if not (low >= 0.0 and high <= 1.0):
+            raise UsageError(f"a float frame tensor holds values in [0, 1]; got {low:g} to {high:g}")
+        scaled = (frame.float() * 65535).round().to(torch.int32)
         return scaled.permute(1, 2, 0).cpu().numpy().astype(np.uint16)
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype not in (np.uint8, np.uint16):
+    if not isinstance(frame, np.ndarray):
+        raise UsageError(f"a frame is a numpy array (h, w, 3) or a torch tensor (3, h, w); got {type(frame).__name__}")
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype not in (np.uint8, np.uint16) or frame.size == 0:
         raise UsageError(f"a frame array is (h, w, 3) uint8 or uint16 RGB; got {frame.shape} {frame.dtype}")
-    return frame
+    return frame if frame.flags.writeable else frame.copy()  # (torch warns of read-only arrays)
 
 
 def _from_array(image: np.ndarray, form: dict[str, Any]) -> np.ndarray | Tensor:

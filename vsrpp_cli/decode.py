@@ -26,6 +26,8 @@ from .colour import MATRIX_OF_TAG, Planes, chroma_cosited, converts_here, read_p
 from .errors import InputError, UsageError
 
 FRAME_EXTENSIONS = {".png", ".jpg", ".jpeg"}
+# Demuxers of elementary streams, whose frames carry no times: the rate is the stream's own.
+RAW_STREAMS = {"h264", "hevc", "vvc", "m4v", "mpegvideo", "cavsvideo", "vc1", "obu", "mjpeg", "dirac", "avs2", "avs3"}
 DEINTERLACERS = ("bwdif", "yadif")
 # What counts as a video file where a folder is read for them (upscale, finetune): by extension.
 VIDEO_EXTENSIONS = {
@@ -77,6 +79,7 @@ class VideoInfo:
     frame_estimate: int | None = None  # from the duration and frame rate, where no count is stated
     interlaced: bool = False  # the first frame is coded as two fields
     alpha: bool = False  # the pixel format carries transparency
+    start: Fraction = Fraction(0)  # seconds before the first packet of any stream (a capture's): the output starts at 0
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Source:
         self.fps = Fraction(fps).limit_denominator(1001) if fps else None  # for frames that carry no time
         self.report = DecodeReport()
         self.undecodable = 0  # packets that failed to decode (reported each)
+        self.resized = False  # a frame of another size was met (said once)
         if not self.live and path.is_dir():
             self.files = frame_files(path)
             self.info = self._folder_info()
@@ -154,7 +158,8 @@ class Source:
             return list(range(len(self.files)))
         with self._open() as container:
             stream = container.streams.video[0]
-            times = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+            # Packets an edit list hides (a cut made without re-encoding) are never shown: no frame.
+            times = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size and not p.is_discard)
         if not times:
             raise InputError(f"{self.path}: its video packets carry no timestamps; it cannot be shared among workers")
         return times
@@ -195,7 +200,11 @@ class Source:
     def _video_info(self) -> VideoInfo:
         with self._open() as container:
             stream = container.streams.video[0]
-            return self._describe(container, stream, first_frame(container, stream))
+            info = self._describe(container, stream, first_frame(container, stream))
+        if info.frame_count:
+            with self._open() as container:
+                info.frame_count -= hidden_at_start(container, container.streams.video[0])
+        return info
 
     def _describe(
         self, container: av.container.InputContainer, stream: av.video.stream.VideoStream, first: av.VideoFrame | None
@@ -211,6 +220,9 @@ class Source:
         if pix_fmt is not None and pix_fmt.is_rgb:  # swscale reads RGB as it is, whatever these say
             matrix, full = RGB_SOURCE_YUV
         rate = stream.average_rate or stream.guessed_rate
+        if container.format.name in RAW_STREAMS and ctx.framerate:
+            rate = ctx.framerate  # the stream's own (H.264's VUI timing), not the raw demuxer's default of 25
+        start = container.start_time / av.time_base if container.start_time and container.start_time > 0 else 0
         return VideoInfo(
             width=ctx.width,
             height=ctx.height,
@@ -229,6 +241,7 @@ class Source:
             sample_aspect_ratio=stream.sample_aspect_ratio,
             codec=ctx.name,
             container_metadata=dict(container.metadata),
+            start=Fraction(start).limit_denominator(1 << 30),
         )
 
     def _video_frames(self, keep_yuv: bool, first: int = 0, times: list[int] | None = None) -> Iterator[Frame]:
@@ -275,6 +288,8 @@ class Source:
                     self.notice(f"the input's frames carry no timestamps: timed at {float(rate):g} frames/s "
                                 "(--fps sets another rate)")  # fmt: skip
                     timed = True
+            if (frame.width, frame.height) != (info.width, info.height):
+                frame = self._first_size(frame)
             if keep_yuv and converts_here(frame.format.name):
                 cosited = chroma_cosited(info.codec)
                 image = read_planes(frame, info.matrix, info.full_range, cosited)
@@ -295,6 +310,20 @@ class Source:
             raise InputError(f"{self.path}: no frame could be decoded; the file is damaged or empty")
         if index is not None and last is not None:
             self._check_end(index, last, origin, rate)
+
+    def _first_size(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """A frame of another size (a capture whose size changed, two streams joined) scaled to
+        the first frame's, as FFmpeg's filters scale it: one output size, said once."""
+        info = self.info
+        if not self.resized:
+            self.resized = True
+            self.notice(
+                f"the input's frame size changes to {frame.width}x{frame.height} {_when(frame.pts, info.time_base)}: "
+                f"those frames are scaled to {info.width}x{info.height}, the first frames' size"
+            )
+        scaled = frame.reformat(width=info.width, height=info.height, interpolation=Interpolation.BICUBIC)
+        scaled.pts, scaled.time_base = frame.pts, frame.time_base
+        return scaled
 
     def _check_end(self, decoded: int, last_pts: int, origin: int, rate: Fraction) -> None:
         """Frames missing at the end: against the count the container states, or (Matroska,
@@ -498,6 +527,23 @@ def read_image(path: Path) -> np.ndarray:
         raise InputError(f"{path}: not a readable image") from None
     deep = any(c.bits > 8 for c in frame.format.components)
     return frame.to_ndarray(format="rgb48le" if deep else "rgb24")
+
+
+def hidden_at_start(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """Packets an edit list hides at the start (an MP4 cut without re-encoding, as `ffmpeg -ss 1
+    -c copy` writes): FFmpeg marks them discard and no player shows them, but the container's
+    frame count includes them. Read until 64 shown packets in a row (past any reordering)."""
+    hidden = shown = 0
+    for packet in container.demux(stream):
+        if not packet.size:
+            continue
+        if packet.is_discard:
+            hidden, shown = hidden + 1, 0
+        else:
+            shown += 1
+            if shown >= 64:
+                break
+    return hidden
 
 
 def _estimate_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, rate) -> int | None:

@@ -312,6 +312,11 @@ class Muxer:
             # Deeper than 8 bits is an extension of the format that FFmpeg writes only when told.
             "yuv4mpegpipe": {"strict": "-1"},
         }.get(fmt, {})
+        if fmt in ("matroska", "webm"):  # else a random SegmentUID (and CRCs): the same run, other bytes
+            options = {**options, "fflags": "+bitexact"}
+        # The output's timeline starts at 0 (a capture's does at 1.4 s, shown as blank lead-in by
+        # players): every stream moved back by the input's start, their offsets kept.
+        self.shift = round(info.start / info.time_base)
         self.container = av.open(str(path), "w", format=fmt, options=options)
         self.passthrough = None
         try:
@@ -319,7 +324,8 @@ class Muxer:
             if info.rotation:
                 self.stream.set_display_rotation(info.rotation)
             self.container.metadata.update(info.container_metadata)
-            self.passthrough = Passthrough(source, self.container, fmt, notice) if source is not None else None
+            self.passthrough = (Passthrough(source, self.container, fmt, notice, info.start)
+                                if source is not None else None)  # fmt: skip
             # Opens the (unused) encoder for its headers, which match every segment's, and writes
             # the file's header.
             self.container.start_encoding()
@@ -339,7 +345,7 @@ class Muxer:
             for packet, data in zip(packets, payloads(), strict=True):
                 dts = next(dts_all)
                 out = av.Packet(data)
-                out.pts, out.dts, out.duration = packet.pts, dts, packet.duration
+                out.pts, out.dts, out.duration = packet.pts - self.shift, dts - self.shift, packet.duration
                 out.is_keyframe = packet.keyframe
                 out.time_base = self.info.time_base
                 out.stream = self.stream
@@ -352,7 +358,7 @@ class Muxer:
         and subtitles up to each packet's time go in before it."""
         for packet in packets:
             out = av.Packet(bytes(packet))
-            out.pts, out.dts, out.duration = packet.pts, packet.dts, packet.duration
+            out.pts, out.dts, out.duration = packet.pts - self.shift, packet.dts - self.shift, packet.duration
             out.is_keyframe = packet.is_keyframe
             out.time_base = packet.time_base
             out.stream = self.stream
@@ -393,8 +399,9 @@ class Passthrough:
 
     def __init__(
         self, source: Path | LiveSource, output: av.container.OutputContainer, fmt: str,
-        notice: Callable[[str], None],
+        notice: Callable[[str], None], start: Fraction = Fraction(0),
     ) -> None:  # fmt: skip
+        self.start = start  # seconds every stream is moved back by (Muxer.shift)
         self.input = av.open(str(source)) if isinstance(source, Path) else None
         streams = list(self.input.streams) if self.input is not None else source.streams
         self.output_streams: dict[int, av.stream.Stream] = {}
@@ -460,8 +467,15 @@ class Passthrough:
         out = self.output_streams[index]
         if index in self.transcoders:
             for frame in packet.decode():
+                if frame.pts is not None:
+                    frame.pts -= round(self.start / frame.time_base)
                 self.output.mux(out.encode(frame))
             return
+        shift = round(self.start / packet.time_base)
+        if packet.pts is not None:
+            packet.pts -= shift
+        if packet.dts is not None:
+            packet.dts -= shift
         packet.stream = out
         self.output.mux(packet)
 

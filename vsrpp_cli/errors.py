@@ -72,7 +72,12 @@ class DataError(VsrppError):
 
 
 class WorkerError(VsrppError):
-    """A worker process of a shared run stopped; what it finished is kept for --resume."""
+    """A worker process of a shared run stopped; what it finished is kept for --resume.
+    `before_start`: every worker ended before its first sign of life."""
+
+    def __init__(self, message: str, before_start: bool = False) -> None:
+        super().__init__(message)
+        self.before_start = before_start
 
 
 class Interrupted(BaseException):

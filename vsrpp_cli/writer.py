@@ -202,7 +202,8 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
         if failure:
             raise failure[0] from None
         why = board.error() or failure_line(error)
-        raise WorkerError(f"{why}; the segments finished so far are kept: run the same command with --resume") from None
+        raise WorkerError(f"{why}; the segments finished so far are kept: run the same command with --resume",
+                          before_start=not any(board.beats(launch.processes))) from None  # fmt: skip
     finally:
         stop.set()
         thread.join()
