@@ -245,12 +245,25 @@ class Source:
         )
 
     def _video_frames(self, keep_yuv: bool, first: int = 0, times: list[int] | None = None) -> Iterator[Frame]:
+        """From frame `first` on: by a seek where it lands on or before it, else (a container
+        whose seek overshoots or finds nothing: MPEG-TS with few keyframes) read from the start."""
+        if first > 0:
+            landed = self._decode_from(keep_yuv, first, times, seek=True)
+            head = next(landed, None)
+            if head is not None and head.index == first:
+                yield head
+                yield from landed
+                return
+            landed.close()
+        yield from self._decode_from(keep_yuv, first, times, seek=False)
+
+    def _decode_from(self, keep_yuv: bool, first: int, times: list[int] | None, seek: bool) -> Iterator[Frame]:
         with self._open() as container:
             stream = container.streams.video[0]
             # Frame threading drops the frames it holds when a packet fails (a truncated file loses
             # its last good frames silently); slice threading keeps every frame that decodes.
             stream.thread_type = "SLICE"
-            if first > 0:
+            if seek:
                 # From the keyframe before two frames ahead of the one wanted: a deinterlacer
                 # then sees the fields before it, as it would have in a run from the start.
                 ahead = max(0, first - 2)
