@@ -63,3 +63,4 @@ def test_a_killed_worker_restarted_by_the_agent_finishes_the_run(
     assert probe(output) == probe(fault_reference)
     facts = json.loads(result.stdout)
     assert facts["frames"] == 12 and {w["rank"] for w in facts["workers"]} == {0, 1}  # round 1 reported
+    assert "stopped and was started again (restart 1 of --max-restarts)" in " ".join(facts["notices"])

@@ -288,3 +288,16 @@ def test_stopping_a_live_run_ends_the_output_with_the_frames_out_so_far(tmp_path
     assert np.array_equal(read_frames(out), read_frames(file_run)[: 2 * CHUNK])
     assert notices[-1] == f"stopped: {out} ends after {2 * CHUNK} frames"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mkv", "out.mkv"]
+    ends = stream_ends(out)  # the audio ends with the video (to an AAC frame), not where reading stopped
+    assert ends["video"] == 2 * CHUNK / 25 and abs(ends["audio"] - ends["video"]) <= 1024 / 48000 + 0.002  # (ms)
+
+
+def stream_ends(path: Path) -> dict[str, float]:
+    """Where each kind of stream ends, in seconds: its last packet's time plus duration."""
+    ends: dict[str, float] = {}
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.pts is not None and packet.size:
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                ends[packet.stream.type] = max(ends.get(packet.stream.type, 0.0), end)
+    return ends

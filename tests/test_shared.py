@@ -84,14 +84,17 @@ def test_two_machines_without_a_shared_folder(tmp_path, monkeypatch, weights, cl
     args = ["--weights", weights, *WINDOWS, "--device", "cpu", *where]
     elsewhere = tmp_path / "not-on-this-machine" / "out.mp4"
     second = subprocess.Popen(
-        [sys.executable, "-m", "vsrpp_cli", "upscale", clip, elsewhere, *map(str, args), "--node-rank", "1"],
+        [sys.executable, "-m", "vsrpp_cli", "upscale", clip, elsewhere, *map(str, args), "--node-rank", "1", "--json"],
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     first = run_vsrpp("upscale", clip, output, *args, "--node-rank", "0", "--json")
-    _, stderr = second.communicate()
+    helped, stderr = second.communicate()
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, stderr
+    helped = json.loads(helped)  # what this machine's workers did, and who writes the output
+    assert helped["written_by"] == "127.0.0.1" and helped["frames"] >= 4 and helped["workers"] == []
     assert np.array_equal(read_frames(output), read_frames(single))
     assert probe(output) == probe(single)
     workers = json.loads(first.stdout)["workers"]

@@ -4,10 +4,17 @@ the user's OMP_NUM_THREADS wins."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 
+import numpy as np
+import pytest
 import torch
 
-from vsrpp_cli.threads import available_cores, threads_per_process, use_threads
+from vsrpp_cli.checkpoint import load_model
+from vsrpp_cli.engine import Engine
+from vsrpp_cli.threads import available_cores, flushing_denormals, threads_per_process, use_threads
 
 
 def test_cores_follow_the_affinity():
@@ -37,3 +44,61 @@ def test_use_threads_sizes_torch(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def flushed_share() -> float:
+    """The share of a 2-thread elementwise op's denormal results flushed to zero: 1 where every
+    thread taking part flushes, 0.5 where only the calling thread does."""
+    return float((torch.full((1 << 22,), 1e-39) * 1.0 == 0).float().mean())
+
+
+def test_the_network_runs_with_denormals_flushed_in_every_thread_and_leaves_the_callers_as_they_were(
+    official_checkpoint,
+):
+    """What the same speed in any thread rests on (threads.NetworkThread): whatever thread calls,
+    the forward runs where every OpenMP thread flushes denormals; the caller's own state is not
+    changed, whether it flushed or not."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # (the share tells one thread from two)
+    try:
+        model = load_model(official_checkpoint(8, 1, True)[0])
+        engine = Engine(model, torch.device("cpu"), torch.float32)
+        frames = [np.zeros((16, 16, 3), np.uint8)] * 3
+        seen: list[tuple[str, float]] = []
+
+        def look(done: float) -> None:
+            seen.append((threading.current_thread().name, flushed_share()))
+
+        for callers_setting in (False, True):
+            torch.set_flush_denormal(callers_setting)
+            engine.upscale_many([(frames, slice(0, 3))], 8, None, look)
+            assert flushing_denormals() is callers_setting
+        assert {name for name, _ in seen} == {"vsrpp-network"} and {share for _, share in seen} == {1.0}
+        caller = []
+        thread = threading.Thread(target=lambda: caller.append(flushing_denormals()))  # a thread of the caller's
+        torch.set_flush_denormal(False)
+        thread.start(), thread.join()
+        assert caller == [False]
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(before)
+
+
+def test_an_interrupted_caller_waits_for_the_forward_to_stop(official_checkpoint):
+    """Ctrl-C while the network's thread works: the forward stops at its next step and the
+    interruption reaches the caller; the thread then serves the next call."""
+    model = load_model(official_checkpoint(8, 1, True)[0])
+    engine = Engine(model, torch.device("cpu"), torch.float32)
+    frames = [np.zeros((16, 16, 3), np.uint8)] * 3
+    steps = []
+
+    def interrupt_caller(done: float) -> None:
+        steps.append(done)
+        if len(steps) == 2:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.5)  # the caller hears it while this forward is still running
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.upscale_many([(frames, slice(0, 3))], 8, None, interrupt_caller)
+    assert len(steps) <= 3  # stopped at the next step, not at the end (4 x 3 steps + 3 frames)
+    assert len(engine.upscale([np.zeros((16, 16, 3), np.uint8)] * 2, slice(0, 2), 8)) == 2

@@ -20,6 +20,7 @@ Keys:
   within/<rank>            progress: frames of the worker's open segment done so far
   beat/<rank>, left/<rank> signs of life (a counter, compared with the writer's own clock only)
   error, abort             the first failure, and the writer telling every worker to stop
+  round/<rank>             the round a worker started in (a restart is said)
   stats/<rank>/<round>     what a worker did: frames, seconds, fallbacks, notices
 A round is one start of the workers (TORCHELASTIC_RESTART_COUNT): a restarted worker claims
 afresh, and segments saved in an earlier round are not taken again.
@@ -228,6 +229,14 @@ class Board:
     def check_abort(self) -> None:
         if self.store.check(["abort"]):
             raise AbortError(self.error() or "the run was stopped")
+
+    def start_round(self, rank: int, round_: int) -> None:
+        """A worker (re)started: round 0, or the agent's restart count."""
+        self.store.set(f"round/{rank}", str(round_))
+
+    def rounds(self, world: int) -> list[int]:
+        keys = [f"round/{rank}" for rank in range(world)]
+        return [int(self.store.get(key)) if self.store.check([key]) else 0 for key in keys]
 
     def report(self, rank: int, round_: int, stats: dict[str, Any]) -> None:
         self.store.set(f"stats/{rank}/{round_}", json.dumps(stats))

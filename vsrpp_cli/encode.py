@@ -317,6 +317,7 @@ class Muxer:
         # The output's timeline starts at 0 (a capture's does at 1.4 s, shown as blank lead-in by
         # players): every stream moved back by the input's start, their offsets kept.
         self.shift = round(info.start / info.time_base)
+        self.video_end = 0.0  # seconds of the input's timeline the video written so far reaches
         self.container = av.open(str(path), "w", format=fmt, options=options)
         self.passthrough = None
         try:
@@ -359,6 +360,7 @@ class Muxer:
         for packet in packets:
             out = av.Packet(bytes(packet))
             out.pts, out.dts, out.duration = packet.pts - self.shift, packet.dts - self.shift, packet.duration
+            self.video_end = max(self.video_end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
             out.is_keyframe = packet.is_keyframe
             out.time_base = packet.time_base
             out.stream = self.stream
@@ -366,9 +368,11 @@ class Muxer:
                 self.passthrough.mux_until(float(packet.dts * packet.time_base))
             self.container.mux(out)
 
-    def close(self) -> None:
+    def close(self, until: float | None = None) -> None:
+        """The rest of the audio and subtitles (up to `until` seconds of the input, where given),
+        then the container's end."""
         if self.passthrough:
-            self.passthrough.mux_until(float("inf"))
+            self.passthrough.mux_until(float("inf") if until is None else until)
             self.passthrough.close()
         self.container.close()
 

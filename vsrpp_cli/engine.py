@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from functools import partial
 
@@ -14,10 +15,10 @@ from torch import Tensor
 from .colour import Planes, YuvTarget
 from .errors import UsageError
 from .network import BasicVSRPlusPlus
-from .network.basicvsrpp import BRANCHES
+from .network.basicvsrpp import BRANCHES, RECONSTRUCTION_UNITS
 from .sizing import MIN_TILE
 from .tensors import frames_to_tensor, tensor_to_frames
-from .threads import use_threads
+from .threads import network_thread, use_threads
 from .windows import run_count, run_tiled
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -98,6 +99,9 @@ class Engine:
         make_deterministic(deterministic)
         self.warn = warn
         self.fp32_fallbacks = 0
+        self.progress: Callable[[int], None] | None = None  # hears the units of work done in a forward
+        self.cancel = threading.Event()  # set: the forward running on the network's thread stops at its next step
+        self.model.on_step = self._on_step
         if device.type == "cpu":
             use_threads()  # all of this process's cores, unless OMP_NUM_THREADS says otherwise
             # fp16 convolutions fall back to PyTorch's slow reference kernel on the CPU. 90x: the
@@ -130,23 +134,23 @@ class Engine:
         """Windows of equal length and frame size through the network together, on the batch
         dimension; each window's kept frames, as `upscale` gives them. `on_progress` hears the
         fraction of the work done (0 to 1) after every propagation step."""
-        self.model.on_step = self._step_counter(windows, on_progress) if on_progress else None
+        self.progress = self._step_counter(windows, on_progress) if on_progress else None
         try:
             outs = self.infer_many([frames for frames, _ in windows])
         finally:
-            self.model.on_step = None
+            self.progress = None
         return [tensor_to_frames(out[:, keep], bit_depth, target) for out, (_, keep) in zip(outs, windows, strict=True)]
 
     def _step_counter(self, windows: list[tuple[list, slice]], on_progress: Callable[[float], None]) -> Callable:
         frames = windows[0][0]
         h, w = (frames[0].height, frames[0].width) if isinstance(frames[0], Planes) else frames[0].shape[:2]
         calls = run_count(len(windows), h, w, self.tile, self.tile_overlap, self.batch)
-        total = len(BRANCHES) * len(frames) * calls
+        total = (len(BRANCHES) + RECONSTRUCTION_UNITS) * len(frames) * calls  # per forward: t frames, n windows
         done = 0
 
-        def step() -> None:
+        def step(units: int) -> None:
             nonlocal done
-            done += 1
+            done += units
             on_progress(min(done / total, 1.0))  # a retry after running out of memory counts again
 
         return step
@@ -205,10 +209,22 @@ class Engine:
         smaller = max(MIN_TILE, current // 2)
         return smaller if smaller < current else None
 
-    @torch.no_grad()
+    def _on_step(self, units: int) -> None:
+        if self.cancel.is_set():
+            raise CancelledError("the caller stopped waiting")
+        if self.progress is not None:
+            self.progress(units)
+
     def _run(self, clip: Tensor, mirrored: bool) -> Tensor:
-        run = partial(self.model, mirrored=mirrored)
-        return run_tiled(run, clip, self.tile, self.tile_overlap, self.scale, self.batch)
+        """The network on the clip, tiled as set: on the CPU in the network's own thread, where
+        denormals are flushed (threads.NetworkThread), whatever thread calls."""
+        work = partial(self._forward, clip, mirrored)
+        return network_thread().run(work, self.cancel) if self.device.type == "cpu" else work()
+
+    def _forward(self, clip: Tensor, mirrored: bool) -> Tensor:
+        with torch.no_grad():  # (a thread's own setting: set here, in the thread that runs it)
+            run = partial(self.model, mirrored=mirrored)
+            return run_tiled(run, clip, self.tile, self.tile_overlap, self.scale, self.batch)
 
     def _in_fp32(self, clip: Tensor, mirrored: bool) -> Tensor:
         self.model = place_model(self.model, self.device, torch.float32, self.graphs)
@@ -217,6 +233,10 @@ class Engine:
             return self._run_fitting_memory(clip, mirrored)
         finally:
             self.model = place_model(self.model, self.device, self.dtype, self.graphs)
+
+
+class CancelledError(Exception):
+    """A forward stopped because its caller was interrupted (it raises its own interruption)."""
 
 
 def make_deterministic(on: bool) -> None:

@@ -89,6 +89,7 @@ class Summary:
     workers: list[dict[str, Any]] = field(default_factory=list)  # each worker's segments, frames and fps
     timings: dict[str, float] = field(default_factory=dict)  # the writer's: saving segments, joining them
     latency_frames: int | None = None  # a one-pass run's largest lag: frames read before a frame came out
+    written_by: str = ""  # another machine's workers: the first machine, which writes the output
 
     @property
     def fps(self) -> float:
@@ -124,10 +125,14 @@ def upscale(
 
         return upscale_stream(source_path, output, options, on_progress, notice, launch)
     if launch.node_rank > 0:
+        began = time.perf_counter()
         notice(f"working for the first machine ({launch.host}); it writes {output.name}")
-        work_for_first_machine(Local(str(source_path), str(options.weights), str(partial_folder(output)),
-                                     options.device, threads_per_process(launch.nproc)), launch)  # fmt: skip
-        return Summary(str(source_path), str(output))
+        reports = work_for_first_machine(Local(str(source_path), str(options.weights), str(partial_folder(output)),
+                                               options.device, threads_per_process(launch.nproc)), launch)  # fmt: skip
+        helped = Summary(str(source_path), str(output), written_by=launch.host)
+        summarise(helped, reports, 0, notice)
+        helped.frames, helped.seconds = sum(r["frames"] for r in reports), time.perf_counter() - began
+        return helped
     started = time.perf_counter()
     if output.exists() and source_path.exists() and output.resolve() == source_path.resolve():
         raise OutputError(f"{output} is the input itself; choose another output")
@@ -200,7 +205,7 @@ def upscale(
             "container_format": container_format,
         }
         done = sum(store.segment_frame_count(segment) for segment in committed)
-        writer = Writer(store, job, done, total, on_progress)
+        writer = Writer(store, job, done, total, on_progress, tell)
         # This machine's cores shared among its workers (oversubscribed OpenMP threads spin: threads.py).
         threads = threads_per_process(launch.nproc)
         local = Local(str(source_path), str(options.weights), str(store.folder), options.device, threads)

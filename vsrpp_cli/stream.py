@@ -183,10 +183,12 @@ class Sink:
         else:
             self._mux(self.encoder.encode(image, pts), read)
 
-    def finish(self, read: int) -> None:
+    def finish(self, read: int, stopped: bool = False) -> None:
+        """The encoder's held frames out and the output ended; `stopped` (a live source ended
+        early): the audio and subtitles end with the video rather than run on after it."""
         if self.encoder is not None:
             self._mux(self.encoder.flush(), read)
-            self.muxer.close()
+            self.muxer.close(until=self.muxer.video_end if stopped else None)
 
     def _mux(self, packets: list, read: int) -> None:
         self.muxer.write(packets)
@@ -261,7 +263,7 @@ def end_early(sink: Sink | None, temporary: Path | None, output: Path, tell: Cal
     if sink is None:
         return False
     try:
-        sink.finish(sink.out)  # frames the encoder still held come out here
+        sink.finish(sink.out, stopped=True)  # frames the encoder still held come out here
         if not sink.out:
             return False
         if temporary is not None:

@@ -102,7 +102,9 @@ def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str)
     beat.start()
     failed = True
     try:
-        Worker(board, local, rank, world, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))).run()
+        round_ = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+        board.start_round(rank, round_)
+        Worker(board, local, rank, world, round_).run()
         failed = False
     except AbortError:
         pass

@@ -31,9 +31,11 @@ class Writer:
     """Stores the segments the workers send, once each is checked against the plan, reports
     progress, and watches the workers."""
 
-    def __init__(self, store: RunStore, job: dict[str, Any], done: int, total: int | None,
-                 on_progress: Callable) -> None:  # fmt: skip
+    def __init__(self, store: RunStore, job: dict[str, Any], done: int, total: int | None, on_progress: Callable,
+                 notice: Callable[[str], None] = lambda message: None) -> None:  # fmt: skip
         self.store, self.job, self.done, self.total, self.on_progress = store, job, done, total, on_progress
+        self.notice = notice
+        self.rounds_told = 0  # the workers' restarts said so far (the agent restarts them all at once)
         self.saved: set[int] = set()
         self.seconds_saving = 0.0  # taking sent segments from the store and committing them
         self.shown = 0.0
@@ -51,6 +53,10 @@ class Writer:
                 self.saved.add(segment)
                 self.done += frames
         if watch is not None:
+            for rank, round_ in enumerate(board.rounds(world)):
+                if round_ > self.rounds_told:
+                    self.rounds_told = round_
+                    self.notice(f"worker {rank} stopped and was started again (restart {round_} of --max-restarts)")
             failed = board.error()  # a worker's own cause, told at once (never as its later silence)
             if failed is not None:
                 raise WorkerError(f"{failed}; the segments finished so far are kept: run the same command with "
@@ -233,8 +239,9 @@ def workers_device(name: str, launch: Launch) -> torch.device:
     return torch.device(device.type)
 
 
-def work_for_first_machine(local: Local, launch: Launch) -> None:
-    """Machines other than the first run workers only; the first writes the output."""
+def work_for_first_machine(local: Local, launch: Launch) -> list[dict]:
+    """Machines other than the first run workers only; the first writes the output. Returns
+    this machine's workers' reports."""
     if not Path(local.source).exists():
         raise InputError(f"{local.source}: no such input on this machine; every machine needs it at the same path")
     ended = threading.Event()
@@ -259,6 +266,8 @@ def work_for_first_machine(local: Local, launch: Launch) -> None:
     finally:
         ended.set()
         watcher.join()  # no thread may be inside a store call when the process ends (SIGABRT)
+    ours = range(launch.node_rank * launch.nproc, (launch.node_rank + 1) * launch.nproc)
+    return [report for report in board.reports(launch.processes, launch.max_restarts + 1) if report["rank"] in ours]
 
 
 def own_children() -> set[int]:

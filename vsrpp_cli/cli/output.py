@@ -62,7 +62,7 @@ class UpscaleProgress:
             TextColumn("{task.fields[fps]:.2f} fps"),
             TimeRemainingColumn(),
             console=stderr,
-            disable=disabled,
+            disable=disabled or not stderr.is_terminal,  # (elsewhere rich prints only an empty line)
             transient=True,
         )
         self.names = names
@@ -95,7 +95,7 @@ class ClipProgress:
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             console=stderr,
-            disable=disabled,
+            disable=disabled or not stderr.is_terminal,  # (elsewhere rich prints only an empty line)
             transient=True,
         )
         self.task = self.progress.add_task("clips", total=total)
@@ -110,7 +110,10 @@ class ClipProgress:
 
 def upscale_summary(summary: Any, lost_only: bool = False) -> None:
     """One line per file; what could not be decoded is always said."""
-    if not lost_only:
+    if not lost_only and summary.written_by:
+        stderr.print(f"{summary.frames} frames in {summary.seconds:.1f}s by this machine's workers; "
+                     f"{summary.written_by} writes {summary.output}", highlight=False, soft_wrap=True)  # fmt: skip
+    elif not lost_only:
         stderr.print(
             f"{summary.frames} frames in {summary.seconds:.1f}s ({summary.fps:.2f} fps) -> {summary.output} "
             f"({summary.output_bytes / 1e6:.1f} MB)",
@@ -145,32 +148,38 @@ def eval_csv(report: Any) -> str:
 
 
 def bench_table(rows: list[Any], title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    columns = ("what", "precision", "backend", "graphs", "batch", "fps", "ms", "GPU MiB", "RSS MiB", "vs fp32")
-    for column in columns:
-        table.add_column(column, justify="left" if column in columns[:3] else "right")
+    """One row per measurement. Columns whose value is the same in every row are said once under
+    the table rather than repeated (the table then fits 80 columns); `--json` has every field."""
+    what = {"model": "model", "pipeline": "pipeline", "stage": None, "encoder": "encoder"}
+    cells = []
     for r in rows:
-        guard = "" if r.psnr_vs_fp32 is None else f"{r.psnr_vs_fp32:.1f} dB, max {r.max_diff_vs_fp32:.2g}"
-        if not r.finite:
-            guard = "NON-FINITE " + guard
-        what = {
-            "model": "model, compiled" if r.compiled else "model",
-            "pipeline": f"pipeline ({r.colour} colour)",
-            "stage": r.stage,
-            "encoder": f"encoder {r.stage}",
-        }
-        table.add_row(
-            what.get(r.what, r.what),
-            r.precision,
-            r.backend,
-            "on" if r.graphs else "off",
-            str(r.batch),
-            f"{r.fps:.3f}",
-            f"{r.ms_per_frame:.2f}",
-            "" if r.peak_gpu_mib is None else f"{r.peak_gpu_mib:.0f}",
-            f"{r.peak_rss_mib:.0f}",
-            guard,
-        )
+        guard = "" if r.psnr_vs_fp32 is None else f"{r.psnr_vs_fp32:.1f} dB"
+        name = what.get(r.what, r.what) or r.stage
+        name += ", compiled" if r.compiled else f" {r.stage}" if r.what == "encoder" else ""
+        cells.append({
+            "what": name,
+            "dtype": r.precision,  # (--precision; a short header keeps the table in 80 columns)
+            "backend": r.backend,
+            "colour": r.colour or "",
+            "graphs": "on" if r.graphs else "off",
+            "batch": str(r.batch),
+            "fps": f"{r.fps:.3f}",
+            "ms": f"{r.ms_per_frame:.2f}",
+            "GPU MiB": "" if r.peak_gpu_mib is None else f"{r.peak_gpu_mib:.0f}",
+            "RSS MiB": f"{r.peak_rss_mib:.0f}",
+            "vs fp32": ("NON-FINITE " if not r.finite else "") + guard,
+        })  # fmt: skip
+    measured = ("what", "fps", "ms", "RSS MiB")
+    same = [c for c in cells[0] if c not in measured and len({row[c] for row in cells}) == 1] if len(cells) > 1 else []
+    shown = [c for c in cells[0] if c not in same and any(row[c] for row in cells)]
+    table = Table(title=title, title_justify="left")
+    for column in shown:
+        table.add_column(column, justify="left" if column in ("what", "dtype", "backend", "colour") else "right")
+    for row in cells:
+        table.add_row(*(row[c] for c in shown))
+    common = ", ".join(f"{c} {cells[0][c]}" for c in same if cells[0][c])
+    if common:
+        table.caption = f"every row: {common}"
     stdout.print(table)
     stderr.print(f"device {rows[0].device}, {rows[0].threads} torch threads", highlight=False)
 

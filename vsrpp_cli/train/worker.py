@@ -38,6 +38,10 @@ def main(config_dict: dict) -> None:
     config = TrainConfig().updated(config_dict)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    # This process is ours: its main thread flushes denormals before its first parallel op, so
+    # every OpenMP thread it starts does too (threads.NetworkThread says why); gradients decay
+    # into them.
+    torch.set_flush_denormal(True)
     use_threads(processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))  # the machine's cores, shared
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
