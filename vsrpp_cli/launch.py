@@ -95,14 +95,17 @@ def require_secret(launch: Launch) -> None:
         )
 
 
-def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any, rendezvous_file: Path | None = None) -> None:
+def run_workers(
+    launch: Launch, entry: Callable[..., Any], *args: Any, rendezvous_file: Path | None = None
+) -> dict[int, Any]:
     """`entry(*args)` in launch.nproc processes here, as part of launch.nnodes machines; returns
     when all of them have, raises torch's ChildFailedError when one failed (after the agent has
     stopped the others). The agent turns SIGINT/SIGTERM into its own exception while it runs;
     this process's handlers are put back afterwards.
 
     `rendezvous_file`: on one machine, the agent meets its workers through this file (a FileStore)
-    rather than a TCP store, and opens no TCP server of its own for them: nothing listens."""
+    rather than a TCP store, and opens no TCP server of its own for them: nothing listens.
+    Returns what each of this machine's workers returned, by global rank."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     multi = launch.nnodes > 1
@@ -141,7 +144,7 @@ def run_workers(launch: Launch, entry: Callable[..., Any], *args: Any, rendezvou
     if by_file:
         os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     try:
-        elastic_launch(config, entry)(*args)
+        return elastic_launch(config, entry)(*args)
     finally:
         if by_file:
             if shared_store is None:

@@ -84,7 +84,7 @@ class InProcess:
             self.done.set()
 
 
-def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str) -> None:
+def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str) -> dict[str, Any] | None:
     """A worker process started by the elastic launcher (RANK, LOCAL_RANK, WORLD_SIZE and
     TORCHELASTIC_RESTART_COUNT in its environment)."""
     die_with_parent(launcher)
@@ -104,7 +104,7 @@ def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str)
     try:
         round_ = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
         board.start_round(rank, round_)
-        Worker(board, local, rank, world, round_).run()
+        stats = Worker(board, local, rank, world, round_).run()
         failed = False
     except AbortError:
         pass
@@ -120,6 +120,7 @@ def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str)
     if failed:
         sys.exit(1)
     board.leave(rank)  # after its last beat: the count it leaves at is the last one the writer sees
+    return stats  # to this machine's agent (its launcher need not reach the store to know it)
 
 
 def keep_beating(board: Board, rank: int, stop: threading.Event) -> None:
@@ -196,7 +197,8 @@ class Worker:
         elif message not in self.notices:
             self.notices.append(message)
 
-    def run(self) -> None:
+    def run(self) -> dict[str, Any]:
+        """Every segment this worker claims; what it did (also reported through the store)."""
         began = time.perf_counter()
         try:
             for segment in self.claims():
@@ -217,6 +219,7 @@ class Worker:
             notices=self.notices,
         )
         self.board.report(self.rank, self.round, self.stats)
+        return self.stats
 
     def claims(self) -> Iterator[int]:
         """Segments not committed, in order, each taken by the first worker to ask for it."""

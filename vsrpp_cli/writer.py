@@ -258,7 +258,7 @@ def work_for_first_machine(local: Local, launch: Launch) -> list[dict]:
     watcher = threading.Thread(target=watch, daemon=True, name="vsrpp-watch")
     watcher.start()
     try:
-        run_workers(launch, elastic_main, launch.host, launch.port + 1, os.getpid(), local, launch.secret)
+        returned = run_workers(launch, elastic_main, launch.host, launch.port + 1, os.getpid(), local, launch.secret)
     except Exception as error:
         if type(error).__name__ != "ChildFailedError":
             raise
@@ -266,8 +266,7 @@ def work_for_first_machine(local: Local, launch: Launch) -> list[dict]:
     finally:
         ended.set()
         watcher.join()  # no thread may be inside a store call when the process ends (SIGABRT)
-    ours = range(launch.node_rank * launch.nproc, (launch.node_rank + 1) * launch.nproc)
-    return [report for report in board.reports(launch.processes, launch.max_restarts + 1) if report["rank"] in ours]
+    return [report for _, report in sorted(returned.items()) if report is not None]
 
 
 def own_children() -> set[int]:
