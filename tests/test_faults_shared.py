@@ -5,6 +5,9 @@ frames, times and audio of an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import random
 
 import numpy as np
 import pytest
@@ -64,3 +67,44 @@ def test_a_killed_worker_restarted_by_the_agent_finishes_the_run(
     facts = json.loads(result.stdout)
     assert facts["frames"] == 12 and {w["rank"] for w in facts["workers"]} == {0, 1}  # round 1 reported
     assert "stopped and was started again (restart 1 of --max-restarts)" in " ".join(facts["notices"])
+
+
+# ----------------------------------------------------------------------------- chaos, seeded
+CHAOS_SEEDS = [int(s) for s in os.environ.get("VSRPP_CHAOS_SEEDS", "11,12,13").split(",")]
+
+
+def chaos(seed: int) -> tuple[str, dict[str, str]]:
+    """One fault at a random place and time of a shared run, from `seed`: a worker killed, failing,
+    hung (its main thread alone), or stopped (a lost machine, as the writer sees it), or the
+    writer failing to store a segment (as on a full disk)."""
+    rng = random.Random(seed)
+    kind = rng.choice(["crash", "raise", "hang", "stall", "disk"])
+    hit = rng.choice([1, 2])
+    if kind == "disk":
+        return kind, {"VSRPP_FAILPOINTS": f"save@{hit}=full"}
+    rank, point = rng.choice([0, 1]), rng.choice(WORKER_POINTS)
+    return kind, {"VSRPP_FAILPOINTS": f"{point}/{rank}@{hit}={kind}", "VSRPP_STALL_SECONDS": "10",
+                  "VSRPP_SILENT_SECONDS": "6"}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", CHAOS_SEEDS)
+def test_chaos_ends_with_the_whole_output_or_one_line_and_a_resume(
+    tmp_path, monkeypatch, fault_weights, fault_clip, fault_reference, seed
+):
+    """Whatever the fault and wherever it lands: the uninterrupted output, or one line after which
+    `--resume` gives it; no process of the run left, no abort (SIGABRT) in any."""
+    kind, environment = chaos(seed)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    output = tmp_path / "out.mp4"
+    run = run_vsrpp("upscale", fault_clip, output, "--weights", fault_weights, *WINDOWS, *TWO)
+    assert "terminate called" not in run.stderr and "Aborted" not in run.stderr
+    assert multiprocessing.active_children() == []
+    if run.returncode == 0:  # the fault fell where nothing was left to hit
+        assert output.read_bytes() == fault_reference.read_bytes(), kind
+        return
+    assert run.returncode == 1 and "--resume" in one_line(run.stderr), (kind, environment, run.stderr)
+    for name in environment:
+        monkeypatch.delenv(name)
+    resumes_exactly(output, fault_reference, fault_weights, fault_clip, *TWO)
+    assert multiprocessing.active_children() == []

@@ -12,7 +12,7 @@ VSRPP_FAILPOINTS lists them, comma-separated: `NAME[/RANK][@HIT]=ACTION`.
 - ACTION: crash (SIGKILL to itself: nothing runs, as with kill -9 or a power cut), raise (an
   error, which the pipeline handles as any other), stall (SIGSTOP to itself: a lost machine, as
   the others see it), hang (the calling thread blocks for ever, the process's other threads run
-  on: a read stuck on a network file system, a wedged GPU).
+  on: a read stuck on a network file system, a wedged GPU), full (the OSError of a full disk).
 
 Failpoints act in the first start of the workers only: a worker restarted by the elastic agent
 (--max-restarts) runs as a process restarted after a transient fault would. Unset, a failpoint
@@ -21,6 +21,7 @@ costs one dictionary lookup.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -30,7 +31,7 @@ from collections import Counter
 from .errors import VsrppError
 
 POINTS = ("decode", "network", "encode", "commit", "send", "save", "join", "rename")
-ACTIONS = ("crash", "raise", "stall", "hang")
+ACTIONS = ("crash", "raise", "stall", "hang", "full")
 SPEC = re.compile(r"(?P<name>\w+)(?:/(?P<rank>\d+))?(?:@(?P<hit>\d+))?=(?P<action>\w+)")
 
 _hits: Counter[str] = Counter()  # times each point was reached in this process's current run
@@ -74,5 +75,7 @@ def failpoint(name: str, rank: int = 0) -> None:
             os.kill(os.getpid(), signal.SIGSTOP)
         elif action == "hang":
             threading.Event().wait()
+        elif action == "full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"failpoint {name}")
         else:
             raise FailpointError(f"failpoint {name} (VSRPP_FAILPOINTS)")
