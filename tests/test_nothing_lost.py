@@ -424,7 +424,7 @@ def test_a_failed_file_stops_its_decode_thread_at_once(tmp_path, weights):
     with pytest.raises(RuntimeError, match="stop here"):
         upscale(source, tmp_path / "out.mp4", Options(weights, chunk_frames=2, chunk_overlap=1), interrupt)
     alive = [t.name for t in threading.enumerate() if t.name.startswith("vsrpp-")]
-    assert alive == []
+    assert alive in ([], ["vsrpp-network"])  # (the process's one network thread, idle, stays)
     assert not (tmp_path / ".out.mp4.vsrpp-tmp").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.mp4.vsrpp-partial", "in.mp4"]
 
