@@ -70,8 +70,9 @@ def test_a_killed_worker_restarted_by_the_agent_finishes_the_run(
 
 
 # ----------------------------------------------------------------------------- chaos, seeded
-# A stop, a hang and a full disk (kills and errors are the matrix's above); more seeds by hand.
-CHAOS_SEEDS = [int(s) for s in os.environ.get("VSRPP_CHAOS_SEEDS", "12,13,17").split(",")]
+# A stop and a full disk in CI (kills and errors are the matrix's above, a hang test_shared.py's);
+# more by hand: VSRPP_CHAOS_SEEDS=10,11,...,19 (all ten pass).
+CHAOS_SEEDS = [int(s) for s in os.environ.get("VSRPP_CHAOS_SEEDS", "12,17").split(",")]
 
 
 def chaos(seed: int) -> tuple[str, dict[str, str]]:
