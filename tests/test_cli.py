@@ -129,9 +129,6 @@ def test_bench_reports_model_pipeline_and_quality_guard(official_checkpoint):
     assert all(r["fps"] > 0 and r["finite"] and r["size"] == "32x40" for r in rows)
     assert rows[1]["max_diff_vs_fp32"] < 1e-5  # ours in fp32 is the plain network's output
     assert 30 < rows[2]["psnr_vs_fp32"] < 200 and rows[2]["max_diff_vs_fp32"] > 0  # bf16: close, not equal
-    # The network alone is part of the pipeline's work: measured where the engine runs it, it is
-    # never slower (it once was, measured in the calling thread).
-    assert rows[1]["fps"] > rows[3]["fps"]
 
 
 def test_the_bench_table_fits_80_columns():
