@@ -261,10 +261,11 @@ class Watch:
         self.longest = [0.0] * world  # its longest wait between moves so far
         self.looked = float("-inf")
 
-    def check(self) -> None:
+    def check(self) -> bool:
+        """Looks at the workers (at most every WATCH_EVERY seconds); True when it looked."""
         now = self.clock()
         if now - self.looked < WATCH_EVERY:  # 2 x world store calls a look: not at every poll
-            return
+            return False
         self.looked = now
         withins = self.board.withins(self.world)
         for rank, count in enumerate(self.board.beats(self.world)):
@@ -287,6 +288,7 @@ class Watch:
                     "read, the GPU driver or the decoder); the segments finished so far are kept: run the same "
                     "command with --resume"
                 )
+        return True
 
     def deadline(self, rank: int) -> float:
         return max(stall_seconds(), STALL_FACTOR * self.longest[rank])

@@ -53,16 +53,19 @@ class Writer:
                 self.saved.add(segment)
                 self.done += frames
         if watch is not None:
-            for rank, round_ in enumerate(board.rounds(world)):
-                if round_ > self.rounds_told:
-                    self.rounds_told = round_
-                    self.notice(f"worker {rank} stopped and was started again (restart {round_} of --max-restarts)")
             failed = board.error()  # a worker's own cause, told at once (never as its later silence)
             if failed is not None:
                 raise WorkerError(f"{failed}; the segments finished so far are kept: run the same command with "
                                   "--resume")  # fmt: skip
-            watch.check()
+            if watch.check():  # restarts are read at the watch's pace, not at every poll
+                self.tell_restarts(board, world)
         self.show_progress(board, world)
+
+    def tell_restarts(self, board: Board, world: int) -> None:
+        for rank, round_ in enumerate(board.rounds(world)):
+            if round_ > self.rounds_told:
+                self.rounds_told = round_
+                self.notice(f"worker {rank} stopped and was started again (restart {round_} of --max-restarts)")
 
     def take(self, board: Board, segment: int, sender: int, round_: int) -> dict[str, bytes]:
         """A sent segment's files, if it is one the plan holds, its sender claimed it in its round,
