@@ -26,8 +26,9 @@ MIN_FLOW_SIZE = 64  # upstream asserts the SPyNet input is at least 64x64; we pa
 DEFORM_GROUPS = 16
 # Progress: a propagation step is one unit of work and a reconstructed frame this many, so that the
 # bar moves through the reconstruction rather than sitting full over it. On the CPU a frame's
-# reconstruction took about 1.5 steps' time with the official C64 size (27% of a window after the
-# last step) and 4 to 5 with C8/C16 (49-58%, 12 frames of 96x128).
+# reconstruction took about 1.5 steps' time with the official C64 size (issue 28 measured 27% of a
+# run after the last step) and 4 to 5 with C8/C16 (49-58% of a window of 12 frames of 96x128,
+# timed by hand with the engine's progress hook).
 RECONSTRUCTION_UNITS = 2
 
 # Reconstruction and upsampling run on batches of frames: about 3,000 values live per input
