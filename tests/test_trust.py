@@ -53,7 +53,7 @@ def job(frames_folder: bool = False) -> dict:
 def served(tmp_path):
     """The writer's side: its store (as a one-machine shared run serves it) and the run's folder."""
     board = Board.serve(0, SECRET, loopback=True)
-    store = RunStore.open(tmp_path / "run" / ".out.mp4.vsrpp-partial", {}, {}, resume=False, overwrite=False)
+    store = RunStore.open(tmp_path / "run" / ".out.mp4.vsrpp-partial", {}, dict, resume=False, overwrite=False)
     yield board, store
     store.unlock()
 
@@ -154,7 +154,7 @@ def test_the_segments_a_worker_claimed_and_made_are_stored(served):
     ],
 )
 def test_a_frames_segment_is_its_frames_named_in_order(tmp_path, names, says):
-    store = RunStore.open(tmp_path / ".frames.vsrpp-partial", {}, {}, resume=False, overwrite=False)
+    store = RunStore.open(tmp_path / ".frames.vsrpp-partial", {}, dict, resume=False, overwrite=False)
     board = Board.in_memory()
     writer = Writer(store, job(frames_folder=True), 0, 8, lambda done, total: None)
     board.claim(0, 0, 0)

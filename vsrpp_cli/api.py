@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from .jobs import check_encoder
 from .launch import Launch
 from .pipeline import Options, Summary
 from .pipeline import upscale as run_upscale
+from .shots import marking_cuts
 from .windows import temporal_windows
 from .zoo import resolve_weights
 
@@ -136,6 +137,9 @@ class Upscaler:
     (3, h, w): uint8, or float in [0, 1] (run at 16-bit precision); frames come out in the form
     they went in, 4x larger for the x4 models.
 
+    Shots: `scene_cuts="auto"` finds hard cuts as the frames arrive (3 frames later) and no window
+    reaches across one; "off" runs straight through; a list of frame numbers gives the cuts.
+
     upscaler = Upscaler(model="reds4", device="cuda", chunk_frames=32, chunk_overlap=8)
     out = upscaler.tensor(clip)          # (t, 3, h, w) -> (t, 3, 4h, 4w), the whole clip at once
     """
@@ -156,6 +160,7 @@ class Upscaler:
         graphs: bool = True,
         deform_backend: str = "auto",
         deterministic: bool = False,
+        scene_cuts: str | Sequence[int] = "auto",
         notice: Callable[[str], None] | None = None,
     ) -> None:
         given = checked("upscale", {"device": device, "precision": precision, "chunk_frames": chunk_frames,
@@ -176,6 +181,7 @@ class Upscaler:
         self.engine = Engine(network, self.device, dtype, tile, tile_overlap, warn=notice or (lambda m: None),
                              graphs=graphs, batch=batch, strength=strength, deterministic=deterministic)  # fmt: skip
         self.chunk, self.overlap = chunk_frames, chunk_overlap
+        self.scene_cuts = _scene_cuts(scene_cuts)
 
     @property
     def scale(self) -> int:
@@ -186,8 +192,11 @@ class Upscaler:
         if not isinstance(frames, Iterable) or (isinstance(frames, (np.ndarray, Tensor)) and frames.ndim < 2):
             raise UsageError(f"Upscaler.frames takes frames one after another (a list, an iterator); got {frames!r}")
         form: dict[str, Any] = {}
-        arrays = (_to_array(frame, form) for frame in frames)
-        for window in temporal_windows(arrays, self.chunk, self.overlap):
+        arrays: Iterable[np.ndarray] = (_to_array(frame, form) for frame in frames)
+        cuts = set(self.scene_cuts) if isinstance(self.scene_cuts, list) else set()
+        if self.scene_cuts == "auto":
+            arrays = marking_cuts(arrays, lambda array: array, cuts)
+        for window in temporal_windows(arrays, self.chunk, self.overlap, cuts.__contains__):
             depth = 16 if window.items[0].dtype == np.uint16 else 8
             for image in self.engine.upscale(window.items, window.keep, depth):
                 yield _from_array(image, form)
@@ -197,6 +206,20 @@ class Upscaler:
         if clip.dim() != 4 or clip.shape[1] != 3 or clip.numel() == 0:
             raise UsageError(f"Upscaler.tensor takes (t, 3, h, w), each at least 1; got {tuple(clip.shape)}")
         return torch.stack(list(self.frames(clip.unbind(0))))
+
+
+def _scene_cuts(setting: str | Sequence[int]) -> str | list[int]:
+    if isinstance(setting, str):
+        if setting not in ("auto", "off"):
+            raise UsageError(f"scene_cuts={setting!r}: give 'auto', 'off', or a list of the frames that start a shot")
+        return setting
+    try:
+        cuts = sorted({int(cut) for cut in setting})
+    except (TypeError, ValueError):
+        raise UsageError(f"scene_cuts={setting!r}: give 'auto', 'off', or a list of frame numbers") from None
+    if cuts and cuts[0] < 0:
+        raise UsageError(f"scene_cuts: frame {cuts[0]} is before the first (0)")
+    return cuts
 
 
 def _to_array(frame: np.ndarray | Tensor, form: dict[str, Any]) -> np.ndarray:

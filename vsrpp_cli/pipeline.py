@@ -34,8 +34,10 @@ from .hashing import sample_sha256, sha256_of
 from .launch import Launch, require_secret
 from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
 from .resume import RunStore, remove
+from .shots import check_setting, find_cuts
 from .sizing import plan, tiles_notice, window_shape
 from .threads import threads_per_process
+from .windows import WindowTable
 from .worker import Local
 from .writer import Writer, run_shared, run_workers_here, work_for_first_machine, workers_device
 
@@ -66,6 +68,7 @@ class Options:
     deterministic: bool | None = None  # the same bits in every process (engine.make_deterministic); None: off
     deform_backend: str = "auto"  # the deformable conv's kernel (network/deform_conv.py)
     format: str | None = None  # what `-` (standard output) is written as (encode.STREAM_FORMATS); None: Matroska
+    scene_cuts: str = "auto"  # shots.py: "auto" (found in the frames), "off", or a file of cuts
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Summary:
     workers: list[dict[str, Any]] = field(default_factory=list)  # each worker's segments, frames and fps
     timings: dict[str, float] = field(default_factory=dict)  # the writer's: saving segments, joining them
     latency_frames: int | None = None  # a one-pass run's largest lag: frames read before a frame came out
+    cuts: list[int] = field(default_factory=list)  # the frames that start a shot (windows stop there)
     written_by: str = ""  # another machine's workers: the first machine, which writes the output
 
     @property
@@ -119,6 +123,7 @@ def upscale(
 ) -> Summary:
     launch = (launch or Launch()).resolved()
     require_secret(launch)
+    check_setting(options.scene_cuts)
     failpoints.start_run()
     if is_live(source_path) or str(output) == "-":  # a pipe in or out: one pass (stream.py)
         from .stream import upscale_stream
@@ -170,12 +175,17 @@ def upscale(
         chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
         if tile != options.tile:
             tell(tiles_notice(info, chunk + 2 * options.chunk_overlap, tile))
-        first_plan = plan(chunk, options.segment_frames, container_format is None, total, launch.processes)
-        first_plan["tile"] = tile
-        # Only where asked, single or shared alike: each frame comes from one process, so workers
-        # need not compute alike for the join. Kept with the plan, so a resume computes as the
-        # run began.
-        first_plan["deterministic"] = bool(options.deterministic)
+
+        def first_plan() -> dict[str, Any]:  # for a new run (a resumed one keeps its own)
+            new = plan(chunk, options.segment_frames, container_format is None, total, launch.processes)
+            new["tile"] = tile
+            # Only where asked, single or shared alike: each frame comes from one process, so
+            # workers need not compute alike for the join. Kept with the plan, so a resume
+            # computes as the run began.
+            new["deterministic"] = bool(options.deterministic)
+            new["cuts"] = find_cuts(options.scene_cuts, source, total if times else None, tell)
+            return new
+
         # The run's lock first: a run refused because another is live must touch nothing of its.
         store = RunStore.open(partial_folder(output), run, first_plan, options.resume, options.overwrite)
         # The final file is opened now, so that its container and audio settings are refused
@@ -186,11 +196,12 @@ def upscale(
             temporary.mkdir()
         else:
             muxer = Muxer(temporary, settings, info, size, source_path if source_path.is_file() else None, tell)
-        options = replace(options, deterministic=store.plan.get("deterministic", first_plan["deterministic"]))
+        options = replace(options, deterministic=store.plan.get("deterministic", bool(options.deterministic)))
         committed = store.closed_segments()
         per_segment = store.plan["windows_per_segment"]
-        summary.chunk_frames = store.plan["chunk_frames"]
-        segments = -(-len(times) // (summary.chunk_frames * per_segment)) if times else None
+        summary.chunk_frames, summary.cuts = store.plan["chunk_frames"], store.plan.get("cuts", [])
+        table = WindowTable(summary.chunk_frames, options.chunk_overlap, summary.cuts, len(times) if times else None)
+        segments = -(-len(table) // per_segment) if times else None
         job = {
             "run_id": hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()[:16],
             "options": {**asdict(options), "weights": str(options.weights)},
@@ -309,6 +320,7 @@ def fingerprint(
         "fps": options.fps,
         "deterministic": options.deterministic,  # as asked (None: automatic; the plan holds what it meant)
         "deform_backend": options.deform_backend,
+        "scene_cuts": cuts if (cuts := options.scene_cuts) in ("auto", "off") else sha256_of(Path(cuts)),
         "vsrpp": __version__,
     }
 

@@ -29,8 +29,10 @@ from .engine import Engine, pick_device, pick_dtype
 from .errors import OutputError, UsageError, os_error_advice
 from .labels import draw_text
 from .pipeline import Options
+from .shots import check_setting, find_cuts
 from .sizing import window_shape
 from .tensors import frames_to_tensor, tensor_to_frames
+from .windows import WindowTable
 
 BAND = 24  # label band height, pixels
 GAP = 4  # between panels
@@ -105,14 +107,6 @@ def pick_frames(source: Source, at: list[float]) -> list[int]:
     return frames
 
 
-def window_of(frame: int, chunk: int, overlap: int) -> tuple[int, int, int]:
-    """The window `upscale` runs for this frame (temporal_windows' rule): first frame, kept
-    first frame, and the frames to read (the video may end sooner)."""
-    keep_start = frame // chunk * chunk
-    start = max(0, keep_start - overlap)
-    return start, keep_start, keep_start + chunk + overlap - start
-
-
 def preview(
     source_path: Path,
     folder: Path,
@@ -130,27 +124,31 @@ def preview(
     report = PreviewReport()
     columns: dict[int, list[tuple[str, np.ndarray]]] = {frame: [] for frame in frames}
     sources: dict[int, np.ndarray] = {}
+    check_setting(options.scene_cuts)
+    cuts = find_cuts(options.scene_cuts, source, info.frame_count, notice)  # the shots upscale would find
     for setting in settings:
         model = load_model(setting.weights, deform_backend=options.deform_backend)
         chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
+        table = WindowTable(chunk, options.chunk_overlap, cuts, info.frame_count)
         engine = Engine(model, device, dtype, tile, options.tile_overlap, warn=notice, graphs=options.graphs,
                         strength=setting.strength)  # fmt: skip
         seconds = []
         upscaled_all = []
         for frame in frames:
-            start, keep_start, length = window_of(frame, chunk, options.chunk_overlap)
-            window = [f.image for f in itertools.islice(source.frames(keep_yuv, first=start), length)]
+            span = table.span(table.window_of(frame))  # the window upscale runs for this frame
+            start, keep_start = span.start, span.keep_start
+            window = [f.image for f in itertools.islice(source.frames(keep_yuv, first=start), span.stop - start)]
             if not window:
                 raise UsageError(f"frame {frame} is past the end of {source_path.name}")
             began = time.perf_counter()
-            kept = slice(keep_start - start, min(keep_start - start + chunk, len(window)))
+            kept = slice(keep_start - start, min(span.keep_stop - start, len(window)))
             upscaled = engine.upscale(window, kept, info.bit_depth)
             seconds.append(time.perf_counter() - began)
             upscaled_all += upscaled
             columns[frame].append((setting.label, to_rgb8(upscaled[frame - keep_start])))
             if frame not in sources:
                 sources[frame] = enlarged_source(window[frame - start], engine.scale, device)
-        windows = math.ceil((info.frame_count or info.frame_estimate or 1) / chunk)
+        windows = len(table) if info.frame_count else math.ceil((info.frame_estimate or 1) / chunk)
         report.estimates.append(
             Estimate(
                 setting.label,
@@ -242,6 +240,7 @@ def upscale_command(source_path: Path, setting: Setting, options: Options) -> st
         ("--precision", options.precision, "auto"),
         ("--chunk-frames", options.chunk_frames, 0),
         ("--chunk-overlap", options.chunk_overlap, 8),
+        ("--scene-cuts", options.scene_cuts, "auto"),
         ("--tile", options.tile, 0),
         ("--codec", options.codec, None),
         ("--crf", options.crf, None),

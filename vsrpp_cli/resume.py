@@ -50,11 +50,12 @@ class RunStore:
 
     @classmethod
     def open(
-        cls, folder: Path, fingerprint: dict[str, Any], plan: dict[str, Any], resume: bool, overwrite: bool
-    ) -> RunStore:
+        cls, folder: Path, fingerprint: dict[str, Any], plan: Callable[[], dict[str, Any]], resume: bool,
+        overwrite: bool,
+    ) -> RunStore:  # fmt: skip
         """The run's folder: a new one, or with --resume the interrupted one (with the plan it
-        was made with, which a resumed run keeps: `plan` is used only for a new run). Locked
-        for this run either way."""
+        was made with, which a resumed run keeps: `plan()` is made only for a new run, once the
+        lock is held). Locked for this run either way."""
         if folder.exists():
             held = lock_folder(folder)  # before anything is read or removed: a live run keeps its folder
         if folder.exists() and resume:
@@ -80,9 +81,10 @@ class RunStore:
             os.close(held)  # (another run may take the lock between here and the new folder: it then finds that)
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        store = cls(folder, plan)
+        store = cls(folder, {})
         store.lock = lock_folder(folder)
-        _write_json(folder / RUN_FILE, {"fingerprint": fingerprint, "plan": plan})
+        store.plan = plan()
+        _write_json(folder / RUN_FILE, {"fingerprint": fingerprint, "plan": store.plan})
         return store
 
     def remove_partials(self) -> None:

@@ -33,8 +33,14 @@ class Window(Generic[T]):
         return range(self.start + self.keep.start, self.start + self.keep.stop)
 
 
-def temporal_windows(items: Iterable[T], chunk: int, overlap: int) -> Iterator[Window[T]]:
-    """Windows over a stream, read lazily: at most chunk + 2 * overlap items are held."""
+def temporal_windows(
+    items: Iterable[T], chunk: int, overlap: int, starts_shot: Callable[[int], bool] = lambda index: False
+) -> Iterator[Window[T]]:
+    """Windows over a stream, read lazily: at most chunk + 2 * overlap items are held.
+
+    Shots: where `starts_shot(i)` (asked of items already read), a shot begins at item i, and no
+    window reaches across it: each shot is windowed as if it were a video of its own (its first
+    window keeps its first chunk frames; context stops at its ends)."""
     if chunk < 1 or overlap < 0:
         raise ValueError("chunk must be at least 1 and overlap at least 0")
     source = iter(items)
@@ -42,7 +48,7 @@ def temporal_windows(items: Iterable[T], chunk: int, overlap: int) -> Iterator[W
     buffer_start = 0  # video index of buffer[0]
     read = 0  # items read so far
     exhausted = False
-    keep_start = 0
+    keep_start = shot_start = 0
     index = 0
     while True:
         while not exhausted and read < keep_start + chunk + overlap:
@@ -53,9 +59,13 @@ def temporal_windows(items: Iterable[T], chunk: int, overlap: int) -> Iterator[W
                 exhausted = True
         if keep_start >= read:
             return
-        keep_stop = min(keep_start + chunk, read)
-        start = max(0, keep_start - overlap)
-        stop = min(read, keep_stop + overlap)
+        if starts_shot(keep_start):
+            shot_start = keep_start
+        # The shot's end as far as it is read: windows end there, so each cut is some keep_start.
+        shot_end = next((i for i in range(keep_start + 1, read) if starts_shot(i)), read)
+        keep_stop = min(keep_start + chunk, shot_end)
+        start = max(shot_start, keep_start - overlap)
+        stop = min(shot_end, keep_stop + overlap)
         while buffer_start < start:
             buffer.popleft()
             buffer_start += 1
@@ -63,6 +73,63 @@ def temporal_windows(items: Iterable[T], chunk: int, overlap: int) -> Iterator[W
         yield Window(index, start, window_items, slice(keep_start - start, keep_stop - start))
         keep_start = keep_stop
         index += 1
+
+
+@dataclass(frozen=True)
+class Span:
+    """A window's frames by video index: it reads [start, stop) and keeps [keep_start, keep_stop)."""
+
+    start: int
+    keep_start: int
+    keep_stop: int
+    stop: int
+
+
+class WindowTable:
+    """Every window of a video: the layout temporal_windows makes, known before any frame is
+    read, for runs that hand windows out by index (segments, resume, preview). `total` may be
+    unknown (None): windows after the last cut then run on until the frames do."""
+
+    def __init__(self, chunk: int, overlap: int, cuts: Iterable[int] = (), total: int | None = None) -> None:
+        self.chunk, self.overlap, self.total = chunk, overlap, total
+        self.cuts = sorted(set(cuts) - {0})
+        self.last_cut = self.cuts[-1] if self.cuts else 0
+        cut_set = set(self.cuts)
+        # Up to the last cut, the windows as temporal_windows lays them out (its rule, not a copy);
+        # after it, one shot of regular windows.
+        self.head = [
+            Span(w.start, w.start + w.keep.start, w.start + w.keep.stop, w.start + len(w.items))
+            for w in temporal_windows(range(self.last_cut), chunk, overlap, cut_set.__contains__)
+        ]
+
+    def __len__(self) -> int:
+        """The number of windows (total known)."""
+        if self.total is None:
+            raise ValueError("the number of windows is known only with the number of frames")
+        return len(self.head) + -(-max(0, self.total - self.last_cut) // self.chunk)
+
+    def span(self, index: int) -> Span | None:
+        """Window `index`, or None past the video's end (where that is known)."""
+        if index < len(self.head):
+            return self.head[index]
+        keep_start = self.last_cut + (index - len(self.head)) * self.chunk
+        end = self.total if self.total is not None else keep_start + self.chunk + self.overlap
+        if keep_start >= end:
+            return None
+        keep_stop = min(keep_start + self.chunk, end)
+        return Span(max(self.last_cut, keep_start - self.overlap), keep_start, keep_stop,
+                    min(end, keep_stop + self.overlap))  # fmt: skip
+
+    def window_of(self, frame: int) -> int:
+        """The index of the window that keeps `frame`."""
+        if frame < self.last_cut:
+            return next(i for i, span in enumerate(self.head) if span.keep_start <= frame < span.keep_stop)
+        return len(self.head) + (frame - self.last_cut) // self.chunk
+
+    def frames_of(self, windows: range) -> range:
+        """The frames these consecutive windows keep (empty past the end)."""
+        spans = [s for s in map(self.span, windows) if s is not None]
+        return range(spans[0].keep_start, spans[-1].keep_stop) if spans else range(0)
 
 
 def tile_spans(size: int, tile: int) -> list[tuple[int, int]]:

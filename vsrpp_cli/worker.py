@@ -43,7 +43,7 @@ from .hashing import sample_sha256, sha256_of
 from .launch import die_with_parent, worker_environment
 from .resume import FrameSegment, Spool, VideoSegment
 from .sizing import default_batch
-from .windows import Window
+from .windows import Window, WindowTable
 
 QUEUE_FRAMES = 8  # decoded frames waiting for the network, and upscaled ones waiting for the encoder
 
@@ -168,6 +168,7 @@ class Worker:
         model = load_model(Path(local.weights), deform_backend=options["deform_backend"])
         self.chunk, self.per_segment = job["plan"]["chunk_frames"], job["plan"]["windows_per_segment"]
         self.overlap = options["chunk_overlap"]
+        self.table = WindowTable(self.chunk, self.overlap, job["plan"].get("cuts", []), job["total"])
         window_frames = self.chunk + 2 * self.overlap
         tile = job["plan"].get("tile", options["tile"])  # the writer's choice, the same for every worker
         width, height = (min(side, tile + 2 * options["tile_overlap"]) if tile else side
@@ -305,21 +306,18 @@ class Worker:
         yield from run_pending()
 
     def windows(self, indices: range) -> Iterator[Window[Frame]]:
-        """Windows of `chunk` kept frames with `overlap` frames of context each side, as a run
-        over the whole video makes them; read lazily (one window at a time)."""
-        total = self.job["total"]
+        """The plan's windows (windows.WindowTable: as a run over the whole video lays them out,
+        shot by shot), read lazily, one window at a time; the video may end sooner than known."""
         for index in indices:
-            keep_start = index * self.chunk
-            start = max(0, keep_start - self.overlap)
-            stop = keep_start + self.chunk + self.overlap
-            if total is not None:
-                stop = min(stop, total)
-            items = list(self.reader.read(start, stop))
-            failpoint("decode", self.rank)
-            keep_stop = min(keep_start + self.chunk, start + len(items))
-            if keep_stop <= keep_start:
+            span = self.table.span(index)
+            if span is None:
                 return
-            yield Window(index, start, items, slice(keep_start - start, keep_stop - start))
+            items = list(self.reader.read(span.start, span.stop))
+            failpoint("decode", self.rank)
+            keep_stop = min(span.keep_stop, span.start + len(items))
+            if keep_stop <= span.keep_start:
+                return
+            yield Window(index, span.start, items, slice(span.keep_start - span.start, keep_stop - span.start))
 
 
 def worker_device(name: str, world: int) -> torch.device:

@@ -21,6 +21,7 @@ from .errors import ExitStatus, InputError, Interrupted, UsageError, WorkerError
 from .failpoints import failpoint
 from .launch import Launch, check_port_free, failure_line, run_workers
 from .resume import RunStore, remove
+from .windows import WindowTable
 from .worker import InProcess, Local, describe, elastic_main
 
 RENDEZVOUS_FILE = "rendezvous.partial"  # one machine's elastic rendezvous (a FileStore), in the run's folder
@@ -35,6 +36,9 @@ class Writer:
                  notice: Callable[[str], None] = lambda message: None) -> None:  # fmt: skip
         self.store, self.job, self.done, self.total, self.on_progress = store, job, done, total, on_progress
         self.notice = notice
+        plan = job["plan"]
+        self.table = WindowTable(plan["chunk_frames"], job["options"]["chunk_overlap"], plan.get("cuts", []),
+                                 job["total"])  # fmt: skip
         self.rounds_told = 0  # the workers' restarts said so far (the agent restarts them all at once)
         self.saved: set[int] = set()
         self.seconds_saving = 0.0  # taking sent segments from the store and committing them
@@ -98,8 +102,10 @@ class Writer:
 
     def expected_times(self, segment: int) -> list[int] | None:
         """The input's frame times that the segment's frames carry (a shared run knows them all)."""
-        times, length = self.job["times"], self.segment_length
-        return None if times is None else times[segment * length : (segment + 1) * length]
+        times, per = self.job["times"], self.job["plan"]["windows_per_segment"]
+        if times is None:
+            return None
+        return [times[i] for i in self.table.frames_of(range(segment * per, (segment + 1) * per))]
 
     @property
     def segment_length(self) -> int:

@@ -54,7 +54,7 @@ def check_plot_target(path: Path) -> None:
 # The model, window, tile, encoder and colour options that upscale and preview both take.
 SHARED_OPTIONS = (
     "device", "precision", "chunk_frames", "chunk_overlap", "tile", "tile_overlap",
-    "codec", "crf", "preset", "colour", "deinterlace", "fps", "deform_backend",
+    "codec", "crf", "preset", "colour", "deinterlace", "fps", "deform_backend", "scene_cuts",
 )  # fmt: skip
 
 

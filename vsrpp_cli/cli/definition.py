@@ -145,6 +145,16 @@ ChunkFrames = Annotated[int, option("Frames kept per window; 0 sizes windows to 
 ChunkOverlap = Annotated[
     int, option("Context frames run on each side of a window, then dropped.", panel=WINDOWS, min=0)
 ]
+SceneCuts = Annotated[
+    str,
+    option(
+        "Shots: no window reaches across a cut, so one shot's picture never bleeds into the next. auto finds "
+        "hard cuts in the frames (fades, flashes and fast motion are no cuts); off runs straight through; or "
+        "a FILE of frame numbers or times (120, 5.0s, 00:01:05.2), or PySceneDetect's scene list CSV.",
+        metavar="auto|off|FILE",
+        panel=WINDOWS,
+    ),
+]
 Codec = Annotated[
     str | None,
     option("libx264 (default), libx265, libsvtav1, libvpx-vp9, ffv1, ...", metavar="NAME", panel=ENCODING),
@@ -311,6 +321,7 @@ def upscale(
     ] = False,
     chunk_frames: ChunkFrames = 0,
     chunk_overlap: ChunkOverlap = 8,
+    scene_cuts: SceneCuts = "auto",
     tile: TileSize = 0,
     tile_overlap: TileOverlap = 16,
     batch: Annotated[
@@ -406,6 +417,7 @@ def preview(
     precision: Precision = "auto",
     chunk_frames: ChunkFrames = 0,
     chunk_overlap: ChunkOverlap = 8,
+    scene_cuts: SceneCuts = "auto",
     tile: TileSize = 0,
     tile_overlap: TileOverlap = 16,
     codec: Codec = None,

@@ -116,12 +116,20 @@ def upscale_summary(summary: Any, lost_only: bool = False) -> None:
     elif not lost_only:
         stderr.print(
             f"{summary.frames} frames in {summary.seconds:.1f}s ({summary.fps:.2f} fps) -> {summary.output} "
-            f"({summary.output_bytes / 1e6:.1f} MB)",
+            f"({summary.output_bytes / 1e6:.1f} MB){shots_note(summary.cuts)}",
             highlight=False,
             soft_wrap=True,
         )
     for lost in summary.lost:
         stderr.print(f"[red]lost:[/] {lost}", highlight=False, soft_wrap=True)
+
+
+def shots_note(cuts: list[int]) -> str:
+    """", 3 shots (cuts at frames 120, 455)": where the windows stopped."""
+    if not cuts:
+        return ""
+    shown = ", ".join(map(str, cuts[:6])) + (", ..." if len(cuts) > 6 else "")
+    return f", {len(cuts) + 1} shots (cut{'s' * (len(cuts) > 1)} at frame{'s' * (len(cuts) > 1)} {shown})"
 
 
 def eval_report(report: Any, facts: dict) -> None:
