@@ -15,6 +15,7 @@ from media import encode_video, moving_scene, read_frames, write_png
 
 import vsrpp_cli
 from vsrpp_cli.errors import UsageError
+from vsrpp_cli.shots import LOOKAHEAD
 
 WINDOWS = {"chunk_frames": 3, "chunk_overlap": 2}
 
@@ -44,7 +45,9 @@ def test_frames_give_the_commands_frames(tmp_path, weights, scene):
     assert np.array_equal(ours, read_frames(tmp_path / "out"))
 
 
-def test_frames_hold_one_window_and_lag_by_one_window_and_its_overlap(weights, scene):
+@pytest.mark.parametrize("scene_cuts, lookahead", [("off", 0), ("auto", LOOKAHEAD)])
+def test_frames_hold_one_window_and_lag_by_one_window_and_its_overlap(weights, scene, scene_cuts, lookahead):
+    """... and, finding cuts as the frames come, by the frames the detector looks ahead."""
     read = []
 
     def source():
@@ -52,10 +55,11 @@ def test_frames_hold_one_window_and_lag_by_one_window_and_its_overlap(weights, s
             read.append(len(read))
             yield rgb
 
-    upscaler = vsrpp_cli.Upscaler(weights=weights, device="cpu", **WINDOWS)
+    upscaler = vsrpp_cli.Upscaler(weights=weights, device="cpu", scene_cuts=scene_cuts, **WINDOWS)
     for index, _ in enumerate(upscaler.frames(source())):
         window_end = (index // 3 + 1) * 3
-        assert len(read) <= min(8, window_end + 2)  # no further ahead than the window and its overlap
+        assert len(read) <= min(8, window_end + 2 + lookahead)  # no further ahead than the window and its overlap
+        assert lookahead == 0 or index > 0 or len(read) == min(8, window_end + 2 + lookahead)
 
 
 def test_tensors_in_tensors_out(weights, scene):

@@ -131,7 +131,7 @@ def _inheriting() -> bool:
 class Upscaler:
     """BasicVSR++ on frames you bring, streamed: `frames()` holds one window (chunk_frames +
     2 * chunk_overlap frames) at most, and each output frame comes out at most one window plus
-    its overlap after its input went in.
+    its overlap (and 3 frames, finding cuts) after its input went in.
 
     Frames are numpy arrays (h, w, 3) RGB, uint8 or uint16 (16-bit samples), or torch tensors
     (3, h, w): uint8, or float in [0, 1] (run at 16-bit precision); frames come out in the form

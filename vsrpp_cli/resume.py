@@ -83,7 +83,11 @@ class RunStore:
         folder.mkdir(parents=True)
         store = cls(folder, {})
         store.lock = lock_folder(folder)
-        store.plan = plan()
+        try:
+            store.plan = plan()
+        except BaseException:  # (cannot plan: the cuts file is refused) nothing of this run is left
+            store.remove()
+            raise
         _write_json(folder / RUN_FILE, {"fingerprint": fingerprint, "plan": store.plan})
         return store
 
