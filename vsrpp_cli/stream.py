@@ -7,8 +7,9 @@ input's audio and subtitles interleaved by time; nothing is stored on the way, s
 be neither resumed nor shared among workers, and both are refused before any work.
 
 Latency: output frame i leaves once input frame i + chunk_frames + chunk_overlap - 1 has been
-read (the end of its window's context), plus the encoder's own delay (none for rawvideo and
-yuv4mpegpipe; x264's lookahead otherwise). `Summary.latency_frames` is the largest lag measured.
+read (the end of its window's context), plus shots.LOOKAHEAD (3) where cuts are found as frames
+arrive (--scene-cuts auto), plus the encoder's own delay (none for rawvideo and yuv4mpegpipe;
+x264's lookahead otherwise). `Summary.latency_frames` is the largest lag measured.
 """
 
 from __future__ import annotations

