@@ -183,7 +183,10 @@ def upscale(
             # workers need not compute alike for the join. Kept with the plan, so a resume
             # computes as the run began.
             new["deterministic"] = bool(options.deterministic)
-            new["cuts"] = find_cuts(options.scene_cuts, source, total if times else None, tell)
+            # A shared run plans its segments, so it finds the cuts first (one decoding pass); one
+            # process finds them in the frames as its worker reads them (None: not planned).
+            planned = shared or options.scene_cuts != "auto"
+            new["cuts"] = find_cuts(options.scene_cuts, source, total if times else None, tell) if planned else None
             return new
 
         # The run's lock first: a run refused because another is live must touch nothing of its.
@@ -199,7 +202,7 @@ def upscale(
         options = replace(options, deterministic=store.plan.get("deterministic", bool(options.deterministic)))
         committed = store.closed_segments()
         per_segment = store.plan["windows_per_segment"]
-        summary.chunk_frames, summary.cuts = store.plan["chunk_frames"], store.plan.get("cuts", [])
+        summary.chunk_frames, summary.cuts = store.plan["chunk_frames"], store.plan.get("cuts") or []
         table = WindowTable(summary.chunk_frames, options.chunk_overlap, summary.cuts, len(times) if times else None)
         segments = -(-len(table) // per_segment) if times else None
         job = {
@@ -263,6 +266,12 @@ def summarise(summary: Summary, reports: list[dict], resumed: int, tell: Callabl
     summary.tile = min((r["tile"] for r in reports), default=0)
     summary.batch = max((r["batch"] for r in reports), default=1)
     summary.lost = list(dict.fromkeys(line for r in reports for line in r["lost"]))
+    found = [r["cuts"] for r in reports if r.get("cuts") is not None]  # found as read (one process)
+    if found:
+        summary.cuts = found[0]
+        if summary.cuts:
+            tell(f"{len(summary.cuts)} scene cut{'s' * (len(summary.cuts) > 1)} found: each shot was upscaled on "
+                 "its own (--scene-cuts off runs straight through)")  # fmt: skip
     for message in (m for r in reports for m in r["notices"]):
         tell(message)
     if len(reports) > 1:

@@ -42,8 +42,9 @@ from .failpoints import failpoint
 from .hashing import sample_sha256, sha256_of
 from .launch import die_with_parent, worker_environment
 from .resume import FrameSegment, Spool, VideoSegment
+from .shots import marking_cuts
 from .sizing import default_batch
-from .windows import Window, WindowTable
+from .windows import Window, WindowTable, temporal_windows
 
 QUEUE_FRAMES = 8  # decoded frames waiting for the network, and upscaled ones waiting for the encoder
 
@@ -168,7 +169,12 @@ class Worker:
         model = load_model(Path(local.weights), deform_backend=options["deform_backend"])
         self.chunk, self.per_segment = job["plan"]["chunk_frames"], job["plan"]["windows_per_segment"]
         self.overlap = options["chunk_overlap"]
-        self.table = WindowTable(self.chunk, self.overlap, job["plan"].get("cuts", []), job["total"])
+        cuts = job["plan"].get("cuts", [])
+        self.table = WindowTable(self.chunk, self.overlap, cuts or [], job["total"])
+        # None: a run in one process finds its cuts in the frames it reads anyway (no pass first).
+        self.found_cuts: set[int] | None = set() if cuts is None else None
+        self.as_read: Iterator[Window[Frame]] | None = None  # the windows, laid out as frames come
+        self.held: Window[Frame] | None = None  # read past the segment asked for: the next one's
         window_frames = self.chunk + 2 * self.overlap
         tile = job["plan"].get("tile", options["tile"])  # the writer's choice, the same for every worker
         width, height = (min(side, tile + 2 * options["tile_overlap"]) if tile else side
@@ -217,6 +223,7 @@ class Worker:
             fp32_fallbacks=self.engine.fp32_fallbacks,
             tile=self.engine.tile,
             lost=self.source.report.lost,
+            cuts=sorted(self.found_cuts) if self.found_cuts is not None else None,
             notices=self.notices,
         )
         self.board.report(self.rank, self.round, self.stats)
@@ -308,6 +315,9 @@ class Worker:
     def windows(self, indices: range) -> Iterator[Window[Frame]]:
         """The plan's windows (windows.WindowTable: as a run over the whole video lays them out,
         shot by shot), read lazily, one window at a time; the video may end sooner than known."""
+        if self.found_cuts is not None:
+            yield from self.windows_as_read(indices)
+            return
         for index in indices:
             span = self.table.span(index)
             if span is None:
@@ -318,6 +328,24 @@ class Worker:
             if keep_stop <= span.keep_start:
                 return
             yield Window(index, span.start, items, slice(span.keep_start - span.start, keep_stop - span.start))
+
+
+    def windows_as_read(self, indices: range) -> Iterator[Window[Frame]]:
+        """The same windows in one process where the cuts are not planned: found in the frames
+        as they are read, from the first on (a resumed run reads past what it has, as it would
+        anyway, and finds the same cuts), 3 frames ahead of the windows (shots.LOOKAHEAD)."""
+        if self.as_read is None:
+            found = self.found_cuts
+            frames = marking_cuts(self.reader.read(0, sys.maxsize), lambda frame: frame.image, found)
+            self.as_read = temporal_windows(frames, self.chunk, self.overlap, found.__contains__)
+        while True:
+            window, self.held = self.held or next(self.as_read, None), None
+            if window is None or window.index >= indices.stop:
+                self.held = window
+                return
+            if window.index >= indices.start:
+                failpoint("decode", self.rank)
+                yield window
 
 
 def worker_device(name: str, world: int) -> torch.device:

@@ -38,7 +38,7 @@ class Writer:
         self.notice = notice
         # The frames each segment keeps (its windows' context, which the overlap sizes, is not sent).
         plan, times = job["plan"], job["times"]
-        self.table = WindowTable(plan["chunk_frames"], 0, plan.get("cuts", []), len(times) if times else None)
+        self.table = WindowTable(plan["chunk_frames"], 0, plan.get("cuts") or [], len(times) if times else None)
         self.rounds_told = 0  # the workers' restarts said so far (the agent restarts them all at once)
         self.saved: set[int] = set()
         self.seconds_saving = 0.0  # taking sent segments from the store and committing them
