@@ -212,3 +212,17 @@ def test_a_pipe_upscales_each_shot_as_if_alone(tmp_path, shots):
     writer.join()
     assert summary.cuts == CUTS
     assert np.array_equal(read_frames(tmp_path / "out"), alone)
+
+
+def test_preview_shows_each_shot_as_if_alone(tmp_path, shots):
+    """The moments right after and right before a cut: the windows upscale runs for them."""
+    weights, spliced, alone = shots
+    result = run_vsrpp("preview", spliced, "--weights", weights, "--at", "0.24", "--at", "0.48", "--output",
+                       tmp_path / "looks", "--json", *WINDOWS[:4])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    moments = json.loads(result.stdout)["moments"]
+    assert [m["frame"] for m in moments] == [6, 12]
+    for moment in moments:
+        image = read_frames(Path(moment["image"]))[0]
+        x, y, w, h = moment["panels"][1]["box"]
+        assert np.array_equal(image[y : y + h, x : x + w], alone[moment["frame"]])
