@@ -256,8 +256,8 @@ def quality(args: argparse.Namespace) -> None:
         if args.save:
             np.save(Path(args.save) / f"quality-{setting}.npy", np.stack(outputs))
     def enlarged(frame: np.ndarray) -> np.ndarray:
-        big = F.interpolate(torch.from_numpy(frame.copy()).permute(2, 0, 1)[None].float(), scale_factor=4, mode="bicubic",
-                            align_corners=False)  # fmt: skip
+        small = torch.from_numpy(frame.copy()).permute(2, 0, 1)[None].float()
+        big = F.interpolate(small, scale_factor=4, mode="bicubic", align_corners=False)
         return big[0].permute(1, 2, 0).round().clamp(0, 255).numpy()
 
     bicubic = [enlarged(f) for f in lq]
