@@ -34,7 +34,7 @@ from .jobs import check_encoder
 from .launch import Launch
 from .pipeline import Options, Summary
 from .pipeline import upscale as run_upscale
-from .shots import marking_cuts
+from .shots import cuts_as_read
 from .windows import temporal_windows
 from .zoo import resolve_weights
 
@@ -192,10 +192,8 @@ class Upscaler:
         if not isinstance(frames, Iterable) or (isinstance(frames, (np.ndarray, Tensor)) and frames.ndim < 2):
             raise UsageError(f"Upscaler.frames takes frames one after another (a list, an iterator); got {frames!r}")
         form: dict[str, Any] = {}
-        arrays: Iterable[np.ndarray] = (_to_array(frame, form) for frame in frames)
-        cuts = set(self.scene_cuts) if isinstance(self.scene_cuts, list) else set()
-        if self.scene_cuts == "auto":
-            arrays = marking_cuts(arrays, lambda array: array, cuts)
+        arrays = (_to_array(frame, form) for frame in frames)
+        arrays, cuts = cuts_as_read(arrays, lambda array: array, self.scene_cuts, None)
         for window in temporal_windows(arrays, self.chunk, self.overlap, cuts.__contains__):
             depth = 16 if window.items[0].dtype == np.uint16 else 8
             for image in self.engine.upscale(window.items, window.keep, depth):

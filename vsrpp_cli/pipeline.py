@@ -34,7 +34,7 @@ from .hashing import sample_sha256, sha256_of
 from .launch import Launch, require_secret
 from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
 from .resume import RunStore, remove
-from .shots import check_setting, find_cuts
+from .shots import check_setting, cuts_notice, find_cuts
 from .sizing import plan, tiles_notice, window_shape
 from .threads import threads_per_process
 from .windows import WindowTable
@@ -270,8 +270,7 @@ def summarise(summary: Summary, reports: list[dict], resumed: int, tell: Callabl
     if found:
         summary.cuts = found[0]
         if summary.cuts:
-            tell(f"{len(summary.cuts)} scene cut{'s' * (len(summary.cuts) > 1)} found: each shot was upscaled on "
-                 "its own (--scene-cuts off runs straight through)")  # fmt: skip
+            tell(cuts_notice(summary.cuts))
     for message in (m for r in reports for m in r["notices"]):
         tell(message)
     if len(reports) > 1:

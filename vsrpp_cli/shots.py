@@ -100,7 +100,7 @@ class CutDetector:
                 found.append(self.decided)
             self.decided += 1
         self.cuts += found
-        for old in [i for i in self.thumbnails if i < self.decided - 1 - max(NEIGHBOURS, RETURN)]:
+        for old in [i for i in self.thumbnails if i < self.decided - 1 - LOOKAHEAD]:
             del self.thumbnails[old]
             self.changes.pop(old, None)
         return found
@@ -139,6 +139,24 @@ def marking_cuts(items: Iterable[T], image_of: Callable[[T], Any], cuts: set[int
             yield held.popleft()
     cuts.update(detector.end())
     yield from held
+
+
+def cuts_as_read(
+    items: Iterable[T], image_of: Callable[[T], Any], setting: str | list[int], frame_rate: Fraction | None
+) -> tuple[Iterable[T], set[int]]:
+    """For windows over a stream (a pipe, the library): the items, and the cuts each time one
+    reaches the windows: found as they are read (auto), from a file or list, or none (off)."""
+    if setting == "auto":
+        found: set[int] = set()
+        return marking_cuts(items, image_of, found), found
+    if setting == "off":
+        return items, set()
+    return items, set(setting if isinstance(setting, list) else read_cuts(Path(setting), frame_rate))
+
+
+def cuts_notice(cuts: list[int]) -> str:
+    return (f"{len(cuts)} scene cut{'s' * (len(cuts) > 1)} found: each shot is upscaled on its own "
+            "(--scene-cuts off runs straight through)")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- cuts from a file
@@ -199,8 +217,7 @@ def find_cuts(setting: str, source: Any, total: int | None, tell: Callable[[str]
         return cuts
     cuts = detect_cuts(frame.image for frame in source.frames(keep_yuv=True))
     if cuts:
-        tell(f"{len(cuts)} scene cut{'s' * (len(cuts) > 1)} found: each shot is upscaled on its own "
-             "(--scene-cuts off runs straight through)")  # fmt: skip
+        tell(cuts_notice(cuts))
     return cuts
 
 

@@ -31,7 +31,7 @@ from .launch import Launch
 from .outputs import check_output, finish, path_bytes, temporary_path
 from .pipeline import Options, Summary, cleanup
 from .resume import output_lock, remove
-from .shots import marking_cuts, read_cuts
+from .shots import cuts_as_read
 from .sizing import tiles_notice, window_shape
 from .windows import Window, temporal_windows
 from .worker import in_background, worker_device
@@ -95,7 +95,7 @@ def upscale_stream(
         decoded = in_background(source.frames(options.colour == "device"))
         stack.callback(decoded.close)  # the decode thread stopped (before the input is closed), on any exit
         taken = Counted(decoded)
-        frames, cuts = stream_shots(taken, options.scene_cuts, info)
+        frames, cuts = cuts_as_read(taken, lambda frame: frame.image, options.scene_cuts, info.frame_rate)
         windows = temporal_windows(frames, chunk, options.chunk_overlap, cuts.__contains__)
         done = 0
         for batch in batches(windows, engine.batch):
@@ -122,18 +122,6 @@ def upscale_stream(
     summary.seconds = time.perf_counter() - started
     summary.output_bytes = 0 if to_stdout else path_bytes(output)
     return summary
-
-
-def stream_shots(frames: Iterable[Frame], setting: str, info: VideoInfo) -> tuple[Iterable[Frame], set[int]]:
-    """The frames with the cuts known by the time each reaches the windows: found as they are
-    read (LOOKAHEAD frames later than they arrive, within what a window holds anyway), from a
-    file, or none."""
-    if setting == "off":
-        return frames, set()
-    if setting != "auto":
-        return frames, set(read_cuts(Path(setting), info.frame_rate))
-    found: set[int] = set()
-    return marking_cuts(frames, lambda frame: frame.image, found), found
 
 
 def engine_for(options: Options, info: VideoInfo, tell: Callable[[str], None]) -> tuple[Engine, int]:
