@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from media import encode_video, moving_scene
 from reference import random_official_checkpoint
 
-from vsrpp_cli.coordination import Board
+from vsrpp_cli.run.coordination import Board
 
 
 def run(source: Path, output: Path, weights: Path, *extra: str) -> tuple[dict, float]:

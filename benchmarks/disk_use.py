@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from media import encode_video, moving_scene
 from reference import random_official_checkpoint
 
-from vsrpp_cli.pipeline import Options, upscale
+from vsrpp_cli.run.pipeline import Options, upscale
 
 CHUNK, OVERLAP = 16, 4
 

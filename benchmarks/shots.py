@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vsrpp_cli.shots import detect_cuts, thumbnail
+from vsrpp_cli.video.shots import detect_cuts, thumbnail
 
 CACHE = Path.home() / ".cache" / "vsrpp-bench"
 TRAILER_SHOTS = [(0, 30), (30, 76), (76, 137), (137, 187), (187, 242)]  # bikes.mp4's shots (by eye, 242-249 short)
@@ -182,8 +182,8 @@ def cost(args: argparse.Namespace) -> None:
 
 def cut_pass(args: argparse.Namespace) -> None:
     """The pass a file run makes before its plan (shots.find_cuts), against decoding alone."""
-    from vsrpp_cli.decode import open_source
-    from vsrpp_cli.shots import find_cuts
+    from vsrpp_cli.video.decode import open_source
+    from vsrpp_cli.video.shots import find_cuts
 
     for width, height in ((960, 540), (1920, 1080)):
         frames = load("bigbuckbunny.mp4", width, height)

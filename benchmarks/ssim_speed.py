@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vsrpp_cli.metrics import PEAK, gaussian, prepare, ssim
+from vsrpp_cli.quality.metrics import PEAK, gaussian, prepare, ssim
 
 
 def ssim_by_2d_convolution(output: np.ndarray, gt: np.ndarray) -> float:

@@ -31,8 +31,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import vsrpp_cli
-from vsrpp_cli.bench import scene
 from vsrpp_cli.network import BasicVSRPlusPlus
+from vsrpp_cli.quality.bench import scene
 
 FRAMES, HEIGHT, WIDTH = 8, 48, 64
 TINY = torch.finfo(torch.float32).tiny
@@ -69,7 +69,7 @@ def in_a_thread(call) -> float:
 
 def the_old_way(upscaler: vsrpp_cli.Upscaler, clip: list[np.ndarray]) -> None:
     """The network in the caller's thread, as the engine ran it before (engine._forward)."""
-    from vsrpp_cli.tensors import frames_to_tensor
+    from vsrpp_cli.video.tensors import frames_to_tensor
 
     engine = upscaler.engine
     engine._forward(frames_to_tensor(clip, engine.device, engine.dtype), False)
@@ -139,7 +139,7 @@ class DenormalCounter(TorchDispatchMode):
 
 
 def denormals(weights: Path) -> tuple[int, int, dict[str, int]]:
-    from vsrpp_cli.checkpoint import load_model
+    from vsrpp_cli.weights.checkpoint import load_model
 
     model = load_model(weights).eval()
     clip = torch.from_numpy(np.stack(frames())).permute(0, 3, 1, 2).float().div(255).unsqueeze(0)

@@ -15,7 +15,7 @@ from media import encode_video, moving_scene, read_frames, write_png
 
 import vsrpp_cli
 from vsrpp_cli.errors import UsageError
-from vsrpp_cli.shots import LOOKAHEAD
+from vsrpp_cli.video.shots import LOOKAHEAD
 
 WINDOWS = {"chunk_frames": 3, "chunk_overlap": 2}
 

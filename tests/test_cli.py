@@ -132,8 +132,8 @@ def test_bench_reports_model_pipeline_and_quality_guard(official_checkpoint):
 
 
 def test_the_bench_table_fits_80_columns():
-    from vsrpp_cli.bench import Row
     from vsrpp_cli.cli import output
+    from vsrpp_cli.quality.bench import Row
 
     base = {"device": "cpu", "size": "48x64", "frames": 4, "peak_gpu_mib": None, "peak_rss_mib": 905.0, "threads": 2}
     rows = [

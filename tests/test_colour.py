@@ -12,7 +12,8 @@ import pytest
 import torch
 from media import encode_video, moving_scene
 
-from vsrpp_cli.colour import (
+from vsrpp_cli.run.folder import Spool
+from vsrpp_cli.video.colour import (
     Planes,
     YuvTarget,
     chroma_cosited,
@@ -23,9 +24,8 @@ from vsrpp_cli.colour import (
     to_video_frame,
     yuv_to_rgb,
 )
-from vsrpp_cli.decode import VideoInfo, open_source
-from vsrpp_cli.encode import EncoderSettings, Muxer, StoredPacket, VideoEncoder
-from vsrpp_cli.resume import Spool
+from vsrpp_cli.video.decode import VideoInfo, open_source
+from vsrpp_cli.video.encode import EncoderSettings, Muxer, StoredPacket, VideoEncoder
 
 CPU = torch.device("cpu")
 RED, GREEN = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)

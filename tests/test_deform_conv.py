@@ -9,7 +9,6 @@ import pytest
 import torch
 from reference import dcn_reference
 
-from vsrpp_cli.checkpoint import load_model
 from vsrpp_cli.network import deform_conv
 from vsrpp_cli.network.deform_conv import (
     BACKENDS,
@@ -19,6 +18,7 @@ from vsrpp_cli.network.deform_conv import (
     passes_probe,
     resolve_backend,
 )
+from vsrpp_cli.weights.checkpoint import load_model
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 

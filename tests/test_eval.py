@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from reference import random_official_checkpoint
 
 from vsrpp_cli import load_model
-from vsrpp_cli.metrics import psnr, ssim
+from vsrpp_cli.quality.metrics import psnr, ssim
 
 
 # ----------------------------------------------------------------------------- independent metrics

@@ -12,7 +12,7 @@ import pytest
 from faults import WINDOWS, one_line, resumes_exactly
 from harness import run_vsrpp
 
-from vsrpp_cli.failpoints import POINTS, parse
+from vsrpp_cli.run.failpoints import POINTS, parse
 
 
 @pytest.fixture(autouse=True)

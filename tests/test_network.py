@@ -250,7 +250,7 @@ def test_compiled_alignment_equals_eager(official_checkpoint, video_clip):
     gathers (deform_conv.py hands them over when compiling), and gives the eager output."""
     import torch._dynamo
 
-    from vsrpp_cli.engine import compile_alignment
+    from vsrpp_cli.run.engine import compile_alignment
 
     path, _ = official_checkpoint(16, 1, True)
     model = load_model(path)

@@ -20,7 +20,7 @@ import pytest
 from harness import run_vsrpp
 from media import encode_video, moving_scene, probe, read_frames
 
-from vsrpp_cli.pipeline import Options, upscale
+from vsrpp_cli.run.pipeline import Options, upscale
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +441,7 @@ def test_timestamps_survive_segments_exactly(tmp_path, weights):
 def test_a_resumed_run_keeps_the_plan_it_was_made_with(tmp_path):
     """Windows sized to free GPU memory: a resumed run reuses the stored size, even where free
     memory has moved since (the fingerprint holds what was asked: 0, automatic)."""
-    from vsrpp_cli.resume import RunStore
+    from vsrpp_cli.run.folder import RunStore
 
     fingerprint = {"input": "in.mp4", "chunk_frames": 0}
     first, later = {"chunk_frames": 20, "windows_per_segment": 12}, {"chunk_frames": 35, "windows_per_segment": 7}

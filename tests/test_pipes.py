@@ -22,7 +22,7 @@ from pipe_ends import payload
 
 import vsrpp_cli
 from vsrpp_cli.errors import UsageError
-from vsrpp_cli.shots import LOOKAHEAD
+from vsrpp_cli.video.shots import LOOKAHEAD
 
 PIPES = Path(__file__).with_name("pipe_ends.py")
 CHUNK, OVERLAP = 4, 2

@@ -13,7 +13,7 @@ from harness import run_vsrpp
 from media import encode_video, moving_scene, read_frames, write_png
 from reference import random_official_checkpoint
 
-from vsrpp_cli.pipeline import Options, upscale
+from vsrpp_cli.run.pipeline import Options, upscale
 
 WINDOWS = ["--chunk-frames", "4", "--chunk-overlap", "1"]
 

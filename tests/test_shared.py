@@ -19,9 +19,9 @@ import torch
 from harness import run_vsrpp
 from media import encode_video, moving_scene, probe, read_frames
 
-from vsrpp_cli.coordination import Board, Watch, pack, unpack
 from vsrpp_cli.errors import WorkerError
-from vsrpp_cli.launch import Launch, first_host, free_port, worker_environment
+from vsrpp_cli.run.coordination import Board, Watch, pack, unpack
+from vsrpp_cli.run.launch import Launch, first_host, free_port, worker_environment
 
 VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192, 9216, 9728, 10240, 11264]
 # 8 windows in 4 segments, so that each of 2 workers takes at least one
@@ -106,7 +106,7 @@ def test_a_second_run_on_a_live_output_is_refused_and_touches_nothing_of_it(tmp_
     """While a run is live (its lock held) and joining its output, a second run on the same
     output, with --resume, --overwrite or neither, and a one-pass run from a pipe, are refused in
     one line, and the live run's folder and temporary outputs stay byte for byte."""
-    from vsrpp_cli.resume import RunStore
+    from vsrpp_cli.run.folder import RunStore
 
     for name in ("out.mp4", "frames"):
         output = tmp_path / name
@@ -267,9 +267,9 @@ def test_a_hung_worker_stops_the_run(tmp_path, monkeypatch, weights, clip):
 def test_a_seek_that_lands_elsewhere_is_refused(clip):
     """Workers seek by the table of frame times; a first frame that is not the one asked for is an
     error, never a shifted window."""
-    from vsrpp_cli.decode import open_source
     from vsrpp_cli.errors import InputError
-    from vsrpp_cli.worker import FrameReader
+    from vsrpp_cli.run.worker import FrameReader
+    from vsrpp_cli.video.decode import open_source
 
     source = open_source(clip)
     times = source.frame_times()
@@ -334,8 +334,8 @@ def test_a_worker_that_left_is_not_watched_and_one_that_stalls_is_stopped(monkey
 def test_workers_without_the_runs_folder_spool_apart():
     """Each its own folder: one that runs out of segments and removes its empty spool cannot take
     a neighbour's from under it."""
-    from vsrpp_cli.resume import Spool
-    from vsrpp_cli.worker import spool_folder
+    from vsrpp_cli.run.folder import Spool
+    from vsrpp_cli.run.worker import spool_folder
 
     first, second = spool_folder("run", 0), spool_folder("run", 1)
     assert first != second and first.is_dir() and second.is_dir()

@@ -19,8 +19,8 @@ from harness import run_vsrpp
 from media import encode_video, read_frames, real_clip, spliced_footage
 
 import vsrpp_cli
-from vsrpp_cli.shots import detect_cuts, marking_cuts, read_cuts
-from vsrpp_cli.windows import WindowTable, temporal_windows
+from vsrpp_cli.run.windows import WindowTable, temporal_windows
+from vsrpp_cli.video.shots import detect_cuts, marking_cuts, read_cuts
 
 WINDOWS = ["--chunk-frames", "4", "--chunk-overlap", "2", "--device", "cpu", "-q"]
 SHOT_LENGTHS = (6, 7, 5)  # a shot of two windows, one of two with a short second, one of two

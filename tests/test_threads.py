@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from vsrpp_cli.checkpoint import load_model
-from vsrpp_cli.engine import Engine
-from vsrpp_cli.threads import available_cores, flushing_denormals, threads_per_process, use_threads
+from vsrpp_cli.run.engine import Engine
+from vsrpp_cli.run.threads import available_cores, flushing_denormals, threads_per_process, use_threads
+from vsrpp_cli.weights.checkpoint import load_model
 
 
 def test_cores_follow_the_affinity():

@@ -15,7 +15,7 @@ from test_eval import downsample, write_png
 
 from vsrpp_cli import read_checkpoint
 from vsrpp_cli.network import SPyNet
-from vsrpp_cli.threads import threads_per_process
+from vsrpp_cli.run.threads import threads_per_process
 
 
 @pytest.fixture(scope="module")

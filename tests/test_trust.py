@@ -18,10 +18,10 @@ from harness import run_vsrpp
 from media import encode_video, moving_scene
 
 import vsrpp_cli
-from vsrpp_cli.coordination import Board, pack
 from vsrpp_cli.errors import WorkerError
-from vsrpp_cli.resume import RunStore
-from vsrpp_cli.writer import Writer
+from vsrpp_cli.run.coordination import Board, pack
+from vsrpp_cli.run.folder import RunStore
+from vsrpp_cli.run.writer import Writer
 
 SECRET = "0123456789abcdef0123"
 TIMES = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608]  # 8 frames: 2 segments of 2 windows of 2 frames
@@ -31,7 +31,7 @@ def peer(port: int, secret: str, script: str) -> subprocess.CompletedProcess:
     """`script` in a process of its own, with `board` connected to the writer's store."""
     code = textwrap.dedent(f"""
         import json
-        from vsrpp_cli.coordination import Board, pack
+        from vsrpp_cli.run.coordination import Board, pack
         board = Board.connect("127.0.0.1", {port}, {secret!r})
     """) + textwrap.dedent(script)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -118,7 +118,7 @@ def test_a_peer_with_the_secret_that_sends_what_the_plan_does_not_hold_stops_the
         "LYING_A": {**video_segment(TIMES[:4]), "packets": b"x" * 21},
     }
     given = "".join(f"{name} = {pack(files)!r}\n" for name, files in segments.items())
-    peer(board.port, SECRET, f"from vsrpp_cli.coordination import unpack\n{given}" + "\n".join(
+    peer(board.port, SECRET, f"from vsrpp_cli.run.coordination import unpack\n{given}" + "\n".join(
         f"{name} = unpack({name})" for name in segments) + "\n" + sent)  # fmt: skip
     writer = Writer(store, job(), 0, 8, lambda done, total: None)
     with pytest.raises(WorkerError) as refused:
@@ -135,7 +135,7 @@ def test_a_peer_with_the_secret_that_sends_what_the_plan_does_not_hold_stops_the
 def test_the_segments_a_worker_claimed_and_made_are_stored(served):
     board, store = served
     peer(board.port, SECRET, f"""
-        from vsrpp_cli.coordination import unpack
+        from vsrpp_cli.run.coordination import unpack
         board.claim(0, 0, 1); board.send(0, unpack({pack(video_segment(TIMES[:4]))!r}), 1, 0)
         board.claim(0, 1, 0); board.send(1, unpack({pack(video_segment(TIMES[4:]))!r}), 0, 0)
     """)
@@ -204,10 +204,10 @@ def test_a_shared_run_on_one_machine_listens_on_loopback_alone(tmp_path, monkeyp
 
 def test_a_machine_whose_input_differs_only_in_its_bytes_is_refused(tmp_path, official_checkpoint):
     """The same size is not the same input: a copy with one byte changed in the middle is told apart."""
-    from vsrpp_cli.decode import open_source
     from vsrpp_cli.errors import InputError
-    from vsrpp_cli.hashing import sample_sha256, sha256_of
-    from vsrpp_cli.worker import Local, check_same_input
+    from vsrpp_cli.run.worker import Local, check_same_input
+    from vsrpp_cli.video.decode import open_source
+    from vsrpp_cli.weights.hashing import sample_sha256, sha256_of
 
     clip = encode_video(tmp_path / "in.mp4", moving_scene(4, 32, 48))
     weights = official_checkpoint(8, 1, True)[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vsrpp_cli.windows import run_tiled, temporal_windows, tile_spans
+from vsrpp_cli.run.windows import run_tiled, temporal_windows, tile_spans
 
 
 @pytest.mark.parametrize("length, chunk, overlap", [(10, 3, 2), (10, 4, 0), (7, 10, 3), (1, 1, 1), (12, 4, 12)])
@@ -105,9 +105,9 @@ def measured_window_memory(official_checkpoint) -> dict:
     """What a window costs on the CPU in bf16 (fp16's size), per input pixel, from its real
     allocations: per frame at C16 and C32 (so per channel and besides), and once per window; at
     two frame sizes, so that the per-pixel figures are known to hold across sizes."""
-    from vsrpp_cli.checkpoint import load_model
-    from vsrpp_cli.engine import Engine
-    from vsrpp_cli.threads import network_thread
+    from vsrpp_cli.run.engine import Engine
+    from vsrpp_cli.run.threads import network_thread
+    from vsrpp_cli.weights.checkpoint import load_model
 
     def window(mid: int, frames: int, height: int, width: int) -> int:
         model = load_model(official_checkpoint(mid, 1, True, seed=4)[0])
@@ -130,7 +130,7 @@ def test_the_sizing_formula_covers_the_measured_allocations(measured_window_memo
     """sizing.window_bytes against the CPU run's allocations, extrapolated to the official C64 at
     480p, 1080p and 4K for a default window (8 + 2 x 8 frames): never under what was measured,
     and not more than 30% over (a formula that wasted the GPU's memory would size windows small)."""
-    from vsrpp_cli.sizing import window_bytes
+    from vsrpp_cli.run.sizing import window_bytes
 
     (frame_16, once_16), (frame_32, once_32), (frame_16_larger, once_16_larger) = measured_window_memory.values()
     assert frame_16_larger == pytest.approx(frame_16, rel=0.02) and once_16_larger == pytest.approx(once_16, rel=0.02)
@@ -149,7 +149,7 @@ def test_the_first_window_fits_with_its_context(width, height, free_gib):
     """Windows were sized for `chunk` frames while chunk + 2 * overlap go through the network
     (1080p on an 80 GB GPU overflowed at the first window); now the whole window fits the budget,
     down to the floor of 8 kept frames."""
-    from vsrpp_cli.sizing import chunk_for_memory, window_bytes
+    from vsrpp_cli.run.sizing import chunk_for_memory, window_bytes
 
     free, overlap, mid = free_gib << 30, 8, 64
     chunk = chunk_for_memory(free, width, height, mid, overlap)
@@ -165,7 +165,7 @@ def test_tiles_from_the_start_where_no_window_of_whole_frames_fits(width, height
     """Where even the shortest window (8 + 2 x 8 frames) of whole frames overflows the budget,
     the run starts with the largest tile whose window fits (the sizes the out-of-memory retry
     would halve to), instead of failing its first window: 480p whole, 1080p and 4K in tiles."""
-    from vsrpp_cli.sizing import MIN_TILE, chunk_for_memory, tile_for_memory, window_bytes
+    from vsrpp_cli.run.sizing import MIN_TILE, chunk_for_memory, tile_for_memory, window_bytes
 
     free, overlap, tile_overlap, mid = free_gib << 30, 8, 16, 64
     frames = chunk_for_memory(free, width, height, mid, overlap) + 2 * overlap
@@ -187,8 +187,8 @@ def test_a_window_that_overflows_is_recomputed_alone(tmp_path):
     keeps exactly what it gives alone (the whole batch used to be recomputed)."""
     from reference import random_official_checkpoint
 
-    from vsrpp_cli.checkpoint import load_model
-    from vsrpp_cli.engine import Engine
+    from vsrpp_cli.run.engine import Engine
+    from vsrpp_cli.weights.checkpoint import load_model
 
     checkpoint = random_official_checkpoint(8, 1, True, seed=5)
     state = checkpoint["state_dict"]
@@ -209,7 +209,7 @@ def test_a_window_that_overflows_is_recomputed_alone(tmp_path):
 
 
 def test_deterministic_mode_sets_what_torch_needs_for_it():
-    from vsrpp_cli.engine import make_deterministic
+    from vsrpp_cli.run.engine import make_deterministic
 
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:

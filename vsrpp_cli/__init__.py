@@ -14,12 +14,12 @@ except PackageNotFoundError:  # running from a checkout that is not installed
 _LAZY = {
     "BasicVSRPlusPlus": "vsrpp_cli.network",
     "CheckpointError": "vsrpp_cli.errors",
-    "Summary": "vsrpp_cli.pipeline",
+    "Summary": "vsrpp_cli.run.pipeline",
     "Upscaler": "vsrpp_cli.api",
     "VsrppError": "vsrpp_cli.errors",
     "upscale": "vsrpp_cli.api",
-    "load_model": "vsrpp_cli.checkpoint",
-    "read_checkpoint": "vsrpp_cli.checkpoint",
+    "load_model": "vsrpp_cli.weights.checkpoint",
+    "read_checkpoint": "vsrpp_cli.weights.checkpoint",
 }
 
 

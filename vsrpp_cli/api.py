@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import load_model
 from .cli.core import check_tiles
-from .engine import Engine, check_backend, pick_device, pick_dtype
 from .errors import UsageError, WorkerError
-from .jobs import check_encoder
-from .launch import Launch
-from .pipeline import Options, Summary
-from .pipeline import upscale as run_upscale
-from .shots import cuts_as_read
-from .windows import temporal_windows
-from .zoo import resolve_weights
+from .run.engine import Engine, check_backend, pick_device, pick_dtype
+from .run.jobs import check_encoder
+from .run.launch import Launch
+from .run.pipeline import Options, Summary
+from .run.pipeline import upscale as run_upscale
+from .run.windows import temporal_windows
+from .video.shots import cuts_as_read
+from .weights.checkpoint import load_model
+from .weights.zoo import resolve_weights
 
 LAUNCH_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint",
                   "max_restarts")  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ExitStatus, UsageError, ZooError
-from ..launch import Launch
+from ..run.launch import Launch
 from . import output
 from .output import stderr
 
@@ -69,7 +69,7 @@ def launch_options(args: Namespace, nproc: int) -> Launch:
 
 
 def chosen_weights(model: str | None, weights: Path | None, quiet: bool = False) -> Path:
-    from ..zoo import resolve_weights
+    from ..weights.zoo import resolve_weights
 
     return resolve_weights(model, weights, progress=not quiet, notice=lambda m: stderr.print(m, highlight=False))
 
@@ -88,7 +88,7 @@ def info(args: Namespace) -> None:
         return
     if args.checkpoint is None:
         raise UsageError("give a CHECKPOINT to describe, or --backends")
-    from ..checkpoint import describe
+    from ..weights.checkpoint import describe
 
     facts = describe(args.checkpoint)
     if args.as_json:
@@ -103,9 +103,9 @@ def upscale(args: Namespace) -> None:
         raise UsageError("give an INPUT and an OUTPUT, e.g. vsrpp upscale in.mp4 out.mp4")
     check_tiles(args.tile, args.tile_overlap)
     *inputs, destination = args.paths
-    from ..decode import is_live
-    from ..jobs import check_encoder, plan_jobs, run_jobs
-    from ..pipeline import Options
+    from ..run.jobs import check_encoder, plan_jobs, run_jobs
+    from ..run.pipeline import Options
+    from ..video.decode import is_live
 
     jobs = plan_jobs(inputs, destination)
     check_encoder([target for _, target in jobs], args.codec, args.crf, args.preset, args.pix_fmt, args.output_format)
@@ -156,10 +156,10 @@ def preview(args: Namespace) -> None:
         if not 0 <= value <= 1:
             raise UsageError(f"--strength {value}: give a value from 0 to 1")
     check_tiles(args.tile, args.tile_overlap)
-    from ..jobs import check_encoder
-    from ..pipeline import Options
-    from ..preview import Setting, parse_time
-    from ..preview import preview as run_preview
+    from ..quality.preview import Setting, parse_time
+    from ..quality.preview import preview as run_preview
+    from ..run.jobs import check_encoder
+    from ..run.pipeline import Options
 
     times = [parse_time(text) for text in args.at or ()]
     check_encoder([Path("estimate.mp4")], args.codec, args.crf, args.preset, None)
@@ -185,9 +185,9 @@ def evaluate(args: Namespace) -> None:
     if args.plot is not None:
         check_plot_target(args.plot)
     check_tiles(args.tile, args.tile_overlap)
-    from ..checkpoint import load_model
-    from ..engine import Engine, check_backend, pick_device, pick_dtype
-    from ..evaluate import EvalPlan, score
+    from ..quality.evaluate import EvalPlan, score
+    from ..run.engine import Engine, check_backend, pick_device, pick_dtype
+    from ..weights.checkpoint import load_model
 
     plan = EvalPlan.make(args.dataset, args.data_root, args.lq, args.gt, args.y_channel)
     chosen = chosen_weights(args.model, args.weights, args.quiet)
@@ -215,7 +215,7 @@ def evaluate(args: Namespace) -> None:
         )
         args.report_file.write_text(text)
     if args.plot is not None:
-        from ..plots import psnr_per_frame
+        from ..quality.plots import psnr_per_frame
 
         psnr_per_frame(report, args.plot)
     if args.as_json:
@@ -257,9 +257,9 @@ def train(args: Namespace) -> None:
 
 def finetune(args: Namespace) -> None:
     """`vsrpp finetune`: the checkpoint's architecture, the user's videos as frames, then the launch."""
-    from ..checkpoint import infer_architecture, read_checkpoint
     from ..train.config import TrainConfig
     from ..train.launch import default_nproc, frames_from_videos, launch
+    from ..weights.checkpoint import infer_architecture, read_checkpoint
 
     as_file = Path(args.start)
     looks_like_file = as_file.suffix or "/" in args.start
@@ -292,8 +292,8 @@ def bench(args: Namespace) -> None:
     """`vsrpp bench`: frames/s, ms per frame and peak memory, of the network and of the pipeline."""
     from dataclasses import asdict
 
-    from ..bench import bench as run_bench
-    from ..bench import time_encoders
+    from ..quality.bench import bench as run_bench
+    from ..quality.bench import time_encoders
 
     if args.plot is not None:
         check_plot_target(args.plot)
@@ -320,7 +320,7 @@ def bench(args: Namespace) -> None:
             rows += time_encoders([(720, 1280), (2160, 3840)], min(args.frames, 30), tuple(args.encoders))
     title = f"vsrpp bench: {h}x{w} -> {4 * h}x{4 * w}, {args.frames} frames"
     if args.plot is not None:
-        from ..plots import frames_per_second
+        from ..quality.plots import frames_per_second
 
         frames_per_second(rows, args.plot, f"{title}, {rows[0].device}")
     if args.as_json:
@@ -331,7 +331,7 @@ def bench(args: Namespace) -> None:
 
 def weights_list(args: Namespace) -> None:
     """`vsrpp weights list`: every model of the zoo: task, scale, size, and whether it is on this machine."""
-    from .. import zoo
+    from ..weights import zoo
 
     models = [zoo.describe(m) for m in zoo.models().values()]
     if args.as_json:
@@ -342,7 +342,7 @@ def weights_list(args: Namespace) -> None:
 
 def weights_download(args: Namespace) -> None:
     """`vsrpp weights download`: a model (or all of them) fetched and its checksum verified."""
-    from .. import zoo
+    from ..weights import zoo
 
     names = list(zoo.models()) if args.name == "all" else [zoo.get(args.name).name]
     failures = []
@@ -362,7 +362,7 @@ def weights_download(args: Namespace) -> None:
 
 def weights_path(args: Namespace) -> None:
     """`vsrpp weights path`: where a model's file lives (or will, once downloaded)."""
-    from .. import zoo
+    from ..weights import zoo
 
     model = zoo.get(args.name)
     print(zoo.path_of(model))
@@ -372,7 +372,7 @@ def weights_path(args: Namespace) -> None:
 
 def weights_verify(args: Namespace) -> None:
     """`vsrpp weights verify`: every downloaded model re-hashed against the checksum in its name."""
-    from .. import zoo
+    from ..weights import zoo
 
     results = {m.name: zoo.is_intact(m) for m in zoo.models().values() if zoo.path_of(m).is_file()}
     if args.as_json:

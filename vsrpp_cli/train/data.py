@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from ..decode import frame_files, read_image
 from ..errors import DataError
-from ..tensors import frames_to_tensor
+from ..video.decode import frame_files, read_image
+from ..video.tensors import frames_to_tensor
 from .config import TrainConfig
 
 

@@ -19,11 +19,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..checkpoint import load_strict, read_checkpoint
-from ..evaluate import evaluate
 from ..network import BasicVSRPlusPlus
-from ..tensors import frames_to_tensor, tensor_to_frames
-from ..threads import use_threads
+from ..quality.evaluate import evaluate
+from ..run.threads import use_threads
+from ..video.tensors import frames_to_tensor, tensor_to_frames
+from ..weights.checkpoint import load_strict, read_checkpoint
 from .config import TrainConfig
 from .data import ClipSamples, SampleNumbers, folder_clips, reds_clips
 

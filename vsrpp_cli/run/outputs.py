@@ -11,8 +11,8 @@ from pathlib import Path
 
 import av
 
-from .encode import container_for
-from .errors import OutputError
+from ..errors import OutputError
+from ..video.encode import container_for
 
 FRAME_NAME = re.compile(r"\d{8}\.png")  # what a frames-folder output holds
 

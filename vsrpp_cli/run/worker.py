@@ -31,18 +31,18 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_model
-from .colour import YuvTarget
+from ..errors import InputError, UsageError, VsrppError
+from ..video.colour import YuvTarget
+from ..video.decode import Frame, Source, VideoInfo, open_source
+from ..video.encode import EncoderSettings, VideoEncoder
+from ..video.shots import marking_cuts
+from ..weights.checkpoint import load_model
+from ..weights.hashing import sample_sha256, sha256_of
 from .coordination import HEARTBEAT, AbortError, Board
-from .decode import Frame, Source, VideoInfo, open_source
-from .encode import EncoderSettings, VideoEncoder
 from .engine import Engine, pick_device, pick_dtype
-from .errors import InputError, UsageError, VsrppError
 from .failpoints import failpoint
-from .hashing import sample_sha256, sha256_of
+from .folder import FrameSegment, Spool, VideoSegment
 from .launch import die_with_parent, worker_environment
-from .resume import FrameSegment, Spool, VideoSegment
-from .shots import marking_cuts
 from .sizing import default_batch
 from .windows import Window, WindowTable, temporal_windows
 

@@ -21,7 +21,7 @@ import urllib.error
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError, UsageError, ZooError
+from ..errors import CheckpointError, UsageError, ZooError
 from .hashing import sha256_of
 
 OPENMMLAB = "https://download.openmmlab.com/mmediting/restorers/basicvsr_plusplus/"
@@ -313,7 +313,7 @@ def counted_parameters(model: Model) -> int:
     """The count from the network itself, built on the meta device (no memory, no time)."""
     import torch
 
-    from .network import BasicVSRPlusPlus
+    from ..network import BasicVSRPlusPlus
 
     with torch.device("meta"):
         network = BasicVSRPlusPlus(model.mid_channels, model.num_blocks, is_low_res_input=model.scale == 4)

@@ -22,8 +22,8 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
+from ..errors import InputError, UsageError
 from .colour import MATRIX_OF_TAG, Planes, chroma_cosited, converts_here, read_planes
-from .errors import InputError, UsageError
 
 FRAME_EXTENSIONS = {".png", ".jpg", ".jpeg"}
 # Demuxers of elementary streams, whose frames carry no times: the rate is the stream's own.

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
+from ..errors import ExitStatus, InputError, Interrupted, UsageError, WorkerError
 from .coordination import POLL, Board, Watch
 from .engine import pick_device
-from .errors import ExitStatus, InputError, Interrupted, UsageError, WorkerError
 from .failpoints import failpoint
+from .folder import RunStore, remove
 from .launch import Launch, check_port_free, failure_line, run_workers
-from .resume import RunStore, remove
 from .windows import WindowTable
 from .worker import InProcess, Local, describe, elastic_main
 

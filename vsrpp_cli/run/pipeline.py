@@ -22,19 +22,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__, failpoints
-from .checkpoint import load_model
-from .colour import YuvTarget
-from .decode import is_live, open_source
-from .encode import EncoderSettings, Muxer, container_for, muxer_target
+from .. import __version__
+from ..errors import OutputError, VsrppError, WorkerError, os_error_advice
+from ..video.colour import YuvTarget
+from ..video.decode import is_live, open_source
+from ..video.encode import EncoderSettings, Muxer, container_for, muxer_target
+from ..video.shots import check_setting, cuts_notice, find_cuts
+from ..weights.checkpoint import load_model
+from ..weights.hashing import sample_sha256, sha256_of
+from . import failpoints
 from .engine import MIN_TILE, PRECISIONS, check_backend, pick_device, pick_dtype
-from .errors import OutputError, VsrppError, WorkerError, os_error_advice
 from .failpoints import failpoint
-from .hashing import sample_sha256, sha256_of
+from .folder import RunStore, remove
 from .launch import Launch, require_secret
 from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
-from .resume import RunStore, remove
-from .shots import check_setting, cuts_notice, find_cuts
 from .sizing import plan, tiles_notice, window_shape
 from .threads import threads_per_process
 from .windows import WindowTable

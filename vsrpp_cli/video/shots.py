@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 T = TypeVar("T")
 

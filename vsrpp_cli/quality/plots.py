@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, os_error_advice
+from ..errors import UsageError, os_error_advice
 
 
 def _pyplot() -> Any:

@@ -31,9 +31,9 @@ import av.logging
 import numpy as np
 from av.video.reformatter import ColorRange
 
+from ..errors import EncoderError, UsageError
 from .colour import TAG_OF_MATRIX, Planes, YuvTarget, chroma_cosited, converts_here, to_video_frame
 from .decode import CONVERSION, SWS_COLORSPACE, LiveSource, VideoInfo
-from .errors import EncoderError, UsageError
 
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
 # What `-` (standard output) can be written as (--format): formats FFmpeg writes to a pipe as it goes.

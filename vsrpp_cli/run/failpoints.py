@@ -28,7 +28,7 @@ import signal
 import threading
 from collections import Counter
 
-from .errors import VsrppError
+from ..errors import VsrppError
 
 POINTS = ("decode", "network", "encode", "commit", "send", "save", "join", "rename")
 ACTIONS = ("crash", "raise", "stall", "hang", "full")

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ..network.basicvsrpp import BRANCHES, BasicVSRPlusPlus
 from .hashing import sha256_of
-from .network.basicvsrpp import BRANCHES, BasicVSRPlusPlus
 
 
 @dataclass

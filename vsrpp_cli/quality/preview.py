@@ -22,17 +22,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_model
-from .decode import Source, open_source
-from .encode import CONTAINERS, EncoderSettings, VideoEncoder, write_png
-from .engine import Engine, pick_device, pick_dtype
-from .errors import OutputError, UsageError, os_error_advice
+from ..errors import OutputError, UsageError, os_error_advice
+from ..run.engine import Engine, pick_device, pick_dtype
+from ..run.pipeline import Options
+from ..run.sizing import window_shape
+from ..run.windows import WindowTable
+from ..video.decode import Source, open_source
+from ..video.encode import CONTAINERS, EncoderSettings, VideoEncoder, write_png
+from ..video.shots import check_setting, find_cuts
+from ..video.tensors import frames_to_tensor, tensor_to_frames
+from ..weights.checkpoint import load_model
 from .labels import draw_text
-from .pipeline import Options
-from .shots import check_setting, find_cuts
-from .sizing import window_shape
-from .tensors import frames_to_tensor, tensor_to_frames
-from .windows import WindowTable
 
 BAND = 24  # label band height, pixels
 GAP = 4  # between panels

@@ -32,9 +32,9 @@ from typing import Any
 import av
 import numpy as np
 
-from .colour import Planes, YuvTarget, planar_format, read_planes, to_video_frame
-from .encode import StoredPacket, VideoEncoder, png_bytes
-from .errors import OutputError, ResumeError
+from ..errors import OutputError, ResumeError
+from ..video.colour import Planes, YuvTarget, planar_format, read_planes, to_video_frame
+from ..video.encode import StoredPacket, VideoEncoder, png_bytes
 from .outputs import partial_folder
 
 RUN_FILE = "run.json"

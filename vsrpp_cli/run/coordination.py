@@ -39,7 +39,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from .errors import UsageError, WorkerError
+from ..errors import UsageError, WorkerError
 
 POLL = 0.05  # seconds between looks at the store
 CONNECT_SECONDS = 300.0  # a worker waits this long for the writer's store to answer

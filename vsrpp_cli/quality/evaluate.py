@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import InputError, frame_files, read_image
-from .engine import PRECISIONS, Engine
-from .errors import EvalError, UsageError
+from ..errors import EvalError, UsageError
+from ..network.basicvsrpp import BRANCHES
+from ..run.engine import PRECISIONS, Engine
+from ..run.windows import temporal_windows
+from ..train.config import REDS4_CLIPS
+from ..video.decode import InputError, frame_files, read_image
+from ..video.tensors import tensor_to_frames
 from .metrics import psnr, ssim
-from .network.basicvsrpp import BRANCHES
-from .tensors import tensor_to_frames
-from .train.config import REDS4_CLIPS
-from .windows import temporal_windows
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,8 @@ def score(
 ) -> tuple[Report, dict]:
     """Score the plan's clips; the report, and its facts with the settings and the published
     numbers beside ours when the weights are a zoo model's."""
-    from . import zoo
-    from .hashing import sha256_of
+    from ..weights import zoo
+    from ..weights.hashing import sha256_of
 
     known = zoo.known_file(sha256_of(weights))
 

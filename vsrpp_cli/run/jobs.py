@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .decode import FRAME_EXTENSIONS, is_video_file
-from .encode import CONTAINERS, EncoderSettings, check_encoder_settings, container_for
-from .errors import UsageError, VsrppError
+from ..errors import UsageError, VsrppError
+from ..video.decode import FRAME_EXTENSIONS, is_video_file
+from ..video.encode import CONTAINERS, EncoderSettings, check_encoder_settings, container_for
 from .launch import Launch
 from .pipeline import Options, Summary, upscale
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_model
-from .engine import PRECISIONS, compile_alignment, pick_device, place_model
-from .network import BasicVSRPlusPlus
-from .network.basicvsrpp import BRANCHES, AlignmentPlan
-from .network.deform_conv import modulated_deform_conv2d, resolve_backend
-from .network.plain import PlainBasicVSRPlusPlus
-from .tensors import frames_to_tensor
-from .threads import network_thread, use_threads
+from ..network import BasicVSRPlusPlus
+from ..network.basicvsrpp import BRANCHES, AlignmentPlan
+from ..network.deform_conv import modulated_deform_conv2d, resolve_backend
+from ..network.plain import PlainBasicVSRPlusPlus
+from ..run.engine import PRECISIONS, compile_alignment, pick_device, place_model
+from ..run.threads import network_thread, use_threads
+from ..video.tensors import frames_to_tensor
+from ..weights.checkpoint import load_model
 
 IDENTICAL_DB = 200.0  # reported for bit-identical outputs: JSON has no infinity
 
@@ -267,7 +267,7 @@ def time_pipeline(
     """The whole `upscale` path: decode, windows, network, quantise, encode (libx264), mux."""
     import av
 
-    from .pipeline import Options, upscale
+    from ..run.pipeline import Options, upscale
 
     device = pick_device(device_name)
     with tempfile.TemporaryDirectory() as folder:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .network.basicvsrpp import RECONSTRUCT_BYTES, RECONSTRUCT_ELEMENTS_PER_PIXEL
+from ..network.basicvsrpp import RECONSTRUCT_BYTES, RECONSTRUCT_ELEMENTS_PER_PIXEL
 
 MIN_TILE = 64  # input pixels: a tile still runs the network's fixed work (flows on at least 64x64)
 SEGMENT_FRAMES = 240  # output frames per segment by default (whole windows: a segment may hold more)

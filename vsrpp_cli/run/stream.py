@@ -21,17 +21,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from ..errors import Interrupted, OutputError, UsageError, os_error_advice
+from ..video.decode import Frame, LiveSource, VideoInfo, is_live, open_source
+from ..video.encode import EncoderSettings, FrameFolderSink, Muxer, VideoEncoder, container_for
+from ..video.shots import cuts_as_read
+from ..weights.checkpoint import load_model
 from . import failpoints
-from .checkpoint import load_model
-from .decode import Frame, LiveSource, VideoInfo, is_live, open_source
-from .encode import EncoderSettings, FrameFolderSink, Muxer, VideoEncoder, container_for
 from .engine import PRECISIONS, Engine, check_backend, pick_dtype
-from .errors import Interrupted, OutputError, UsageError, os_error_advice
+from .folder import output_lock, remove
 from .launch import Launch
 from .outputs import check_output, finish, path_bytes, temporary_path
 from .pipeline import Options, Summary, cleanup
-from .resume import output_lock, remove
-from .shots import cuts_as_read
 from .sizing import tiles_notice, window_shape
 from .windows import Window, temporal_windows
 from .worker import in_background, worker_device

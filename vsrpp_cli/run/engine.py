@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .colour import Planes, YuvTarget
-from .errors import UsageError
-from .network import BasicVSRPlusPlus
-from .network.basicvsrpp import BRANCHES, RECONSTRUCTION_UNITS
+from ..errors import UsageError
+from ..network import BasicVSRPlusPlus
+from ..network.basicvsrpp import BRANCHES, RECONSTRUCTION_UNITS
+from ..video.colour import Planes, YuvTarget
+from ..video.tensors import frames_to_tensor, tensor_to_frames
 from .sizing import MIN_TILE
-from .tensors import frames_to_tensor, tensor_to_frames
 from .threads import network_thread, use_threads
 from .windows import run_count, run_tiled
 
@@ -42,7 +42,7 @@ def pick_device(name: str) -> torch.device:
 
 def check_backend(name: str, device: torch.device, dtype: torch.dtype) -> None:
     """--deform-backend NAME must work here before any work starts."""
-    from .network.deform_conv import BACKENDS, backend_works
+    from ..network.deform_conv import BACKENDS, backend_works
 
     if name == "auto":
         return
