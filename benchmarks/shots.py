@@ -182,7 +182,7 @@ def cost(args: argparse.Namespace) -> None:
 
 def cut_pass(args: argparse.Namespace) -> None:
     """The pass a file run makes before its plan (shots.find_cuts), against decoding alone."""
-    from vsrpp_cli.video.decode import open_source
+    from vsrpp_cli.video.inputs import open_source
     from vsrpp_cli.video.shots import find_cuts
 
     for width, height in ((960, 540), (1920, 1080)):

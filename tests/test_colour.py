@@ -24,8 +24,10 @@ from vsrpp_cli.video.colour import (
     to_video_frame,
     yuv_to_rgb,
 )
-from vsrpp_cli.video.decode import VideoInfo, open_source
-from vsrpp_cli.video.encode import EncoderSettings, Muxer, StoredPacket, VideoEncoder
+from vsrpp_cli.video.encode import EncoderSettings, VideoEncoder
+from vsrpp_cli.video.info import VideoInfo
+from vsrpp_cli.video.inputs import open_source
+from vsrpp_cli.video.mux import Muxer, StoredPacket
 
 CPU = torch.device("cpu")
 RED, GREEN = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)

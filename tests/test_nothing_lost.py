@@ -441,15 +441,15 @@ def test_timestamps_survive_segments_exactly(tmp_path, weights):
 def test_a_resumed_run_keeps_the_plan_it_was_made_with(tmp_path):
     """Windows sized to free GPU memory: a resumed run reuses the stored size, even where free
     memory has moved since (the fingerprint holds what was asked: 0, automatic)."""
-    from vsrpp_cli.run.folder import RunStore
+    from vsrpp_cli.run.folder import RunFolder
 
     fingerprint = {"input": "in.mp4", "chunk_frames": 0}
     first, later = {"chunk_frames": 20, "windows_per_segment": 12}, {"chunk_frames": 35, "windows_per_segment": 7}
-    RunStore.open(tmp_path / "run", fingerprint, lambda: first, False, False).unlock()
-    resumed = RunStore.open(tmp_path / "run", fingerprint, lambda: later, True, False)
+    RunFolder.open(tmp_path / "run", fingerprint, lambda: first, False, False).unlock()
+    resumed = RunFolder.open(tmp_path / "run", fingerprint, lambda: later, True, False)
     assert resumed.plan == first
     resumed.unlock()
-    fresh = RunStore.open(tmp_path / "run", fingerprint, lambda: later, False, True)
+    fresh = RunFolder.open(tmp_path / "run", fingerprint, lambda: later, False, True)
     assert fresh.plan == later
 
 

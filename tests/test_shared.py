@@ -106,11 +106,11 @@ def test_a_second_run_on_a_live_output_is_refused_and_touches_nothing_of_it(tmp_
     """While a run is live (its lock held) and joining its output, a second run on the same
     output, with --resume, --overwrite or neither, and a one-pass run from a pipe, are refused in
     one line, and the live run's folder and temporary outputs stay byte for byte."""
-    from vsrpp_cli.run.folder import RunStore
+    from vsrpp_cli.run.folder import RunFolder
 
     for name in ("out.mp4", "frames"):
         output = tmp_path / name
-        live = RunStore.open(tmp_path / f".{name}.vsrpp-partial", {}, dict, resume=False, overwrite=False)
+        live = RunFolder.open(tmp_path / f".{name}.vsrpp-partial", {}, dict, resume=False, overwrite=False)
         joining = tmp_path / f".{name}.vsrpp-tmp"
         if name == "frames":
             joining.mkdir()
@@ -268,8 +268,8 @@ def test_a_seek_that_lands_elsewhere_is_refused(clip):
     """Workers seek by the table of frame times; a first frame that is not the one asked for is an
     error, never a shifted window."""
     from vsrpp_cli.errors import InputError
-    from vsrpp_cli.run.worker import FrameReader
-    from vsrpp_cli.video.decode import open_source
+    from vsrpp_cli.run.reading import FrameReader
+    from vsrpp_cli.video.inputs import open_source
 
     source = open_source(clip)
     times = source.frame_times()
@@ -335,7 +335,7 @@ def test_workers_without_the_runs_folder_spool_apart():
     """Each its own folder: one that runs out of segments and removes its empty spool cannot take
     a neighbour's from under it."""
     from vsrpp_cli.run.folder import Spool
-    from vsrpp_cli.run.worker import spool_folder
+    from vsrpp_cli.run.segments import spool_folder
 
     first, second = spool_folder("run", 0), spool_folder("run", 1)
     assert first != second and first.is_dir() and second.is_dir()

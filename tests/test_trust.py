@@ -20,7 +20,7 @@ from media import encode_video, moving_scene
 import vsrpp_cli
 from vsrpp_cli.errors import WorkerError
 from vsrpp_cli.run.coordination import Board, pack
-from vsrpp_cli.run.folder import RunStore
+from vsrpp_cli.run.folder import RunFolder
 from vsrpp_cli.run.writer import Writer
 
 SECRET = "0123456789abcdef0123"
@@ -53,7 +53,7 @@ def job(frames_folder: bool = False) -> dict:
 def served(tmp_path):
     """The writer's side: its store (as a one-machine shared run serves it) and the run's folder."""
     board = Board.serve(0, SECRET, loopback=True)
-    store = RunStore.open(tmp_path / "run" / ".out.mp4.vsrpp-partial", {}, dict, resume=False, overwrite=False)
+    store = RunFolder.open(tmp_path / "run" / ".out.mp4.vsrpp-partial", {}, dict, resume=False, overwrite=False)
     yield board, store
     store.unlock()
 
@@ -154,7 +154,7 @@ def test_the_segments_a_worker_claimed_and_made_are_stored(served):
     ],
 )
 def test_a_frames_segment_is_its_frames_named_in_order(tmp_path, names, says):
-    store = RunStore.open(tmp_path / ".frames.vsrpp-partial", {}, dict, resume=False, overwrite=False)
+    store = RunFolder.open(tmp_path / ".frames.vsrpp-partial", {}, dict, resume=False, overwrite=False)
     board = Board.in_memory()
     writer = Writer(store, job(frames_folder=True), 0, 8, lambda done, total: None)
     board.claim(0, 0, 0)
@@ -206,7 +206,7 @@ def test_a_machine_whose_input_differs_only_in_its_bytes_is_refused(tmp_path, of
     """The same size is not the same input: a copy with one byte changed in the middle is told apart."""
     from vsrpp_cli.errors import InputError
     from vsrpp_cli.run.worker import Local, check_same_input
-    from vsrpp_cli.video.decode import open_source
+    from vsrpp_cli.video.inputs import open_source
     from vsrpp_cli.weights.hashing import sample_sha256, sha256_of
 
     clip = encode_video(tmp_path / "in.mp4", moving_scene(4, 32, 48))

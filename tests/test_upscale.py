@@ -16,7 +16,7 @@ from media import decode_rgb, encode_video, moving_scene, probe, with_subtitles
 from reference import random_official_checkpoint
 
 from vsrpp_cli.run.pipeline import Options, upscale
-from vsrpp_cli.video.decode import open_source
+from vsrpp_cli.video.inputs import open_source
 
 VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192]  # in 1/12800 s
 

@@ -17,7 +17,7 @@ from harness import run_vsrpp
 from media import encode_video, moving_scene
 from reference import random_official_checkpoint
 
-from vsrpp_cli import zoo
+from vsrpp_cli.weights import zoo
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -200,4 +200,4 @@ def test_weights_folder_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("VSRPP_HOME", str(tmp_path))
     assert zoo.weights_dir() == tmp_path / "weights"
     monkeypatch.delenv("VSRPP_HOME")
-    assert zoo.weights_dir() == Path(zoo.__file__).resolve().parent.parent / "weights"  # a checkout
+    assert zoo.weights_dir() == Path(zoo.__file__).resolve().parents[2] / "weights"  # a checkout

@@ -105,7 +105,7 @@ def upscale(args: Namespace) -> None:
     *inputs, destination = args.paths
     from ..run.jobs import check_encoder, plan_jobs, run_jobs
     from ..run.pipeline import Options
-    from ..video.decode import is_live
+    from ..video.inputs import is_live
 
     jobs = plan_jobs(inputs, destination)
     check_encoder([target for _, target in jobs], args.codec, args.crf, args.preset, args.pix_fmt, args.output_format)

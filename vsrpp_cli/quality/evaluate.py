@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EvalError, UsageError
+from ..errors import EvalError, InputError, UsageError
 from ..network.basicvsrpp import BRANCHES
 from ..run.engine import PRECISIONS, Engine
 from ..run.windows import temporal_windows
 from ..train.config import REDS4_CLIPS
-from ..video.decode import InputError, frame_files, read_image
+from ..video.images import frame_files, read_image
 from ..video.tensors import tensor_to_frames
 from .metrics import psnr, ssim
 

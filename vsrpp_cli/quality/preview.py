@@ -27,8 +27,10 @@ from ..run.engine import Engine, pick_device, pick_dtype
 from ..run.pipeline import Options
 from ..run.sizing import window_shape
 from ..run.windows import WindowTable
-from ..video.decode import Source, open_source
-from ..video.encode import CONTAINERS, EncoderSettings, VideoEncoder, write_png
+from ..video.decode import Source
+from ..video.encode import CONTAINERS, EncoderSettings, VideoEncoder
+from ..video.images import write_png
+from ..video.inputs import open_source
 from ..video.shots import check_setting, find_cuts
 from ..video.tensors import frames_to_tensor, tensor_to_frames
 from ..weights.checkpoint import load_model

@@ -276,3 +276,15 @@ def compile_alignment(model: BasicVSRPlusPlus) -> None:
         if not getattr(module, "compiled", False):
             module.forward = torch.compile(module.forward, dynamic=False)
             module.compiled = True
+
+
+def worker_device(name: str, world: int) -> torch.device:
+    """The worker's device, made current for the whole process: Triton launches and CUDA graph
+    captures use the current device. A worker of several sees one GPU only (launch.py)."""
+    if world > 1 and name != "cpu":
+        name = "cuda:0" if torch.cuda.is_available() else "cpu"
+    device = pick_device(name)
+    if device.type == "cuda":
+        device = torch.device("cuda", device.index or 0)
+        torch.cuda.set_device(device)
+    return device

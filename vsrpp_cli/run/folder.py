@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import io
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ import numpy as np
 
 from ..errors import OutputError, ResumeError
 from ..video.colour import Planes, YuvTarget, planar_format, read_planes, to_video_frame
-from ..video.encode import StoredPacket, VideoEncoder, png_bytes
+from ..video.mux import StoredPacket
 from .outputs import partial_folder
 
 RUN_FILE = "run.json"
@@ -42,7 +41,7 @@ LOCK_FILE = "run.lock"
 PARTIAL = ".partial"  # suffix of anything still being written
 
 
-class RunStore:
+class RunFolder:
     def __init__(self, folder: Path, plan: dict[str, Any]) -> None:
         self.folder = folder
         self.plan = plan
@@ -52,7 +51,7 @@ class RunStore:
     def open(
         cls, folder: Path, fingerprint: dict[str, Any], plan: Callable[[], dict[str, Any]], resume: bool,
         overwrite: bool,
-    ) -> RunStore:  # fmt: skip
+    ) -> RunFolder:  # fmt: skip
         """The run's folder: a new one, or with --resume the interrupted one (with the plan it
         was made with, which a resumed run keeps: `plan()` is made only for a new run, once the
         lock is held). Locked for this run either way."""
@@ -192,6 +191,45 @@ def output_lock(output: Path) -> Iterator[None]:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def durable_write(path: Path, data: bytes, rename: bool = True) -> None:
+    """The bytes on disk (fsync) under `path`, whole or absent: written under a temporary name
+    and renamed, the folder synced so that the rename survives a power cut too."""
+    partial = path.with_name(path.name + PARTIAL) if rename else path
+    with open(partial, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    if rename:
+        partial.replace(path)
+        sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    durable_write(path, json.dumps(value, indent=2).encode())
+
+
 class Spool:
     """A worker's lossless windows of the segment it works on (the run's folder itself on the
     writer's machine, a folder of its own elsewhere)."""
@@ -235,77 +273,6 @@ class Spool:
             self._window(index).unlink(missing_ok=True)
 
 
-class VideoSegment:
-    """One segment of a video output being encoded: a fresh encoder, its packets in memory."""
-
-    def __init__(self, make_encoder: Callable[[], VideoEncoder]) -> None:
-        self.encoder = make_encoder()
-        self.payload = io.BytesIO()
-        self.packets: list[StoredPacket] = []
-
-    def write(self, image: np.ndarray | Planes, pts: int | None) -> None:
-        self._keep(self.encoder.encode(image, pts))
-
-    def _keep(self, packets: list[av.Packet]) -> None:
-        for packet in packets:
-            data = bytes(packet)
-            self.payload.write(data)
-            self.packets.append(StoredPacket(int(packet.pts), int(packet.duration or 0), packet.is_keyframe, len(data)))
-
-    def close(self) -> dict[str, bytes]:
-        """The segment's files: the packets' bytes and their index."""
-        self._keep(self.encoder.flush())
-        self.encoder.close()
-        index = json.dumps({"packets": [dataclasses.astuple(p) for p in self.packets]}, indent=2).encode()
-        return {"packets": self.payload.getvalue(), "index.json": index}
-
-    def abort(self) -> None:
-        self.encoder.close()
-
-
-class FrameSegment:
-    """One segment of a frames-folder output: its PNG files, named in order within the segment."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-
-    def write(self, image: np.ndarray, pts: int | None) -> None:
-        self.files[f"{len(self.files):08d}.png"] = png_bytes(image)
-
-    def close(self) -> dict[str, bytes]:
-        return self.files
-
-    def abort(self) -> None:
-        self.files = {}
-
-
-def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def durable_write(path: Path, data: bytes, rename: bool = True) -> None:
-    """The bytes on disk (fsync) under `path`, whole or absent: written under a temporary name
-    and renamed, the folder synced so that the rename survives a power cut too."""
-    partial = path.with_name(path.name + PARTIAL) if rename else path
-    with open(partial, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    if rename:
-        partial.replace(path)
-        sync_folder(path.parent)
-
-
-def sync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
 
 def _payload_reader(path: Path, packets: list[StoredPacket]) -> Callable[[], Iterator[bytes]]:
     def read() -> Iterator[bytes]:
@@ -314,6 +281,7 @@ def _payload_reader(path: Path, packets: list[StoredPacket]) -> Callable[[], Ite
                 yield file.read(packet.size)
 
     return read
+
 
 
 def _write_lossless(path: Path, frames: list[np.ndarray | Planes]) -> None:
@@ -334,18 +302,8 @@ def _write_lossless(path: Path, frames: list[np.ndarray | Planes]) -> None:
         container.mux(stream.encode())
 
 
+
 def _ffv1_format(pix_fmt: str) -> str:
     """FFV1 takes neither the JPEG-range formats nor the semi-planar ones: the same samples
     are stored under the plain planar name."""
     return planar_format(pix_fmt).replace("yuvj", "yuv")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    durable_write(path, json.dumps(value, indent=2).encode())

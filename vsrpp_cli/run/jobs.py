@@ -6,8 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UsageError, VsrppError
-from ..video.decode import FRAME_EXTENSIONS, is_video_file
 from ..video.encode import CONTAINERS, EncoderSettings, check_encoder_settings, container_for
+from ..video.images import FRAME_EXTENSIONS
+from ..video.inputs import is_video_file
 from .launch import Launch
 from .pipeline import Options, Summary, upscale
 

@@ -25,22 +25,24 @@ from typing import Any
 from .. import __version__
 from ..errors import OutputError, VsrppError, WorkerError, os_error_advice
 from ..video.colour import YuvTarget
-from ..video.decode import is_live, open_source
-from ..video.encode import EncoderSettings, Muxer, container_for, muxer_target
+from ..video.encode import EncoderSettings, container_for, muxer_target
+from ..video.inputs import is_live, open_source
+from ..video.mux import Muxer
 from ..video.shots import check_setting, cuts_notice, find_cuts
 from ..weights.checkpoint import load_model
 from ..weights.hashing import sample_sha256, sha256_of
 from . import failpoints
-from .engine import MIN_TILE, PRECISIONS, check_backend, pick_device, pick_dtype
+from .engine import PRECISIONS, check_backend, pick_device, pick_dtype
 from .failpoints import failpoint
-from .folder import RunStore, remove
+from .folder import RunFolder, remove
 from .launch import Launch, require_secret
 from .outputs import check_output, finish, join_frame_segments, partial_folder, path_bytes, temporary_path
-from .sizing import plan, tiles_notice, window_shape
+from .sizing import MIN_TILE, plan, tiles_notice, window_shape
 from .threads import threads_per_process
 from .windows import WindowTable
 from .worker import Local
-from .writer import Writer, run_shared, run_workers_here, work_for_first_machine, workers_device
+from .workers import run_shared, run_workers_here, work_for_first_machine, workers_device
+from .writer import Writer
 
 
 @dataclass
@@ -167,7 +169,7 @@ def upscale(
     temporary = temporary_path(output)
     made: Path | None = None  # the temporary output, once this run owns it (cleanup removes only that)
     muxer: Muxer | None = None
-    store: RunStore | None = None
+    store: RunFolder | None = None
     try:
         # Frames for the encoder leave the device as YUV when it takes a format colour.py makes;
         # making that encoder refuses bad encoder settings before any work.
@@ -191,7 +193,7 @@ def upscale(
             return new
 
         # The run's lock first: a run refused because another is live must touch nothing of its.
-        store = RunStore.open(partial_folder(output), run, first_plan, options.resume, options.overwrite)
+        store = RunFolder.open(partial_folder(output), run, first_plan, options.resume, options.overwrite)
         # The final file is opened now, so that its container and audio settings are refused
         # before any work rather than after hours; it is written at the end.
         made = temporary
@@ -279,7 +281,7 @@ def summarise(summary: Summary, reports: list[dict], resumed: int, tell: Callabl
                            for r in reports]  # fmt: skip
 
 
-def cleanup(muxer: Muxer | None, temporary: Path | None, store: RunStore | None, notice: Callable[[str], None]) -> None:
+def cleanup(muxer: Muxer | None, temporary: Path | None, store: RunFolder | None, notice: Callable[[str], None]) -> None:
     """After a failure or an interruption: what is partial goes, closed segments and stored
     windows stay for --resume (and the folder goes too when it holds nothing). Never raises over
     the failure it follows: what it could not remove is said in one line."""

@@ -22,19 +22,23 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..errors import Interrupted, OutputError, UsageError, os_error_advice
-from ..video.decode import Frame, LiveSource, VideoInfo, is_live, open_source
-from ..video.encode import EncoderSettings, FrameFolderSink, Muxer, VideoEncoder, container_for
+from ..video.encode import EncoderSettings, VideoEncoder, container_for
+from ..video.images import FrameFolderSink
+from ..video.info import Frame, VideoInfo
+from ..video.inputs import is_live, open_source
+from ..video.live import LiveSource
+from ..video.mux import Muxer
 from ..video.shots import cuts_as_read
 from ..weights.checkpoint import load_model
 from . import failpoints
-from .engine import PRECISIONS, Engine, check_backend, pick_dtype
+from .engine import PRECISIONS, Engine, check_backend, pick_dtype, worker_device
 from .folder import output_lock, remove
 from .launch import Launch
 from .outputs import check_output, finish, path_bytes, temporary_path
 from .pipeline import Options, Summary, cleanup
+from .reading import in_background
 from .sizing import tiles_notice, window_shape
 from .windows import Window, temporal_windows
-from .worker import in_background, worker_device
 
 STDIO = "-"
 

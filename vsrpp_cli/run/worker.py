@@ -13,132 +13,34 @@ memory does not grow with the video (a segment's compressed packets wait in memo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-import os
-import queue
 import resource
 import shutil
 import sys
-import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..errors import InputError, UsageError, VsrppError
+from ..errors import InputError, UsageError
 from ..video.colour import YuvTarget
-from ..video.decode import Frame, Source, VideoInfo, open_source
-from ..video.encode import EncoderSettings, VideoEncoder
+from ..video.decode import Source
+from ..video.encode import EncoderSettings
+from ..video.info import Frame
+from ..video.inputs import open_source
 from ..video.shots import marking_cuts
 from ..weights.checkpoint import load_model
 from ..weights.hashing import sample_sha256, sha256_of
-from .coordination import HEARTBEAT, AbortError, Board
-from .engine import Engine, pick_device, pick_dtype
+from .coordination import AbortError, Board
+from .engine import Engine, pick_dtype, worker_device
 from .failpoints import failpoint
-from .folder import FrameSegment, Spool, VideoSegment
-from .launch import die_with_parent, worker_environment
+from .folder import Spool
+from .reading import FrameReader
+from .segments import SegmentWriter, segment_maker, spool_folder
 from .sizing import default_batch
 from .windows import Window, WindowTable, temporal_windows
-
-QUEUE_FRAMES = 8  # decoded frames waiting for the network, and upscaled ones waiting for the encoder
-
-
-@dataclasses.dataclass
-class Local:
-    """What a worker takes from its own machine's command rather than from the job: files are
-    at their paths on this machine, and the device and threads are this machine's."""
-
-    source: str
-    weights: str
-    spool: str  # the run's folder, used where this machine has it (else a folder of its own)
-    device: str  # "auto", "cpu", "cuda", "cuda:N"
-    threads: int  # torch threads: this process's share of the machine's cores, or OMP_NUM_THREADS
-
-
-# ----------------------------------------------------------------------------- entry points
-class InProcess:
-    """The in-process worker (rank 0 of 1), in a thread. `done` is set when it ends, `error` is
-    what it failed with: an Event, since a Thread.join interrupted by a signal can leave the
-    thread reported as ended while it runs on (CPython's _wait_for_tstate_lock)."""
-
-    def __init__(self, board: Board, local: Local, notice: Callable[[str], None], moved: Callable[[], None]) -> None:
-        self.stop, self.done = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, args=(board, local, notice, moved), daemon=True,
-                                       name="vsrpp-worker")  # fmt: skip
-        self.thread.start()
-
-    def _main(self, board: Board, local: Local, notice: Callable[[str], None], moved: Callable[[], None]) -> None:
-        try:
-            Worker(board, local, 0, 1, 0, stop=self.stop, notice=notice, moved=moved).run()
-        except AbortError:
-            pass
-        except BaseException as error:  # the writer raises it as it was
-            self.error = error
-        finally:
-            self.done.set()
-
-
-def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str) -> dict[str, Any] | None:
-    """A worker process started by the elastic launcher (RANK, LOCAL_RANK, WORLD_SIZE and
-    TORCHELASTIC_RESTART_COUNT in its environment)."""
-    die_with_parent(launcher)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if local.device != "cpu":
-        os.environ.update(worker_environment(int(os.environ["LOCAL_RANK"]), dict(os.environ)))
-    os.environ["OMP_NUM_THREADS"] = str(local.threads)  # read by the Engine (threads.use_threads)
-    try:
-        board = Board.connect(host, port, secret)
-    except Exception as error:
-        print(f"vsrpp worker {rank}: the writer at {host}:{port} does not answer ({error})", file=sys.stderr)
-        sys.exit(1)
-    stop_beating = threading.Event()
-    beat = threading.Thread(target=keep_beating, args=(board, rank, stop_beating), daemon=True, name="vsrpp-beat")
-    beat.start()
-    failed = True
-    try:
-        round_ = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-        board.start_round(rank, round_)
-        stats = Worker(board, local, rank, world, round_).run()
-        failed = False
-    except AbortError:
-        pass
-    except BaseException as error:
-        with contextlib.suppress(Exception):  # the board may be gone with the writer: exit all the same
-            board.fail(f"worker {rank}: {describe(error)}")
-    finally:
-        # The beat thread stops before the process's teardown destroys the store client it uses
-        # (a finished worker was once ended by SIGABRT in the teardown, which the agent takes for
-        # a failure). The return itself is the agent's: it waits for a worker's return value.
-        stop_beating.set()
-        beat.join()
-    if failed:
-        sys.exit(1)
-    board.leave(rank)  # after its last beat: the count it leaves at is the last one the writer sees
-    return stats  # to this machine's agent (its launcher need not reach the store to know it)
-
-
-def keep_beating(board: Board, rank: int, stop: threading.Event) -> None:
-    """Signs of life from a thread (the network may hold the main one for minutes); the worker
-    ends itself when the writer has stopped the run or can no longer be reached."""
-    while not stop.is_set():
-        try:
-            board.beat(rank)
-            board.check_abort()
-        except BaseException:
-            os._exit(1)
-        stop.wait(HEARTBEAT)
-
-
-def describe(error: BaseException) -> str:
-    message = str(error) if isinstance(error, VsrppError) else f"{type(error).__name__}: {error}"
-    return message.splitlines()[0] if message else type(error).__name__
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -348,18 +250,6 @@ class Worker:
                 yield window
 
 
-def worker_device(name: str, world: int) -> torch.device:
-    """The worker's device, made current for the whole process: Triton launches and CUDA graph
-    captures use the current device. A worker of several sees one GPU only (launch.py)."""
-    if world > 1 and name != "cpu":
-        name = "cuda:0" if torch.cuda.is_available() else "cpu"
-    device = pick_device(name)
-    if device.type == "cuda":
-        device = torch.device("cuda", device.index or 0)
-        torch.cuda.set_device(device)
-    return device
-
-
 def check_same_input(source: Source, local: Local, job: dict[str, Any]) -> None:
     """Every machine must read the same input and weights as the writer's."""
     fingerprint = job["fingerprint"]
@@ -378,172 +268,16 @@ def check_same_input(source: Source, local: Local, job: dict[str, Any]) -> None:
         raise UsageError(f"{local.weights} here differs from the first machine's weights; give every machine the same")
 
 
-def spool_folder(run_id: str, rank: int) -> Path:
-    """Where a worker on a machine without the run's folder keeps its lossless windows (kept for
-    --resume): a folder of its own, which it removes when it ends with nothing in it."""
-    folder = Path(tempfile.gettempdir()) / f"vsrpp-spool-{run_id}-{rank}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+__all__ = ["Local", "Worker"]
 
 
-def segment_maker(
-    settings: EncoderSettings, info: VideoInfo, size: tuple[int, int]
-) -> Callable[[], VideoSegment | FrameSegment]:
-    """What opens a segment of the output: a fresh encoder for a video, PNG files for frames."""
+@dataclasses.dataclass
+class Local:
+    """What a worker takes from its own machine's command rather than from the job: files are
+    at their paths on this machine, and the device and threads are this machine's."""
 
-    def new_segment() -> VideoSegment | FrameSegment:
-        if settings.container_format is None:
-            return FrameSegment()
-        return VideoSegment(lambda: VideoEncoder(settings, info, size))
-
-    return new_segment
-
-
-# ----------------------------------------------------------------------------- reading
-class FrameReader:
-    """Frames [start, stop) of the input, for windows asked in order or not. A read goes on from
-    where the last ended (the `behind` frames before it are kept for the next window's context);
-    anything else seeks by the exact table of frame times, or, without one (a single process),
-    reads on (from the start if need be). The first frame after a seek must be the one asked for."""
-
-    def __init__(self, source: Source, keep_yuv: bool, times: list[int] | None, behind: int) -> None:
-        self.source, self.keep_yuv, self.times = source, keep_yuv, times
-        self.recent: deque[Frame] = deque(maxlen=max(1, behind))
-        self.frames: Iterator[Frame] | None = None
-        self.ahead: Frame | None = None  # read from the decoder, not yet asked for
-        self.position = 0  # the index of the next frame from the decoder
-
-    def read(self, start: int, stop: int) -> Iterator[Frame]:
-        held = [f for f in self.recent if f.index >= start]
-        reads_on = (held and held[0].index == start) or start == self.position
-        if self.frames is not None and (reads_on or (start > self.position and self.times is None)):
-            yield from (f for f in held if f.index < stop)
-        else:
-            self._seek(start if self.times is not None else 0)
-        while (frame := self._next()) is not None:
-            if frame.index >= stop:
-                self.ahead, self.position = frame, frame.index
-                return
-            self.recent.append(frame)
-            if frame.index >= start:
-                yield frame
-            if frame.index == stop - 1:
-                return
-
-    def _next(self) -> Frame | None:
-        frame, self.ahead = self.ahead, None
-        if frame is None and self.frames is not None:
-            frame = next(self.frames, None)
-        if frame is not None:
-            self.position = frame.index + 1
-        return frame
-
-    def _seek(self, start: int) -> None:
-        self.close()
-        self.recent.clear()
-        self.frames = in_background(self.source.frames(self.keep_yuv, first=start, times=self.times))
-        self.ahead, self.position = next(self.frames, None), start
-        first = self.ahead
-        if first is not None and (first.index != start or (self.times and first.pts != self.times[start])):
-            raise InputError(
-                f"{self.source.path}: seeking to frame {start} gave frame {first.index} (pts {first.pts}) instead; "
-                "its packets' timestamps do not match its frames: run it with one process (--nproc-per-node 1)"
-            )
-
-    def close(self) -> None:
-        if self.frames is not None:
-            self.frames.close()  # type: ignore[attr-defined]
-            self.frames = None
-
-
-# ----------------------------------------------------------------------------- threads
-class SegmentWriter:
-    """Encodes one segment in a thread; an encoder error is raised at the next put or finish."""
-
-    def __init__(self, new_segment: Callable[[], Any], maxsize: int = QUEUE_FRAMES) -> None:
-        self.new_segment = new_segment
-        self.segment: Any = None
-        self.channel: queue.Queue = queue.Queue(maxsize)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._consume, daemon=True, name="vsrpp-encode")
-        self.thread.start()
-
-    def _consume(self) -> None:
-        while (item := self.channel.get()) is not _DONE:
-            if self.error is None:
-                try:
-                    if self.segment is None:
-                        self.segment = self.new_segment()
-                    self.segment.write(*item)
-                except BaseException as error:
-                    self.error = error
-
-    def put(self, image: Any, pts: int | None) -> None:
-        if self.error:
-            raise self.error
-        self.channel.put((image, pts))
-
-    def finish(self) -> dict[str, bytes]:
-        """The segment's files, once every frame is encoded."""
-        self.channel.put(_DONE)
-        self.thread.join()
-        if self.error:
-            raise self.error
-        files, self.segment = self.segment.close(), None
-        return files
-
-    def abort(self) -> None:
-        if self.thread.is_alive():
-            self.channel.put(_DONE)
-            self.thread.join()
-        if self.segment is not None:
-            with contextlib.suppress(Exception):  # after another failure: that one is reported
-                self.segment.abort()
-            self.segment = None
-
-
-_DONE = object()
-
-
-def in_background(items: Iterator, maxsize: int = QUEUE_FRAMES) -> Iterator:
-    """Produce `items` in a thread, `maxsize` ahead at most; its exceptions surface here. Closing
-    this generator (or a failure of its consumer) stops the thread and closes `items` (and so
-    the input file) before it returns."""
-    channel: queue.Queue = queue.Queue(maxsize)
-    stop = threading.Event()
-
-    def hand_over(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                channel.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not hand_over(item):
-                    return
-            hand_over(_DONE)
-        except BaseException as error:  # handed to the consumer
-            hand_over(error)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=produce, daemon=True, name="vsrpp-decode")
-    thread.start()
-    try:
-        while (item := channel.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-__all__ = ["InProcess", "Local", "Worker", "elastic_main"]
+    source: str
+    weights: str
+    spool: str  # the run's folder, used where this machine has it (else a folder of its own)
+    device: str  # "auto", "cpu", "cuda", "cuda:N"
+    threads: int  # torch threads: this process's share of the machine's cores, or OMP_NUM_THREADS

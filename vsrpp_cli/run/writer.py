@@ -5,34 +5,23 @@ shown, silent workers noticed."""
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..errors import ExitStatus, InputError, Interrupted, UsageError, WorkerError
-from .coordination import POLL, Board, Watch
-from .engine import pick_device
+from ..errors import WorkerError
+from .coordination import Board, Watch
 from .failpoints import failpoint
-from .folder import RunStore, remove
-from .launch import Launch, check_port_free, failure_line, run_workers
+from .folder import RunFolder
 from .windows import WindowTable
-from .worker import InProcess, Local, describe, elastic_main
-
-RENDEZVOUS_FILE = "rendezvous.partial"  # one machine's elastic rendezvous (a FileStore), in the run's folder
-ABORT_GRACE = 5.0  # seconds a stopped run's workers have to end (they look every HEARTBEAT) before they are killed
 
 
 class Writer:
     """Stores the segments the workers send, once each is checked against the plan, reports
     progress, and watches the workers."""
 
-    def __init__(self, store: RunStore, job: dict[str, Any], done: int, total: int | None, on_progress: Callable,
+    def __init__(self, store: RunFolder, job: dict[str, Any], done: int, total: int | None, on_progress: Callable,
                  notice: Callable[[str], None] = lambda message: None) -> None:  # fmt: skip
         self.store, self.job, self.done, self.total, self.on_progress = store, job, done, total, on_progress
         self.notice = notice
@@ -151,143 +140,3 @@ def segment_fault(files: dict[str, bytes], times: list[int] | None, frames_folde
     return None
 
 
-def run_workers_here(job: dict, local: Local, writer: Writer, tell: Callable[[str], None]) -> list[dict]:
-    """One process: the worker in a thread, the writer in this one."""
-    board = Board.in_memory()
-    board.publish_job(job)
-    worker = InProcess(board, local, tell, lambda: writer.show_progress(board, 1))
-    try:
-        while not worker.done.wait(POLL):
-            writer.poll(board, 1)
-        writer.poll(board, 1)
-    except BaseException:
-        worker.stop.set()
-        board.abort("the writer stopped")
-        worker.done.wait()  # the worker stops at its next step
-        raise
-    if worker.error is not None:
-        raise worker.error
-    return board.reports(1, 1)
-
-
-def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[dict]:
-    """Worker processes on this machine (and others), the writer in a thread of this one."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
-    # One machine: on loopback, at a port the store picks itself; several: on every interface
-    # at the rendezvous port + 1, which every machine can work out.
-    one_machine = launch.nnodes == 1
-    if not one_machine:
-        check_port_free(launch.port)
-    board = Board.serve(0 if one_machine else launch.port + 1, launch.secret, loopback=one_machine)
-    port = board.port
-    board.publish_job(job)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-    before = own_children()
-
-    def serve() -> None:
-        watch = Watch(board, launch.processes)
-        try:
-            while not stop.is_set():
-                writer.poll(board, launch.processes, watch)
-                stop.wait(POLL)
-        except BaseException as error:  # every worker stops; the launcher then reports this
-            failure.append(error)
-            board.abort(describe(error))
-            kill_workers_after_grace(stop, before)
-
-    thread = threading.Thread(target=serve, daemon=True, name="vsrpp-writer")
-    thread.start()
-    host = "127.0.0.1" if one_machine else launch.host
-    rendezvous = writer.store.folder / RENDEZVOUS_FILE
-    remove(rendezvous)  # one a killed run left
-    try:
-        run_workers(launch, elastic_main, host, port, os.getpid(), local, launch.secret, rendezvous_file=rendezvous)
-        # The agent's return ends this machine's part, not the run: workers of other machines may
-        # work on for hours (torch's exit barrier gives up on them after 300 s without a word).
-        # The run ends when the writer has every segment, or a failure (which the watch sees).
-        while not failure and not writer.complete() and not everyone_left(board, launch.processes):
-            stop.wait(POLL)
-    except SignalException as signal_:
-        raise Interrupted(ExitStatus.INTERRUPTED if signal_.sigval == 2 else ExitStatus.TERMINATED) from None
-    except Exception as error:
-        if type(error).__name__ != "ChildFailedError":
-            raise
-        if failure:
-            raise failure[0] from None
-        why = board.error() or failure_line(error)
-        raise WorkerError(f"{why}; the segments finished so far are kept: run the same command with --resume",
-                          before_start=not any(board.beats(launch.processes))) from None  # fmt: skip
-    finally:
-        stop.set()
-        thread.join()
-        remove(rendezvous)
-    if failure:
-        raise failure[0]
-    writer.poll(board, launch.processes)
-    return board.reports(launch.processes, launch.max_restarts + 1)
-
-
-def everyone_left(board: Board, world: int) -> bool:
-    return all(board.has_left(rank, beats) for rank, beats in enumerate(board.beats(world)))
-
-
-def workers_device(name: str, launch: Launch) -> torch.device:
-    """The device of a shared run's workers: the CPU, or CUDA with one GPU per worker."""
-    if name.startswith("cuda:"):
-        raise UsageError(
-            f"--device {name}: with {launch.nproc} workers each takes a GPU of its own; give --device cuda"
-        )
-    device = pick_device(name)
-    if device.type == "cuda" and torch.cuda.device_count() < launch.nproc:
-        raise UsageError(
-            f"--nproc-per-node {launch.nproc}: only {torch.cuda.device_count()} CUDA device(s) here; give --device "
-            "cpu to use processes"
-        )
-    return torch.device(device.type)
-
-
-def work_for_first_machine(local: Local, launch: Launch) -> list[dict]:
-    """Machines other than the first run workers only; the first writes the output. Returns
-    this machine's workers' reports."""
-    if not Path(local.source).exists():
-        raise InputError(f"{local.source}: no such input on this machine; every machine needs it at the same path")
-    ended = threading.Event()
-    board = Board.connect(launch.host, launch.port + 1, launch.secret)  # here, so the thread below never waits in it
-    before = own_children()
-
-    def watch() -> None:  # the writer may stop the run while a worker here hangs
-        try:
-            while not ended.wait(POLL * 10):
-                board.check_abort()
-        except Exception:  # stopped, or the writer is gone: workers that still run are hung
-            kill_workers_after_grace(ended, before)
-
-    watcher = threading.Thread(target=watch, daemon=True, name="vsrpp-watch")
-    watcher.start()
-    try:
-        returned = run_workers(launch, elastic_main, launch.host, launch.port + 1, os.getpid(), local, launch.secret)
-    except Exception as error:
-        if type(error).__name__ != "ChildFailedError":
-            raise
-        raise WorkerError(f"{failure_line(error)}; the first machine says why and keeps what is finished") from None
-    finally:
-        ended.set()
-        watcher.join()  # no thread may be inside a store call when the process ends (SIGABRT)
-    return [report for _, report in sorted(returned.items()) if report is not None]
-
-
-def own_children() -> set[int]:
-    """This process's child processes now: those started later are the run's workers."""
-    return {process.pid for process in multiprocessing.active_children()}
-
-
-def kill_workers_after_grace(ended: threading.Event, before: set[int]) -> None:
-    """Workers told to stop end within moments; one that has not after ABORT_GRACE seconds hangs
-    (a stopped process, a wedged driver) and would keep the agent waiting: SIGKILL for the worker
-    processes of this run (children started after `before`: an embedding program's own stay)."""
-    if not ended.wait(ABORT_GRACE):
-        for process in multiprocessing.active_children():
-            if process.pid not in before:
-                process.kill()

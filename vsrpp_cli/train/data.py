@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import DataError
-from ..video.decode import frame_files, read_image
+from ..video.images import frame_files, read_image
 from ..video.tensors import frames_to_tensor
 from .config import TrainConfig
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ResumeError
+from ..errors import DataError, ResumeError
 from ..run.launch import Launch, run_workers
 from ..weights import zoo
 from .config import TrainConfig
-from .data import DataError, folder_clips, reds_clips
+from .data import folder_clips, reds_clips
 from .worker import main as worker_main
 
 
@@ -37,8 +37,8 @@ def launch(config: TrainConfig, where: Launch, resume: bool = False) -> None:
 
 def frames_from_videos(data: Path, work_dir: Path) -> Path:
     """Finetuning reads frames: videos in `data` are decoded once into work_dir/frames/<name>/."""
-    from ..video.decode import is_video_file, open_source
-    from ..video.encode import FrameFolderSink
+    from ..video.images import FrameFolderSink
+    from ..video.inputs import is_video_file, open_source
 
     if not data.exists():
         raise DataError(f"{data}: no such file or folder")

@@ -10,43 +10,20 @@ conversion on the compute device; other formats are still converted here.
 from __future__ import annotations
 
 import bisect
-import itertools
-import re
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
 from ..errors import InputError, UsageError
-from .colour import MATRIX_OF_TAG, Planes, chroma_cosited, converts_here, read_planes
+from .colour import chroma_cosited, converts_here, read_planes
+from .images import folder_frames, folder_info, frame_files
+from .info import Frame, VideoInfo, describe, first_frame, hidden_at_start
 
-FRAME_EXTENSIONS = {".png", ".jpg", ".jpeg"}
-# Demuxers of elementary streams, whose frames carry no times: the rate is the stream's own.
-RAW_STREAMS = {"h264", "hevc", "vvc", "m4v", "mpegvideo", "cavsvideo", "vc1", "obu", "mjpeg", "dirac", "avs2", "avs3"}
 DEINTERLACERS = ("bwdif", "yadif")
-# What counts as a video file where a folder is read for them (upscale, finetune): by extension.
-VIDEO_EXTENSIONS = {
-    ".mp4",
-    ".mkv",
-    ".mov",
-    ".webm",
-    ".avi",
-    ".m4v",
-    ".ts",
-    ".mts",
-    ".m2ts",
-    ".flv",
-    ".wmv",
-    ".mpg",
-    ".mpeg",
-    ".y4m",
-    ".3gp",
-}
 SWS_COLORSPACE = {
     "bt709": Colorspace.ITU709,
     "bt601": Colorspace.ITU601,
@@ -54,39 +31,7 @@ SWS_COLORSPACE = {
     "smpte240m": Colorspace.SMPTE240M,
     "bt2020": Colorspace.BT2020,
 }
-# What YUV an RGB source (frames, RGB-coded video) is written as: BT.709 in limited range, the
-# delivery default every player handles (full-range H.264 is shown washed out by some).
-RGB_SOURCE_YUV = ("bt709", False)
 CONVERSION = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-
-
-@dataclass
-class VideoInfo:
-    width: int
-    height: int
-    time_base: Fraction  # of the timestamps below
-    frame_rate: Fraction | None  # average; None for a folder of frames without one
-    frame_count: int | None  # as the container states it; None where it does not
-    bit_depth: int  # 8, 10, 12 or 16
-    matrix: str  # "bt709", "bt601", "bt2020", ...
-    full_range: bool
-    primaries: int = 2  # AVColorPrimaries, 2 = unspecified
-    transfer: int = 2  # AVColorTransferCharacteristic
-    rotation: int = 0  # degrees counter-clockwise, from the display matrix
-    sample_aspect_ratio: Fraction | None = None  # non-square pixels (anamorphic video)
-    codec: str = ""
-    container_metadata: dict[str, str] = field(default_factory=dict)
-    frame_estimate: int | None = None  # from the duration and frame rate, where no count is stated
-    interlaced: bool = False  # the first frame is coded as two fields
-    alpha: bool = False  # the pixel format carries transparency
-    start: Fraction = Fraction(0)  # seconds before the first packet of any stream (a capture's): the output starts at 0
-
-
-@dataclass
-class Frame:
-    index: int
-    pts: int | None  # in info.time_base
-    image: np.ndarray | Planes  # (h, w, 3) RGB uint8, or uint16 for deeper sources; or YUV planes
 
 
 @dataclass
@@ -114,7 +59,7 @@ class Source:
         self.resized = False  # a frame of another size was met (said once)
         if not self.live and path.is_dir():
             self.files = frame_files(path)
-            self.info = self._folder_info()
+            self.info = folder_info(self.files, self.fps)
         else:
             self.files = []
             self.info = self._video_info()
@@ -149,7 +94,7 @@ class Source:
         """Every frame from frame `first` on. A video seeks to the keyframe before it and knows
         each frame's index from its timestamp: exactly with `times` (frame_times()), else at the
         average frame rate (exact for constant-rate video)."""
-        return self._folder_frames(first) if self.files else self._video_frames(keep_yuv, first, times)
+        return folder_frames(self.files, self.info, first) if self.files else self._video_frames(keep_yuv, first, times)
 
     def frame_times(self) -> list[int]:
         """Every frame's timestamp in presentation order, from the packets alone (no decoding):
@@ -163,25 +108,6 @@ class Source:
         if not times:
             raise InputError(f"{self.path}: its video packets carry no timestamps; it cannot be shared among workers")
         return times
-
-    # --------------------------------------------------------------------- frame folders
-    def _folder_info(self) -> VideoInfo:
-        first = read_image(self.files[0])
-        h, w = first.shape[:2]
-        depth = 16 if first.dtype == np.uint16 else 8
-        rate = self.fps or Fraction(25)
-        alpha = _has_alpha(self.files[0])
-        return VideoInfo(w, h, 1 / rate, rate, len(self.files), depth, *RGB_SOURCE_YUV, alpha=alpha)
-
-    def _folder_frames(self, first: int = 0) -> Iterator[Frame]:
-        for index, file in enumerate(self.files[first:], start=first):
-            rgb = read_image(file)
-            if rgb.shape[:2] != (self.info.height, self.info.width):
-                raise InputError(
-                    f"{file.name} is {rgb.shape[1]}x{rgb.shape[0]}, but {self.files[0].name} is "
-                    f"{self.info.width}x{self.info.height}: every frame of a folder must be the same size"
-                )
-            yield Frame(index, index, rgb)
 
     # --------------------------------------------------------------------- video files
     def _open(self) -> av.container.InputContainer:
@@ -200,49 +126,11 @@ class Source:
     def _video_info(self) -> VideoInfo:
         with self._open() as container:
             stream = container.streams.video[0]
-            info = self._describe(container, stream, first_frame(container, stream))
+            info = describe(self.path, container, stream, first_frame(container, stream))
         if info.frame_count:
             with self._open() as container:
                 info.frame_count -= hidden_at_start(container, container.streams.video[0])
         return info
-
-    def _describe(
-        self, container: av.container.InputContainer, stream: av.video.stream.VideoStream, first: av.VideoFrame | None
-    ) -> VideoInfo:
-        """The input's facts from its container, its video stream and its first decoded frame."""
-        ctx = stream.codec_context
-        if not ctx.width or not ctx.height:
-            raise InputError(f"{self.path}: the video stream has no frame size; the file may be damaged")
-        pix_fmt = av.VideoFormat(ctx.pix_fmt) if ctx.pix_fmt else None
-        depth = max((c.bits for c in pix_fmt.components), default=8) if pix_fmt else 8
-        matrix = MATRIX_OF_TAG.get(ctx.colorspace) or ("bt709" if ctx.height >= 720 else "bt601")
-        full = ctx.color_range == ColorRange.JPEG or (ctx.pix_fmt or "").startswith("yuvj")
-        if pix_fmt is not None and pix_fmt.is_rgb:  # swscale reads RGB as it is, whatever these say
-            matrix, full = RGB_SOURCE_YUV
-        rate = stream.average_rate or stream.guessed_rate
-        if container.format.name in RAW_STREAMS and ctx.framerate:
-            rate = ctx.framerate  # the stream's own (H.264's VUI timing), not the raw demuxer's default of 25
-        start = container.start_time / av.time_base if container.start_time and container.start_time > 0 else 0
-        return VideoInfo(
-            width=ctx.width,
-            height=ctx.height,
-            time_base=stream.time_base or Fraction(1, 90000),
-            frame_rate=Fraction(rate) if rate else None,
-            frame_count=stream.frames or None,
-            frame_estimate=_estimate_frames(container, stream, rate),
-            bit_depth=depth,
-            matrix=matrix,
-            full_range=full,
-            primaries=ctx.color_primaries,
-            transfer=ctx.color_trc,
-            rotation=round(first.rotation) if first is not None and first.rotation else 0,
-            interlaced=bool(first is not None and first.interlaced_frame),
-            alpha=pix_fmt is not None and any(c.is_alpha for c in pix_fmt.components),
-            sample_aspect_ratio=stream.sample_aspect_ratio,
-            codec=ctx.name,
-            container_metadata=dict(container.metadata),
-            start=Fraction(start).limit_denominator(1 << 30),
-        )
 
     def _video_frames(self, keep_yuv: bool, first: int = 0, times: list[int] | None = None) -> Iterator[Frame]:
         """From frame `first` on: by a seek where it lands on or before it, else (a container
@@ -380,100 +268,6 @@ class Source:
         """An audio or subtitle packet met while reading the video (a live source's)."""
 
 
-class LiveSource(Source):
-    """An input read once, front to back: standard input (`-`), a FIFO, a device. One container
-    stays open for the whole run; the audio and subtitle packets met on the way wait in `side`
-    for the output to copy (stream.py)."""
-
-    live = True
-
-    def __init__(
-        self, path: Path, deinterlace: str = "off", notice: Callable[[str], None] = lambda m: None,
-        fps: float | None = None,
-    ) -> None:  # fmt: skip
-        self.url = "pipe:0" if str(path) == "-" else str(path)
-        name = Path("standard input") if str(path) == "-" else path
-        self.side: deque[av.Packet] = deque()
-        self.first: av.VideoFrame | None = None  # decoded while the input was described
-        self.path = name
-        self.container = self._open()
-        try:
-            self.video = self.container.streams.video[0]
-            self.video.thread_type = "SLICE"  # as Source._video_frames, for the same reason
-            wanted = [s for s in self.container.streams if s.type in ("video", "audio", "subtitle")]
-            self.raw = self._decoded(self.container.demux(wanted), self.video, None)
-            super().__init__(name, deinterlace, notice, fps)
-        except BaseException:
-            self.container.close()
-            raise
-
-    @property
-    def streams(self) -> list[av.stream.Stream]:
-        """The input's audio and subtitle streams, whose packets arrive in `side`."""
-        return [s for s in self.container.streams if s.type in ("audio", "subtitle")]
-
-    def _open(self) -> av.container.InputContainer:
-        try:
-            container = av.open(self.url)
-        except (av.error.InvalidDataError, av.error.FFmpegError) as error:
-            raise InputError(
-                f"{self.path}: not a video stream FFmpeg can read ({error.strerror or error}); send Matroska, NUT, "
-                "MPEG-TS or yuv4mpegpipe (e.g. ffmpeg -i in.mov -f matroska -)"
-            ) from None
-        if not container.streams.video:
-            container.close()
-            raise InputError(f"{self.path}: the stream holds no video")
-        return container
-
-    def _video_info(self) -> VideoInfo:
-        self.first = self._next_raw()
-        return self._describe(self.container, self.video, self.first)
-
-    def _next_raw(self) -> av.VideoFrame | None:
-        try:
-            return next(self.raw, None)
-        except av.error.FFmpegError as error:
-            raise InputError(f"{self.path}: reading the stream failed ({error.strerror or error})") from None
-
-    def frame_times(self) -> list[int]:
-        raise InputError(f"{self.path} is read once, front to back: its frames cannot be shared among workers")
-
-    def _video_frames(self, keep_yuv: bool, first: int = 0, times: list[int] | None = None) -> Iterator[Frame]:
-        if first or times:
-            raise InputError(f"{self.path} is read once, front to back: it cannot be read from frame {first}")
-        deinterlace = Deinterlacer(self.deinterlacer, self.video) if self.deinterlacer else None
-        yield from self._converted(self._deinterlaced(deinterlace), self.video.start_time or 0, keep_yuv, 0, None)
-
-    def _deinterlaced(self, deinterlace: Deinterlacer | None) -> Iterator[av.VideoFrame]:
-        first, self.first = self.first, None
-        for frame in itertools.chain([first] if first is not None else [], iter(self._next_raw, None)):
-            yield from deinterlace(frame) if deinterlace else (frame,)
-        if deinterlace:
-            yield from deinterlace(None)
-
-    def side_packet(self, packet: av.Packet) -> None:
-        if packet.size:  # not the demuxer's end-of-stream marker
-            self.side.append(packet)
-
-    def close(self) -> None:
-        self.container.close()
-
-
-def is_live(path: Path) -> bool:
-    """An input that can be read only once, front to back: `-` (standard input), a FIFO, a
-    device; a regular file or a folder can be read again (for segments, seeks and resumes)."""
-    return str(path) == "-" or (path.exists() and not path.is_file() and not path.is_dir())
-
-
-def first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame | None:
-    """The first decoded frame: FFmpeg attaches the display rotation (from the container's
-    matrix) and the interlacing flags to frames, not to the stream."""
-    try:
-        return next(container.decode(stream), None)
-    except av.error.FFmpegError:
-        return None
-
-
 class Deinterlacer:
     """FFmpeg's deinterlacing filter through PyAV's filter graph: frames in, frames out (one
     behind), timestamps brought back to the stream's time base (the filter doubles it)."""
@@ -498,85 +292,6 @@ class Deinterlacer:
             if out.pts is not None:
                 out.pts = round(out.pts * out.time_base / self.time_base)
             yield out
-
-
-def is_video_file(path: Path) -> bool:
-    """The one rule for a video file in a folder of inputs: a file with a video extension."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTENSIONS
-
-
-def open_source(
-    path: str | Path,
-    deinterlace: str = "off",
-    notice: Callable[[str], None] = lambda message: None,
-    fps: float | None = None,
-) -> Source:
-    path = Path(path)
-    if is_live(path):
-        return LiveSource(path, deinterlace, notice, fps)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    return Source(path, deinterlace, notice, fps)
-
-
-def frame_files(folder: Path) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()]
-    if not files:
-        raise InputError(f"{folder}: no PNG or JPEG frames in this folder")
-    return sorted(files, key=natural_key)
-
-
-def natural_key(path: Path) -> list:
-    """frame2.png before frame10.png."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-def read_image(path: Path) -> np.ndarray:
-    """(h, w, 3) RGB, uint8 or uint16 (16-bit PNG), through FFmpeg's image decoders."""
-    try:
-        with av.open(str(path)) as container:
-            frame = next(container.decode(video=0))
-    except (av.error.FFmpegError, StopIteration):
-        raise InputError(f"{path}: not a readable image") from None
-    deep = any(c.bits > 8 for c in frame.format.components)
-    return frame.to_ndarray(format="rgb48le" if deep else "rgb24")
-
-
-def hidden_at_start(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
-    """Packets an edit list hides at the start (an MP4 cut without re-encoding, as `ffmpeg -ss 1
-    -c copy` writes): FFmpeg marks them discard and no player shows them, but the container's
-    frame count includes them. Read until 64 shown packets in a row (past any reordering)."""
-    hidden = shown = 0
-    for packet in container.demux(stream):
-        if not packet.size:
-            continue
-        if packet.is_discard:
-            hidden, shown = hidden + 1, 0
-        else:
-            shown += 1
-            if shown >= 64:
-                break
-    return hidden
-
-
-def _estimate_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, rate) -> int | None:
-    """Frames from the stream's (or else the container's) duration at the average frame rate."""
-    if not rate:
-        return None
-    if stream.duration and stream.time_base:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration:
-        seconds = container.duration / av.time_base
-    else:
-        return None
-    return max(1, round(seconds * float(rate)))
-
-
-def _has_alpha(path: Path) -> bool:
-    """Whether an image file's pixel format carries transparency (read_image gives colour only)."""
-    with av.open(str(path)) as container:
-        components = av.VideoFormat(container.streams.video[0].codec_context.pix_fmt).components
-    return any(component.is_alpha for component in components)
 
 
 def _when(pts: int | None, time_base: Fraction) -> str:

@@ -216,7 +216,7 @@ def get(name: str) -> Model:
 def weights_dir() -> Path:
     if os.environ.get("VSRPP_HOME"):
         return Path(os.environ["VSRPP_HOME"]) / "weights"
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]  # vsrpp_cli/weights/zoo.py in a checkout
     if (checkout / "pyproject.toml").is_file() and (checkout / "weights").is_dir():
         return checkout / "weights"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -1,0 +1,145 @@
+"""Segments, the unit of work: the output frames of a fixed number of consecutive windows, from
+a fresh encoder, so each starts on a keyframe and stands alone (`VideoSegment`, or PNG files:
+`FrameSegment`), encoded in a thread of their own (`SegmentWriter`). The windows of a segment still
+being worked are kept losslessly in the worker's `Spool` (FFV1 in Matroska, bit-exact for 8- and
+16-bit RGB and for the planar YUV formats the encoder takes), so an interruption costs at most one
+window's network work; they go when their segment is committed."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import queue
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from ..video.colour import Planes
+from ..video.encode import EncoderSettings, VideoEncoder
+from ..video.images import png_bytes
+from ..video.info import VideoInfo
+from ..video.mux import StoredPacket
+from .reading import QUEUE_FRAMES
+
+
+def spool_folder(run_id: str, rank: int) -> Path:
+    """Where a worker on a machine without the run's folder keeps its lossless windows (kept for
+    --resume): a folder of its own, which it removes when it ends with nothing in it."""
+    folder = Path(tempfile.gettempdir()) / f"vsrpp-spool-{run_id}-{rank}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def segment_maker(
+    settings: EncoderSettings, info: VideoInfo, size: tuple[int, int]
+) -> Callable[[], VideoSegment | FrameSegment]:
+    """What opens a segment of the output: a fresh encoder for a video, PNG files for frames."""
+
+    def new_segment() -> VideoSegment | FrameSegment:
+        if settings.container_format is None:
+            return FrameSegment()
+        return VideoSegment(lambda: VideoEncoder(settings, info, size))
+
+    return new_segment
+
+
+# ----------------------------------------------------------------------------- threads
+class SegmentWriter:
+    """Encodes one segment in a thread; an encoder error is raised at the next put or finish."""
+
+    def __init__(self, new_segment: Callable[[], Any], maxsize: int = QUEUE_FRAMES) -> None:
+        self.new_segment = new_segment
+        self.segment: Any = None
+        self.channel: queue.Queue = queue.Queue(maxsize)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._consume, daemon=True, name="vsrpp-encode")
+        self.thread.start()
+
+    def _consume(self) -> None:
+        while (item := self.channel.get()) is not _DONE:
+            if self.error is None:
+                try:
+                    if self.segment is None:
+                        self.segment = self.new_segment()
+                    self.segment.write(*item)
+                except BaseException as error:
+                    self.error = error
+
+    def put(self, image: Any, pts: int | None) -> None:
+        if self.error:
+            raise self.error
+        self.channel.put((image, pts))
+
+    def finish(self) -> dict[str, bytes]:
+        """The segment's files, once every frame is encoded."""
+        self.channel.put(_DONE)
+        self.thread.join()
+        if self.error:
+            raise self.error
+        files, self.segment = self.segment.close(), None
+        return files
+
+    def abort(self) -> None:
+        if self.thread.is_alive():
+            self.channel.put(_DONE)
+            self.thread.join()
+        if self.segment is not None:
+            with contextlib.suppress(Exception):  # after another failure: that one is reported
+                self.segment.abort()
+            self.segment = None
+
+
+_DONE = object()
+
+
+class VideoSegment:
+    """One segment of a video output being encoded: a fresh encoder, its packets in memory."""
+
+    def __init__(self, make_encoder: Callable[[], VideoEncoder]) -> None:
+        self.encoder = make_encoder()
+        self.payload = io.BytesIO()
+        self.packets: list[StoredPacket] = []
+
+    def write(self, image: np.ndarray | Planes, pts: int | None) -> None:
+        self._keep(self.encoder.encode(image, pts))
+
+    def _keep(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            data = bytes(packet)
+            self.payload.write(data)
+            self.packets.append(StoredPacket(int(packet.pts), int(packet.duration or 0), packet.is_keyframe, len(data)))
+
+    def close(self) -> dict[str, bytes]:
+        """The segment's files: the packets' bytes and their index."""
+        self._keep(self.encoder.flush())
+        self.encoder.close()
+        index = json.dumps({"packets": [dataclasses.astuple(p) for p in self.packets]}, indent=2).encode()
+        return {"packets": self.payload.getvalue(), "index.json": index}
+
+    def abort(self) -> None:
+        self.encoder.close()
+
+
+class FrameSegment:
+    """One segment of a frames-folder output: its PNG files, named in order within the segment."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+
+    def write(self, image: np.ndarray, pts: int | None) -> None:
+        self.files[f"{len(self.files):08d}.png"] = png_bytes(image)
+
+    def close(self) -> dict[str, bytes]:
+        return self.files
+
+    def abort(self) -> None:
+        self.files = {}
+
+
