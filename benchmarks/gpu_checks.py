@@ -69,7 +69,7 @@ def main() -> int:
         results.append({"check": check, "ok": ok, "max_diff": diff})
 
     def run_live(name: str, **settings) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """A Matroska clip through a FIFO (stream.py's one pass, as for pipes), and as a file."""
+        """A Matroska clip through a FIFO (run/one_pass.py's one pass, as for pipes), and as a file."""
         fifo = work / f"{name}.fifo"
         os.mkfifo(fifo)
         matroska = encode_video(work / "clip.mkv", scene, audio_channels=2, container_format="matroska")

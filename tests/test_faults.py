@@ -48,7 +48,7 @@ def test_one_process_killed_at_a_point(tmp_path, fault_weights, fault_clip, faul
 
 
 def test_failpoint_specs():
-    assert parse("commit/1@2=crash, join=raise") == [("commit", 1, 2, "crash"), ("join", None, None, "raise")]
-    for wrong in ("nowhere=crash", "commit=explode", "commit"):
+    assert parse("encode/1@2=crash, join=raise") == [("encode", 1, 2, "crash"), ("join", None, None, "raise")]
+    for wrong in ("nowhere=crash", "encode=explode", "encode"):
         with pytest.raises(ValueError, match="VSRPP_FAILPOINTS"):
             parse(wrong)

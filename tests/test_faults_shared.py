@@ -15,7 +15,7 @@ from faults import WINDOWS, one_line, resumes_exactly
 from harness import run_vsrpp
 from media import probe, read_frames
 
-WORKER_POINTS = ("decode", "network", "encode", "commit", "send")
+WORKER_POINTS = ("decode", "network", "encode", "send")
 WRITER_POINTS = ("save", "join", "rename")
 TWO = ["--nproc-per-node", "2", "--device", "cpu"]
 
@@ -56,7 +56,7 @@ def test_a_killed_worker_restarted_by_the_agent_finishes_the_run(
     tmp_path, monkeypatch, fault_weights, fault_clip, fault_reference
 ):
     """--max-restarts: the killed worker's segment is taken again in the next round."""
-    monkeypatch.setenv("VSRPP_FAILPOINTS", "commit/1@1=crash")
+    monkeypatch.setenv("VSRPP_FAILPOINTS", "encode/1@1=crash")
     output = tmp_path / "out.mp4"
     result = run_vsrpp(
         "upscale", fault_clip, output, "--weights", fault_weights, *WINDOWS, *TWO, "--max-restarts", "1", "--json"

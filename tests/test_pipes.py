@@ -1,4 +1,4 @@
-"""Pipes and live sources (stream.py): `-` as INPUT and OUTPUT through real processes, FIFOs,
+"""Pipes and live sources (run/one_pass.py): `-` as INPUT and OUTPUT through real processes, FIFOs,
 what a one-pass run refuses, a closed pipe downstream, and the latency it measures."""
 
 from __future__ import annotations

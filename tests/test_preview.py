@@ -147,3 +147,18 @@ def test_preview_bad_input_is_one_line_and_writes_nothing(tmp_path, weights, cli
         "preview", clip, "--weights", weights, "--at", "0.2", *WINDOWS, "--output", "/sys/vsrpp-preview"
     )
     assert blocked.returncode == 1 and "no permission" in blocked.stderr, blocked.stderr
+
+
+def test_a_label_stays_inside_its_panel():
+    """A label longer than its panel is drawn smaller and clipped at the panel's edge, never over
+    the next panel (small previews had their labels run into each other)."""
+    from vsrpp_cli.quality.labels import draw_text
+
+    image = np.zeros((20, 200, 3), np.uint8)
+    draw_text(image, "BICUBIC  HELD-OUT.MP4 00:00:05.2", 2, 4, width=92)
+    assert image[:, 96:].max() == 0  # the neighbour's band untouched
+    assert image[:, 4:96].max() == 255 and not image[2 + 8 :].any()  # drawn at half size: 8 rows, not 16
+    fits = np.zeros((20, 200, 3), np.uint8)
+    draw_text(fits, "REDS4", 2, 4, width=92)
+    drawn = np.argwhere(fits[..., 0])
+    assert drawn[:, 0].max() - drawn[:, 0].min() + 1 > 8  # a label that fits keeps its full size

@@ -28,14 +28,13 @@ from torch import Tensor
 
 from .cli.core import check_tiles
 from .errors import UsageError, WorkerError
-from .run.engine import Engine, check_backend, pick_device, pick_dtype
+from .run.engine import build_engine, check_backend, pick_device, pick_dtype
 from .run.jobs import check_encoder
 from .run.launch import Launch
 from .run.pipeline import Options, Summary
 from .run.pipeline import upscale as run_upscale
-from .run.windows import temporal_windows
-from .video.shots import cuts_as_read
-from .weights.checkpoint import load_model
+from .run.windows import batches, windows_as_read
+from .video.info import Frame
 from .weights.zoo import resolve_weights
 
 LAUNCH_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint",
@@ -175,11 +174,11 @@ class Upscaler:
         check_tiles(tile, tile_overlap)
         chosen = resolve_weights(model, Path(weights) if weights is not None else None, progress=False)
         self.device = pick_device(device)
-        dtype = pick_dtype(precision, self.device)
-        check_backend(deform_backend, self.device, dtype)
-        network = load_model(chosen, deform_backend=deform_backend)
-        self.engine = Engine(network, self.device, dtype, tile, tile_overlap, warn=notice or (lambda m: None),
-                             graphs=graphs, batch=batch, strength=strength, deterministic=deterministic)  # fmt: skip
+        check_backend(deform_backend, self.device, pick_dtype(precision, self.device))
+        options = Options(weights=chosen, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
+                          batch=batch, strength=strength, graphs=graphs, deform_backend=deform_backend,
+                          deterministic=deterministic)  # fmt: skip
+        self.engine = build_engine(options, chosen, None, self.device, tile, 0, notice or (lambda m: None), batch)
         self.chunk, self.overlap = chunk_frames, chunk_overlap
         self.scene_cuts = _scene_cuts(scene_cuts)
 
@@ -192,12 +191,12 @@ class Upscaler:
         if not isinstance(frames, Iterable) or (isinstance(frames, (np.ndarray, Tensor)) and frames.ndim < 2):
             raise UsageError(f"Upscaler.frames takes frames one after another (a list, an iterator); got {frames!r}")
         form: dict[str, Any] = {}
-        arrays = (_to_array(frame, form) for frame in frames)
-        arrays, cuts = cuts_as_read(arrays, lambda array: array, self.scene_cuts, None)
-        for window in temporal_windows(arrays, self.chunk, self.overlap, cuts.__contains__):
-            depth = 16 if window.items[0].dtype == np.uint16 else 8
-            for image in self.engine.upscale(window.items, window.keep, depth):
-                yield _from_array(image, form)
+        arrays = (Frame(index, None, _to_array(frame, form)) for index, frame in enumerate(frames))
+        windows, _ = windows_as_read(arrays, self.chunk, self.overlap, self.scene_cuts, None)
+        for batch in batches(windows, self.engine.batch):
+            depth = 16 if batch[0].items[0].image.dtype == np.uint16 else 8
+            for images in self.engine.upscale_windows(batch, depth):
+                yield from (_from_array(image, form) for image in images)
 
     def tensor(self, clip: Tensor) -> Tensor:
         """A whole (t, 3, h, w) clip, uint8 or float in [0, 1], to (t, 3, sh, sw) of the same kind."""

@@ -186,23 +186,17 @@ def evaluate(args: Namespace) -> None:
         check_plot_target(args.plot)
     check_tiles(args.tile, args.tile_overlap)
     from ..quality.evaluate import EvalPlan, score
-    from ..run.engine import Engine, check_backend, pick_device, pick_dtype
-    from ..weights.checkpoint import load_model
+    from ..run.engine import build_engine, check_backend, pick_device, pick_dtype
+    from ..run.options import Options
 
     plan = EvalPlan.make(args.dataset, args.data_root, args.lq, args.gt, args.y_channel)
     chosen = chosen_weights(args.model, args.weights, args.quiet)
     torch_device = pick_device(args.device)
     dtype = pick_dtype(args.precision, torch_device)
     check_backend(args.deform_backend, torch_device, dtype)
-    engine = Engine(
-        load_model(chosen, deform_backend=args.deform_backend),
-        torch_device,
-        dtype,
-        args.tile,
-        args.tile_overlap,
-        warn=output.notice_printer(args.quiet),
-        strength=args.strength,
-    )
+    options = Options(weights=chosen, precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
+                      strength=args.strength, deform_backend=args.deform_backend)  # fmt: skip
+    engine = build_engine(options, chosen, None, torch_device, args.tile, 0, output.notice_printer(args.quiet), 1)
     with output.ClipProgress(len(plan.clips), args.quiet) as advance:
         report, facts = score(
             plan, chosen, engine, args.chunk_frames, args.chunk_overlap, args.crop_border, lambda _: advance()

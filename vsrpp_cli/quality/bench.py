@@ -160,36 +160,11 @@ def bench(
         (p, b, g, n, c) for p in precisions for b in backends for g in graph_modes for n in batches for c in compiled
     ]
     for precision, backend, graphed, batch, compile_it in runs:
-        dtype = PRECISIONS[precision]
-        concrete = resolve_backend(backend, device, dtype)
+        concrete = resolve_backend(backend, device, PRECISIONS[precision])
         reset_peak(device)
-        if backend == "plain":  # the baseline: a separate, straightforward implementation (network/plain.py)
-            ours = build_model(weights, device, torch.float32, "torch")
-            model = PlainBasicVSRPlusPlus(ours.state_dict()).to(device)
-            del ours
-        else:
-            model = build_model(weights, device, dtype, concrete, graphed, compile_it)
-        clip = clip32.to(dtype).expand(batch, *clip32.shape[1:]).contiguous()
-        seconds, out, warmup = time_model(model, clip, repeat)
-        out = out[:1].float().clamp(0, 1)
-        row = Row(
-            "model",
-            precision,
-            concrete,
-            str(device),
-            f"{h}x{w}",
-            frames * batch,
-            frames * batch / seconds,
-            1000 * seconds / (frames * batch),
-            peak_gpu_mib(device),
-            peak_rss_mib(),
-            finite=bool(torch.isfinite(out).all()),
-            graphs=graphed,
-            batch=batch,
-            threads=torch.get_num_threads(),
-            compiled=compile_it,
-            first_call_s=warmup,
-        )
+        model = bench_model(weights, device, precision, backend, concrete, graphed, compile_it)
+        clip = clip32.to(PRECISIONS[precision]).expand(batch, *clip32.shape[1:]).contiguous()
+        row, out = model_row(model, clip, precision, concrete, graphed, compile_it, repeat)
         if precision == "fp32" and reference is None:
             reference = out
         elif reference is not None:
@@ -206,6 +181,32 @@ def bench(
                 for graphed in graph_modes:
                     rows.append(time_pipeline(frames_u8, precision, device_name, weights, colour, graphed))
     return rows
+
+
+def bench_model(
+    weights: Path | None, device: torch.device, precision: str, backend: str, concrete: str, graphed: bool,
+    compile_it: bool,
+) -> torch.nn.Module:  # fmt: skip
+    """Ours as upscale runs it, or for the baseline ("plain") a separate, straightforward
+    implementation (network/plain.py) in fp32 with the same weights."""
+    if backend != "plain":
+        return build_model(weights, device, PRECISIONS[precision], concrete, graphed, compile_it)
+    ours = build_model(weights, device, torch.float32, "torch")
+    return PlainBasicVSRPlusPlus(ours.state_dict()).to(device)
+
+
+def model_row(
+    model: torch.nn.Module, clip: torch.Tensor, precision: str, concrete: str, graphed: bool, compile_it: bool,
+    repeat: int,
+) -> tuple[Row, torch.Tensor]:  # fmt: skip
+    """The network alone on `clip` (batch, t, 3, h, w): its row, and its first output in [0, 1]."""
+    batch, frames, _, h, w = clip.shape
+    seconds, out, warmup = time_model(model, clip, repeat)
+    row = Row("model", precision, concrete, str(clip.device), f"{h}x{w}", frames * batch, frames * batch / seconds,
+              1000 * seconds / (frames * batch), peak_gpu_mib(clip.device), peak_rss_mib(),
+              finite=bool(torch.isfinite(out[:1]).all()), graphs=graphed, batch=batch, threads=torch.get_num_threads(),
+              compiled=compile_it, first_call_s=warmup)  # fmt: skip
+    return row, out[:1].float().clamp(0, 1)
 
 
 def time_stages(

@@ -72,10 +72,17 @@ def text_mask(text: str, scale: int = 2) -> np.ndarray:
     return cells.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def draw_text(image: np.ndarray, text: str, top: int, left: int, colour=(255, 255, 255), scale: int = 2) -> None:
-    """Dots of `text` onto an (h, w, 3) uint8 image, clipped at its edges."""
+def draw_text(
+    image: np.ndarray, text: str, top: int, left: int, colour=(255, 255, 255), scale: int = 2, width: int | None = None
+) -> None:
+    """Dots of `text` onto an (h, w, 3) uint8 image, clipped at its edges and at `width` pixels
+    from `left` (a panel's own width: a label never runs into its neighbour's), at half `scale`
+    where it would not fit whole."""
+    room = image.shape[1] - left if width is None else min(width, image.shape[1] - left)
+    if scale > 1 and text_mask(text, scale).shape[1] > room:
+        scale //= 2
     mask = text_mask(text, scale)
     h = min(mask.shape[0], image.shape[0] - top)
-    w = min(mask.shape[1], image.shape[1] - left)
+    w = min(mask.shape[1], room)
     if h > 0 and w > 0:
         image[top : top + h, left : left + w][mask[:h, :w]] = colour

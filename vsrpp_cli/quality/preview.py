@@ -13,8 +13,8 @@ import itertools
 import math
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OutputError, UsageError, os_error_advice
-from ..run.engine import Engine, pick_device, pick_dtype
-from ..run.pipeline import Options
+from ..run.engine import build_engine, pick_device, pick_dtype
+from ..run.options import Options
 from ..run.sizing import window_shape
 from ..run.windows import WindowTable
 from ..video.decode import Source
@@ -33,7 +33,7 @@ from ..video.images import write_png
 from ..video.inputs import open_source
 from ..video.shots import check_setting, find_cuts
 from ..video.tensors import frames_to_tensor, tensor_to_frames
-from ..weights.checkpoint import load_model
+from ..weights.checkpoint import read_checkpoint
 from .labels import draw_text
 
 BAND = 24  # label band height, pixels
@@ -121,46 +121,16 @@ def preview(
     info = source.info
     frames = pick_frames(source, at)
     device = pick_device(options.device)
-    dtype = pick_dtype(options.precision, device)
-    keep_yuv = options.colour == "device"
     report = PreviewReport()
     columns: dict[int, list[tuple[str, np.ndarray]]] = {frame: [] for frame in frames}
     sources: dict[int, np.ndarray] = {}
     check_setting(options.scene_cuts)
     cuts = find_cuts(options.scene_cuts, source, info.frame_count, notice)  # the shots upscale would find
     for setting in settings:
-        model = load_model(setting.weights, deform_backend=options.deform_backend)
-        chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
-        table = WindowTable(chunk, options.chunk_overlap, cuts, info.frame_count)
-        engine = Engine(model, device, dtype, tile, options.tile_overlap, warn=notice, graphs=options.graphs,
-                        strength=setting.strength)  # fmt: skip
-        seconds = []
-        upscaled_all = []
-        for frame in frames:
-            span = table.span(table.window_of(frame))  # the window upscale runs for this frame
-            start, keep_start = span.start, span.keep_start
-            window = [f.image for f in itertools.islice(source.frames(keep_yuv, first=start), span.stop - start)]
-            if not window:
-                raise UsageError(f"frame {frame} is past the end of {source_path.name}")
-            began = time.perf_counter()
-            kept = slice(keep_start - start, min(span.keep_stop - start, len(window)))
-            upscaled = engine.upscale(window, kept, info.bit_depth)
-            seconds.append(time.perf_counter() - began)
-            upscaled_all += upscaled
-            columns[frame].append((setting.label, to_rgb8(upscaled[frame - keep_start])))
-            if frame not in sources:
-                sources[frame] = enlarged_source(window[frame - start], engine.scale, device)
-        windows = len(table) if info.frame_count else math.ceil((info.frame_estimate or 1) / chunk)
-        report.estimates.append(
-            Estimate(
-                setting.label,
-                round(float(np.median(seconds)), 3),
-                windows,
-                round(float(np.median(seconds)) * windows, 1),
-                estimate_bytes(upscaled_all, info, options, source_path, engine.scale),
-                upscale_command(source_path, setting, options),
-            )
-        )
+        moments = Moments(source, frames, cuts, options, setting, device, notice)
+        for frame, upscaled in moments.upscaled(sources):
+            columns[frame].append((setting.label, to_rgb8(upscaled)))
+        report.estimates.append(moments.estimate(source_path))
     folder_ready(folder)
     rate = float(info.frame_rate or 25)
     for number, frame in enumerate(frames, start=1):
@@ -170,6 +140,49 @@ def preview(
         report.images.append(str(path))
         report.moments.append({"frame": frame, "seconds": round(frame / rate, 3), "image": str(path), "panels": boxes})
     return report
+
+
+class Moments:
+    """The chosen frames upscaled with one setting, each in the window `upscale` runs for it
+    (windows.WindowTable, shot by shot), timed, to estimate the whole run."""
+
+    def __init__(self, source: Source, frames: list[int], cuts: list[int], options: Options, setting: Setting,
+                 device: torch.device, notice: Callable[[str], None]) -> None:  # fmt: skip
+        self.source, self.frames, self.options, self.setting, self.device = source, frames, options, setting, device
+        info = source.info
+        dtype = pick_dtype(options.precision, device)
+        mid_channels = read_checkpoint(setting.weights).architecture["mid_channels"]
+        self.chunk, tile = window_shape(device, info.width, info.height, mid_channels, dtype.itemsize, options)
+        self.table = WindowTable(self.chunk, options.chunk_overlap, cuts, info.frame_count)
+        self.engine = build_engine(replace(options, strength=setting.strength), setting.weights, info, device, tile,
+                                   0, notice, batch=1)  # fmt: skip
+        self.seconds: list[float] = []
+        self.all: list[np.ndarray] = []  # every upscaled frame (to estimate the output's size)
+
+    def upscaled(self, enlarged: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """Each moment's upscaled frame; `enlarged` gets its source frame enlarged bicubically."""
+        info, keep_yuv = self.source.info, self.options.colour == "device"
+        for frame in self.frames:
+            span = self.table.span(self.table.window_of(frame))  # the window upscale runs for this frame
+            start, keep_start = span.start, span.keep_start
+            window = [f.image for f in itertools.islice(self.source.frames(keep_yuv, first=start), span.stop - start)]
+            if not window:
+                raise UsageError(f"frame {frame} is past the end of {self.source.path.name}")
+            began = time.perf_counter()
+            kept = slice(keep_start - start, min(span.keep_stop - start, len(window)))
+            upscaled = self.engine.upscale(window, kept, info.bit_depth)
+            self.seconds.append(time.perf_counter() - began)
+            self.all += upscaled
+            if frame not in enlarged:
+                enlarged[frame] = enlarged_source(window[frame - start], self.engine.scale, self.device)
+            yield frame, upscaled[frame - keep_start]
+
+    def estimate(self, source_path: Path) -> Estimate:
+        info, median = self.source.info, float(np.median(self.seconds))
+        windows = len(self.table) if info.frame_count else math.ceil((info.frame_estimate or 1) / self.chunk)
+        return Estimate(self.setting.label, round(median, 3), windows, round(median * windows, 1),
+                        estimate_bytes(self.all, info, self.options, source_path, self.engine.scale),
+                        upscale_command(source_path, self.setting, self.options))  # fmt: skip
 
 
 def to_rgb8(frame: np.ndarray) -> np.ndarray:
@@ -216,7 +229,7 @@ def compose(
         image[BAND : BAND + h, x : x + w] = panel
         zoom = panel[top : top + ch, left : left + cw].repeat(2, axis=0).repeat(2, axis=1)
         image[BAND + h + GAP : BAND + h + GAP + 2 * ch, x : x + 2 * cw] = zoom
-        draw_text(image, label if i else f"{label}  {title}", 5, x + 4)
+        draw_text(image, label if i else f"{label}  {title}", 5, x + 4, width=w - 8)
         boxes.append({"label": label, "box": [x, BAND, w, h], "zoom": [x, BAND + h + GAP, 2 * cw, 2 * ch]})
     return image, boxes
 

@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,10 +17,13 @@ from ..errors import UsageError
 from ..network import BasicVSRPlusPlus
 from ..network.basicvsrpp import BRANCHES, RECONSTRUCTION_UNITS
 from ..video.colour import Planes, YuvTarget
+from ..video.info import Frame, VideoInfo
 from ..video.tensors import frames_to_tensor, tensor_to_frames
-from .sizing import MIN_TILE
+from ..weights.checkpoint import load_model
+from .options import Options
+from .sizing import MIN_TILE, default_batch
 from .threads import network_thread, use_threads
-from .windows import run_count, run_tiled
+from .windows import Window, run_count, run_tiled
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -140,6 +144,16 @@ class Engine:
         finally:
             self.progress = None
         return [tensor_to_frames(out[:, keep], bit_depth, target) for out, (_, keep) in zip(outs, windows, strict=True)]
+
+    def upscale_windows(
+        self, windows: list[Window[Frame]], bit_depth: int, target: YuvTarget | None = None,
+        within: Callable[[float], None] | None = None,
+    ) -> list[list[np.ndarray | Planes]]:  # fmt: skip
+        """A batch of windows (windows.batches) through the network together: each one's kept
+        frames. `within` hears the kept frames done so far (a fraction of the batch's) as it goes."""
+        kept = sum(window.keep.stop - window.keep.start for window in windows)
+        runs = [([frame.image for frame in window.items], window.keep) for window in windows]
+        return self.upscale_many(runs, bit_depth, target, (lambda done: within(done * kept)) if within else None)
 
     def _step_counter(self, windows: list[tuple[list, slice]], on_progress: Callable[[float], None]) -> Callable:
         frames = windows[0][0]
@@ -288,3 +302,23 @@ def worker_device(name: str, world: int) -> torch.device:
         device = torch.device("cuda", device.index or 0)
         torch.cuda.set_device(device)
     return device
+
+
+def build_engine(
+    options: Options, weights: Path, info: VideoInfo | None, device: torch.device, tile: int, window_frames: int,
+    tell: Callable[[str], None], batch: int | None = None,
+) -> Engine:  # fmt: skip
+    """The engine as every run sets it up from its options: the checkpoint at `weights` (this
+    machine's path) with the asked deformable-conv backend, the run's precision and tiles, and
+    `batch` windows per forward (None: --batch, else as many windows of `info`'s frames as fit the
+    device's free memory)."""
+    dtype = pick_dtype(options.precision, device)
+    model = load_model(weights, deform_backend=options.deform_backend)
+    if batch is None:
+        width, height = (min(side, tile + 2 * options.tile_overlap) if tile else side
+                         for side in (info.width, info.height))  # fmt: skip
+        batch = options.batch or default_batch(device, width, height, model.mid_channels, window_frames,
+                                               dtype.itemsize)  # fmt: skip
+    return Engine(model, device, dtype, tile, options.tile_overlap, warn=tell, graphs=options.graphs, batch=batch,
+                  compile=options.compile, strength=options.strength,
+                  deterministic=bool(options.deterministic))  # fmt: skip

@@ -3,7 +3,7 @@ gofail and TiKV's fail-rs do.
 
 VSRPP_FAILPOINTS lists them, comma-separated: `NAME[/RANK][@HIT]=ACTION`.
 - NAME: decode (a window's frames read), network (a window upscaled), encode (a segment's
-  encoder flushed), commit (a segment about to be sent), send (sent, not yet acknowledged),
+  encoder flushed, the segment about to be sent), send (sent, not yet acknowledged),
   save (the writer about to store a received segment), join (the segments being joined), rename
   (the joined file about to be moved into place).
 - RANK: only in that worker (RANK of torch.distributed; the in-process worker is 0).
@@ -30,7 +30,7 @@ from collections import Counter
 
 from ..errors import VsrppError
 
-POINTS = ("decode", "network", "encode", "commit", "send", "save", "join", "rename")
+POINTS = ("decode", "network", "encode", "send", "save", "join", "rename")
 ACTIONS = ("crash", "raise", "stall", "hang", "full")
 SPEC = re.compile(r"(?P<name>\w+)(?:/(?P<rank>\d+))?(?:@(?P<hit>\d+))?=(?P<action>\w+)")
 

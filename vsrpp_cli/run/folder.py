@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import OutputError, ResumeError
 from ..video.colour import Planes, YuvTarget, planar_format, read_planes, to_video_frame
-from ..video.mux import StoredPacket
+from ..video.mux import Muxer, StoredPacket
 from .outputs import partial_folder
 
 RUN_FILE = "run.json"
@@ -157,6 +157,30 @@ class RunFolder:
     def remove_if_empty(self) -> None:
         if not Spool(self.folder).stored_windows() and not self.closed_segments():
             self.remove()
+
+
+def clean_up(
+    muxer: Muxer | None, temporary: Path | None, folder: RunFolder | None, notice: Callable[[str], None]
+) -> None:
+    """After a failure or an interruption: what is partial goes, closed segments and stored
+    windows stay for --resume (and the folder goes too when it holds nothing). Never raises over
+    the failure it follows: what it could not remove is said in one line."""
+    steps: list[tuple[str, Callable[[], None]]] = []
+    if temporary is not None:
+        steps.append(("the temporary output", lambda: remove(temporary)))
+    if muxer is not None:
+        steps.insert(0, ("the output being joined", muxer.abort))
+    if folder is not None:
+        steps += [("unfinished files", folder.remove_partials), ("the run's folder", folder.remove_if_empty),
+                  ("the run's lock", folder.unlock)]  # fmt: skip
+    left = []
+    for what, step in steps:
+        try:
+            step()
+        except Exception as error:
+            left.append(f"{what} ({os.strerror(error.errno) if isinstance(error, OSError) else error})")
+    if left:
+        notice(f"could not remove {', '.join(left)}")
 
 
 def lock_folder(folder: Path) -> int:

@@ -106,29 +106,9 @@ def run_workers(
     `rendezvous_file`: on one machine, the agent meets its workers through this file (a FileStore)
     rather than a TCP store, and opens no TCP server of its own for them: nothing listens.
     Returns what each of this machine's workers returned, by global rank."""
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import elastic_launch
 
-    multi = launch.nnodes > 1
-    by_file = rendezvous_file is not None and not multi
-    if multi:
-        rendezvous = {"rdzv_backend": "static", "rdzv_endpoint": launch.rdzv_endpoint or "",
-                      "rdzv_configs": {"rank": launch.node_rank}}  # fmt: skip
-    elif by_file:
-        rendezvous = {"rdzv_backend": "c10d", "rdzv_endpoint": str(rendezvous_file),
-                      "rdzv_configs": {"store_type": "file"}}  # fmt: skip
-    else:
-        rendezvous = {"rdzv_backend": "c10d", "rdzv_endpoint": launch.rdzv_endpoint or "", "rdzv_configs": {}}
-    config = LaunchConfig(
-        min_nodes=launch.nnodes,
-        max_nodes=launch.nnodes,
-        nproc_per_node=launch.nproc,
-        run_id=os.environ.get("SLURM_JOB_ID") or ("vsrpp" if multi else uuid.uuid4().hex),
-        **rendezvous,
-        max_restarts=launch.max_restarts,
-        monitor_interval=0.2,
-        # Older PyTorch (LaunchConfig without the field) waits its own default before SIGKILL.
-        **({"shutdown_timeout": SHUTDOWN_SECONDS} if "shutdown_timeout" in LaunchConfig.__dataclass_fields__ else {}),
-    )
+    by_file = rendezvous_file is not None and launch.nnodes == 1
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     # The agent logs each failure as a traceback, and a signal as a warning; the caller says it
     # in one line. Its modules' loggers carry levels of their own (torch's get_logger sets them),
@@ -144,7 +124,7 @@ def run_workers(
     if by_file:
         os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     try:
-        return elastic_launch(config, entry)(*args)
+        return elastic_launch(launch_config(launch, rendezvous_file if by_file else None), entry)(*args)
     finally:
         if by_file:
             if shared_store is None:
@@ -156,6 +136,33 @@ def run_workers(
                 signal.signal(number, handler)
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
+
+
+def launch_config(launch: Launch, rendezvous_file: Path | None) -> Any:
+    """The elastic agent's configuration: a static rendezvous across machines, a FileStore at
+    `rendezvous_file` on one machine, else torch's c10d rendezvous."""
+    from torch.distributed.launcher.api import LaunchConfig
+
+    multi = launch.nnodes > 1
+    if multi:
+        rendezvous = {"rdzv_backend": "static", "rdzv_endpoint": launch.rdzv_endpoint or "",
+                      "rdzv_configs": {"rank": launch.node_rank}}  # fmt: skip
+    elif rendezvous_file is not None:
+        rendezvous = {"rdzv_backend": "c10d", "rdzv_endpoint": str(rendezvous_file),
+                      "rdzv_configs": {"store_type": "file"}}  # fmt: skip
+    else:
+        rendezvous = {"rdzv_backend": "c10d", "rdzv_endpoint": launch.rdzv_endpoint or "", "rdzv_configs": {}}
+    return LaunchConfig(
+        min_nodes=launch.nnodes,
+        max_nodes=launch.nnodes,
+        nproc_per_node=launch.nproc,
+        run_id=os.environ.get("SLURM_JOB_ID") or ("vsrpp" if multi else uuid.uuid4().hex),
+        **rendezvous,
+        max_restarts=launch.max_restarts,
+        monitor_interval=0.2,
+        # Older PyTorch (LaunchConfig without the field) waits its own default before SIGKILL.
+        **({"shutdown_timeout": SHUTDOWN_SECONDS} if "shutdown_timeout" in LaunchConfig.__dataclass_fields__ else {}),
+    )
 
 
 def failure_line(error: BaseException) -> str:

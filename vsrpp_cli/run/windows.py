@@ -13,10 +13,14 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
+
+from ..video.info import Frame
+from ..video.shots import cuts_as_read
 
 T = TypeVar("T")
 
@@ -73,6 +77,37 @@ def temporal_windows(
         yield Window(index, start, window_items, slice(keep_start - start, keep_stop - start))
         keep_start = keep_stop
         index += 1
+
+
+def windows_as_read(
+    frames: Iterable[Frame], chunk: int, overlap: int, cuts: str | list[int], frame_rate: Fraction | None
+) -> tuple[Iterator[Window[Frame]], set[int]]:
+    """The windows over frames read front to back (one process, a pipe), shot by shot, and the set
+    of cuts as far as the windows have reached: found in the frames as they are read ("auto",
+    shots.LOOKAHEAD frames ahead of the windows), from a file or list, or none ("off")."""
+    marked, found = cuts_as_read(frames, lambda frame: frame.image, cuts, frame_rate)
+    return temporal_windows(marked, chunk, overlap, found.__contains__), found
+
+
+def batches(windows: Iterable[Window[T]], size: int, alone: Callable[[Window[T]], bool] = lambda w: False
+            ) -> Iterator[list[Window[T]]]:  # fmt: skip
+    """Runs of up to `size` windows of one length (the network batches equal shapes only), in
+    order; a window for which `alone` holds (one a resumed run has stored) comes as a run of its own."""
+    pending: list[Window[T]] = []
+    for window in windows:
+        apart = alone(window)
+        if pending and (apart or len(pending[0].items) != len(window.items)):
+            yield pending
+            pending = []
+        if apart:
+            yield [window]
+            continue
+        pending.append(window)
+        if len(pending) >= size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
 
 
 @dataclass(frozen=True)

@@ -30,17 +30,15 @@ from ..video.decode import Source
 from ..video.encode import EncoderSettings
 from ..video.info import Frame
 from ..video.inputs import open_source
-from ..video.shots import marking_cuts
-from ..weights.checkpoint import load_model
 from ..weights.hashing import sample_sha256, sha256_of
 from .coordination import AbortError, Board
-from .engine import Engine, pick_dtype, worker_device
+from .engine import build_engine, worker_device
 from .failpoints import failpoint
 from .folder import Spool
+from .options import Options
 from .reading import FrameReader
 from .segments import SegmentWriter, segment_maker, spool_folder
-from .sizing import default_batch
-from .windows import Window, WindowTable, temporal_windows
+from .windows import Window, WindowTable, batches, windows_as_read
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -59,43 +57,33 @@ class Worker:
         self.board, self.rank, self.world, self.round = board, rank, world, round_
         self.stop = stop or threading.Event()
         self.job = job = board.job()
-        self.options = options = job["options"]
+        self.options = options = Options.from_job(job["options"])
         self.notices: list[str] = []
         self.notice, self.moved = notice, moved  # moved: its progress changed (the writer shows it)
         self.segment_frames = 0  # of the open segment, done so far
-        self.source = open_source(Path(local.source), options["deinterlace"], self.tell, options["fps"])
+        self.source = open_source(Path(local.source), options.deinterlace, self.tell, options.fps)
         check_same_input(self.source, local, job)
         self.info = self.source.info
         self.device = worker_device(local.device, world)
-        dtype = pick_dtype(options["precision"], self.device)
-        model = load_model(Path(local.weights), deform_backend=options["deform_backend"])
-        self.chunk, self.per_segment = job["plan"]["chunk_frames"], job["plan"]["windows_per_segment"]
-        self.overlap = options["chunk_overlap"]
-        cuts = job["plan"].get("cuts", [])
-        self.table = WindowTable(self.chunk, self.overlap, cuts or [], job["total"])
+        plan = job["plan"]
+        self.chunk, self.per_segment = plan["chunk_frames"], plan["windows_per_segment"]
+        self.overlap = options.chunk_overlap
+        self.table = WindowTable(self.chunk, self.overlap, plan.get("cuts") or [], job["total"])
         # None: a run in one process finds its cuts in the frames it reads anyway (no pass first).
-        self.found_cuts: set[int] | None = set() if cuts is None else None
+        self.found_cuts: set[int] | None = set() if plan.get("cuts", []) is None else None
         self.as_read: Iterator[Window[Frame]] | None = None  # the windows, laid out as frames come
         self.held: Window[Frame] | None = None  # read past the segment asked for: the next one's
-        window_frames = self.chunk + 2 * self.overlap
-        tile = job["plan"].get("tile", options["tile"])  # the writer's choice, the same for every worker
-        width, height = (min(side, tile + 2 * options["tile_overlap"]) if tile else side
-                         for side in (self.info.width, self.info.height))  # fmt: skip
-        batch = options["batch"] or default_batch(self.device, width, height, model.mid_channels, window_frames,
-                                                  dtype.itemsize)  # fmt: skip
-        self.engine = Engine(model, self.device, dtype, tile, options["tile_overlap"], warn=self.tell,
-                             graphs=options["graphs"], batch=batch, compile=options["compile"],
-                             strength=options["strength"], deterministic=options["deterministic"])  # fmt: skip
+        tile = plan.get("tile", options.tile)  # the writer's choice, the same for every worker
+        self.engine = build_engine(options, Path(local.weights), self.info, self.device, tile,
+                                   self.chunk + 2 * self.overlap, self.tell)  # fmt: skip
         self.target = YuvTarget(**job["target"]) if job["target"] else None
-        size = tuple(job["size"])
-        settings = EncoderSettings(job["container_format"], options["codec"], options["crf"], options["preset"],
-                                   options["pix_fmt"])  # fmt: skip
-        self.new_segment = segment_maker(settings, self.info, size)
+        settings = EncoderSettings(job["container_format"], options.codec, options.crf, options.preset, options.pix_fmt)
+        self.new_segment = segment_maker(settings, self.info, tuple(job["size"]))
         self.own_spool = not Path(local.spool).is_dir()
         self.spool = Spool(spool_folder(job["run_id"], rank) if self.own_spool else Path(local.spool))
-        self.reader = FrameReader(self.source, options["colour"] == "device", job["times"], 2 * self.overlap)
+        self.reader = FrameReader(self.source, options.colour == "device", job["times"], 2 * self.overlap)
         self.stats: dict[str, Any] = {
-            "rank": rank, "device": str(self.device), "batch": batch, "segments": 0, "windows": 0,
+            "rank": rank, "device": str(self.device), "batch": self.engine.batch, "segments": 0, "windows": 0,
             "windows_resumed": 0, "frames": 0, "seconds": 0.0, "seconds_sending": 0.0, "bytes_sent": 0,
         }  # fmt: skip
 
@@ -161,7 +149,6 @@ class Worker:
         finally:
             writer.abort()
         failpoint("encode", self.rank)
-        failpoint("commit", self.rank)
         began = time.perf_counter()
         self.board.send(segment, files, self.rank, self.round)
         failpoint("send", self.rank)
@@ -176,43 +163,28 @@ class Worker:
     def upscaled_windows(self, indices: range) -> Iterator[tuple[Window[Frame], list]]:
         """The segment's windows with their upscaled kept frames, in order: from the spool where
         an earlier run stored them, else through the network, up to `batch` windows at once."""
-        pending: list[Window[Frame]] = []
-
-        def run_pending() -> Iterator[tuple[Window[Frame], list]]:
-            if not pending:
-                return
-            runs = [([f.image for f in w.items], w.keep) for w in pending]
-            kept = sum(w.keep.stop - w.keep.start for w in pending)
-
-            def within(fraction: float) -> None:  # progress moves during the window; a stop stops it
-                if self.stop.is_set():
-                    raise AbortError("stopped")
-                self.board.set_within(self.rank, self.segment_frames + fraction * kept)
-                self.moved()
-
-            upscaled_windows = self.engine.upscale_many(runs, self.info.bit_depth, self.target, within)
-            failpoint("network", self.rank)
-            for window, upscaled in zip(pending, upscaled_windows, strict=True):
+        stored = self.spool.has_window
+        for batch in batches(self.windows(indices), self.engine.batch, lambda window: stored(window.index)):
+            if self.stop.is_set():
+                raise AbortError("stopped")
+            if stored(batch[0].index):
+                self.stats["windows_resumed"] += 1
+                yield batch[0], self.spool.load_window(batch[0].index, self.target)
+                continue
+            for window, upscaled in zip(batch, self.engine.upscale_windows(batch, self.info.bit_depth, self.target,
+                                                                           self.within), strict=True):  # fmt: skip
+                failpoint("network", self.rank)
                 if window.index != indices[-1]:  # the segment's last window is sent at once: nothing to keep
                     self.spool.save_window(window.index, upscaled)
                 self.stats["windows"] += 1
                 yield window, upscaled
-            pending.clear()
 
-        for window in self.windows(indices):
-            if self.stop.is_set():
-                raise AbortError("stopped")
-            if self.spool.has_window(window.index):
-                yield from run_pending()
-                self.stats["windows_resumed"] += 1
-                yield window, self.spool.load_window(window.index, self.target)
-                continue
-            if pending and len(pending[0].items) != len(window.items):
-                yield from run_pending()
-            pending.append(window)
-            if len(pending) >= self.engine.batch:
-                yield from run_pending()
-        yield from run_pending()
+    def within(self, frames: float) -> None:
+        """Progress inside a forward (the writer shows it); a stopped run stops here."""
+        if self.stop.is_set():
+            raise AbortError("stopped")
+        self.board.set_within(self.rank, self.segment_frames + frames)
+        self.moved()
 
     def windows(self, indices: range) -> Iterator[Window[Frame]]:
         """The plan's windows (windows.WindowTable: as a run over the whole video lays them out,
@@ -237,9 +209,8 @@ class Worker:
         as they are read, from the first on (a resumed run reads past what it has, as it would
         anyway, and finds the same cuts), 3 frames ahead of the windows (shots.LOOKAHEAD)."""
         if self.as_read is None:
-            found = self.found_cuts
-            frames = marking_cuts(self.reader.read(0, sys.maxsize), lambda frame: frame.image, found)
-            self.as_read = temporal_windows(frames, self.chunk, self.overlap, found.__contains__)
+            self.as_read, self.found_cuts = windows_as_read(self.reader.read(0, sys.maxsize), self.chunk,
+                                                            self.overlap, "auto", None)  # fmt: skip
         while True:
             window, self.held = self.held or next(self.as_read, None), None
             if window is None or window.index >= indices.stop:

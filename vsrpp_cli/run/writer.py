@@ -1,6 +1,6 @@
-"""The writer's side of a run (pipeline.py): the workers started (a thread here, or processes
-through the elastic launcher), the segments they send stored in the run's folder, progress
-shown, silent workers noticed."""
+"""The writer, the owner of a run's end: each segment a worker sends checked against the plan
+and its sender's claim, then stored in the run's folder; progress shown; a worker's error, a
+silent or stalled worker stop the run (run/workers.py starts the workers and serves it)."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ class ClipSamples(Dataset):
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(t, h, w, 3) uint8/uint16 -> (t, 3, h, w) in [0, 1], by the one path frames take (tensors.py)."""
+    """(t, h, w, 3) uint8/uint16 -> (t, 3, h, w) in [0, 1], by the one path frames take (video/tensors.py)."""
     return frames_to_tensor(list(np.ascontiguousarray(frames)), torch.device("cpu"), torch.float32)[0]
 
 

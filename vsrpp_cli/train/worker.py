@@ -188,7 +188,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> None:
-        """REDS4 under the evaluation protocol (evaluate.py), each clip as one sequence (rank 0)."""
+        """REDS4 under the evaluation protocol (quality/evaluate.py), each clip as one sequence (rank 0)."""
         if self.rank == 0:
             self.model.eval()
 

@@ -267,6 +267,9 @@ class Source:
     def side_packet(self, packet: av.Packet) -> None:
         """An audio or subtitle packet met while reading the video (a live source's)."""
 
+    def close(self) -> None:
+        """A file or folder holds nothing open between reads (a live source does)."""
+
 
 class Deinterlacer:
     """FFmpeg's deinterlacing filter through PyAV's filter graph: frames in, frames out (one

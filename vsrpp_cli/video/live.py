@@ -18,7 +18,7 @@ from .info import Frame, VideoInfo, describe
 class LiveSource(Source):
     """An input read once, front to back: standard input (`-`), a FIFO, a device. One container
     stays open for the whole run; the audio and subtitle packets met on the way wait in `side`
-    for the output to copy (stream.py)."""
+    for the output to copy (run/one_pass.py)."""
 
     live = True
 

@@ -17,33 +17,29 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..errors import Interrupted, OutputError, UsageError, os_error_advice
-from ..video.encode import EncoderSettings, VideoEncoder, container_for
+from ..video.encode import VideoEncoder
 from ..video.images import FrameFolderSink
-from ..video.info import Frame, VideoInfo
-from ..video.inputs import is_live, open_source
+from ..video.inputs import is_live
 from ..video.live import LiveSource
 from ..video.mux import Muxer
-from ..video.shots import cuts_as_read
-from ..weights.checkpoint import load_model
 from . import failpoints
-from .engine import PRECISIONS, Engine, check_backend, pick_dtype, worker_device
-from .folder import output_lock, remove
+from .engine import build_engine
+from .folder import clean_up, output_lock, remove
 from .launch import Launch
-from .outputs import check_output, finish, path_bytes, temporary_path
-from .pipeline import Options, Summary, cleanup
+from .options import Options, Summary
+from .outputs import finish, temporary_path
+from .plan import Run
 from .reading import in_background
-from .sizing import tiles_notice, window_shape
-from .windows import Window, temporal_windows
+from .windows import batches, windows_as_read
 
 STDIO = "-"
 
 
-def check_stream_run(source: Path, output: Path, options: Options, launch: Launch) -> None:
+def check_one_pass(source: Path, output: Path, options: Options, launch: Launch) -> None:
     """What a one-pass run cannot do, refused before anything is read."""
     if is_live(source):
         what = "standard input" if str(source) == STDIO else str(source)
@@ -68,96 +64,39 @@ def check_stream_run(source: Path, output: Path, options: Options, launch: Launc
                              "output is written as the run goes; write to a file, or run in one process")  # fmt: skip
 
 
-def upscale_stream(
-    source_path: Path,
-    output: Path,
-    options: Options,
-    on_progress: Callable[[float, int | None], None],
-    notice: Callable[[str], None],
-    launch: Launch,
-) -> Summary:
-    check_stream_run(source_path, output, options, launch)
-    started = time.perf_counter()
-    to_stdout = str(output) == STDIO
-    container_format = container_for(output, options.format)
-    if not to_stdout:
-        check_output(output, options.overwrite)
-    summary = Summary(str(source_path), str(output), colour=options.colour, chunk_overlap=options.chunk_overlap)
-    tell = summary.teller(notice)
-    source = open_source(source_path, options.deinterlace, tell, options.fps)
+def run_one_pass(run: Run, on_progress: Callable[[float, int | None], None]) -> Summary:
+    """Frames read, windowed shot by shot, upscaled and written as they come: the run's one
+    open-ended segment, straight into the output."""
+    options, info, summary = run.options, run.info, run.summary
+    # One window at a time unless asked: each window more in a batch is a chunk more of latency.
+    engine = build_engine(options, options.weights, info, run.device, run.tile, run.chunk + 2 * options.chunk_overlap,
+                          run.tell, batch=options.batch or 1)  # fmt: skip
+    summary.chunk_frames, summary.batch = run.chunk, engine.batch
     with contextlib.ExitStack() as stack:
-        if isinstance(source, LiveSource):
-            stack.callback(source.close)
-        info = source.info
-        engine, chunk = engine_for(options, info, tell)
-        summary.device, summary.chunk_frames, summary.batch = str(engine.device), chunk, engine.batch
-        summary.precision = next(name for name, value in PRECISIONS.items() if value == engine.dtype)
-        size = (info.width * engine.scale, info.height * engine.scale)
-        total = info.frame_count or info.frame_estimate
-        on_progress(0, total)
-        sink = stack.enter_context(open_sink(output, container_format, options, info, size, source, tell))
-        decoded = in_background(source.frames(options.colour == "device"))
+        stack.callback(run.source.close)
+        sink = stack.enter_context(open_sink(run))
+        decoded = in_background(run.source.frames(options.colour == "device"))
         stack.callback(decoded.close)  # the decode thread stopped (before the input is closed), on any exit
         taken = Counted(decoded)
-        frames, cuts = cuts_as_read(taken, lambda frame: frame.image, options.scene_cuts, info.frame_rate)
-        windows = temporal_windows(frames, chunk, options.chunk_overlap, cuts.__contains__)
-        done = 0
+        windows, cuts = windows_as_read(taken, run.chunk, options.chunk_overlap, options.scene_cuts, info.frame_rate)
+        done = 0  # frames handed to the output
         for batch in batches(windows, engine.batch):
-            kept = sum(w.keep.stop - w.keep.start for w in batch)
 
-            def within(fraction: float, done: int = done, kept: int = kept) -> None:
-                on_progress(done + fraction * kept, total)
+            def within(frames: float, done: int = done) -> None:
+                on_progress(done + frames, run.total)
 
-            runs = [([f.image for f in w.items], w.keep) for w in batch]
-            for window, images in zip(batch, engine.upscale_many(runs, info.bit_depth, sink.target, within),
+            for window, images in zip(batch, engine.upscale_windows(batch, info.bit_depth, sink.target, within),
                                       strict=True):  # fmt: skip
                 for frame, image in zip(window.items[window.keep], images, strict=True):
                     sink.write(image, frame.pts, taken.count)
                     done += 1
                 failpoints.failpoint("network")
-                on_progress(done, total)
+                on_progress(done, run.total)
         sink.finish(taken.count)
-        summary.latency_frames = sink.latency
-        summary.cuts = sorted(cuts)
-        summary.fp32_fallbacks = engine.fp32_fallbacks
-        summary.tile = engine.tile
-        summary.lost = list(source.report.lost)
-    summary.frames = done
-    summary.seconds = time.perf_counter() - started
-    summary.output_bytes = 0 if to_stdout else path_bytes(output)
+    summary.frames, summary.latency_frames, summary.cuts = done, sink.latency, sorted(cuts)
+    summary.fp32_fallbacks, summary.tile = engine.fp32_fallbacks, engine.tile
+    summary.lost = list(run.source.report.lost)
     return summary
-
-
-def engine_for(options: Options, info: VideoInfo, tell: Callable[[str], None]) -> tuple[Engine, int]:
-    """The engine as a run of these options sets it up (device made current, backend checked,
-    tiles where no window of whole frames fits), and the window's kept frames."""
-    device = worker_device(options.device, 1)
-    dtype = pick_dtype(options.precision, device)
-    check_backend(options.deform_backend, device, dtype)
-    model = load_model(options.weights, deform_backend=options.deform_backend)
-    chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
-    if tile != options.tile:
-        tell(tiles_notice(info, chunk + 2 * options.chunk_overlap, tile))
-    # One window at a time unless asked: each window more in a batch is a chunk more of latency.
-    engine = Engine(model, device, dtype, tile, options.tile_overlap, warn=tell, graphs=options.graphs,
-                    batch=options.batch or 1, compile=options.compile, strength=options.strength,
-                    deterministic=bool(options.deterministic))  # fmt: skip
-    return engine, chunk
-
-
-def batches(windows: Iterable[Window[Frame]], size: int) -> Iterator[list[Window[Frame]]]:
-    """Runs of up to `size` windows of one length (the network batches equal shapes only)."""
-    pending: list[Window[Frame]] = []
-    for window in windows:
-        if pending and len(pending[0].items) != len(window.items):
-            yield pending
-            pending = []
-        pending.append(window)
-        if len(pending) >= size:
-            yield pending
-            pending = []
-    if pending:
-        yield pending
 
 
 class Counted:
@@ -210,15 +149,13 @@ class Sink:
 
 
 @contextlib.contextmanager
-def open_sink(
-    output: Path, container_format: str | None, options: Options, info, size: tuple[int, int], source,
-    tell: Callable[[str], None],
-) -> Iterator[Sink]:  # fmt: skip
+def open_sink(run: Run) -> Iterator[Sink]:
     """The output, open for the run: standard output, or a temporary beside OUTPUT moved into
     place once complete. On a failure what was begun is removed (nothing is kept: there is no
     resume), and a closed pipe downstream is said in one line. Ctrl-C (SIGTERM, KeyboardInterrupt)
     is how a live source is stopped: the output is ended with the frames out so far, a whole
     file, as FFmpeg ends a recording."""
+    output, options, tell = run.output, run.options, run.tell
     to_stdout = str(output) == STDIO
     temporary = None if to_stdout else temporary_path(output)
     muxer: Muxer | None = None
@@ -229,23 +166,22 @@ def open_sink(
         stdout_for_video() if to_stdout else contextlib.nullcontext(None) as descriptor,
     ):
         try:
-            if container_format is None:
+            if run.container_format is None:
                 remove(temporary)  # a folder left by a killed run
                 sink = Sink(None, None, FrameFolderSink(temporary), False)
             else:
-                settings = EncoderSettings(container_format, options.codec, options.crf, options.preset,
-                                           options.pix_fmt)  # fmt: skip
                 url = f"pipe:{descriptor}" if to_stdout else temporary
                 # Audio and subtitles: a live source's as it reads them, or a file's own.
+                source = run.source
                 audio = source if isinstance(source, LiveSource) else source.path if source.path.is_file() else None
-                muxer = Muxer(url, settings, info, size, audio, tell)
-                encoder = VideoEncoder(settings, info, size)
+                muxer = Muxer(url, run.settings, run.info, run.size, audio, tell)
+                encoder = VideoEncoder(run.settings, run.info, run.size)
                 sink = Sink(muxer, encoder, None, options.colour == "device")
             yield sink
             if temporary is not None:
                 finish(temporary, output)
         except OSError as error:
-            cleanup(muxer, temporary, None, tell)
+            clean_up(muxer, temporary, None, tell)
             if error.errno == errno.EPIPE:
                 raise OutputError("the program reading vsrpp's output closed the pipe, so the run stopped") from None
             advice = os_error_advice(error, output.parent, output.name, kept=False)
@@ -254,10 +190,10 @@ def open_sink(
             raise advice from None
         except (Interrupted, KeyboardInterrupt):
             if not end_early(sink, temporary, output, tell):
-                cleanup(muxer, temporary, None, tell)
+                clean_up(muxer, temporary, None, tell)
             raise
         except BaseException:
-            cleanup(muxer, temporary, None, tell)
+            clean_up(muxer, temporary, None, tell)
             raise
         finally:
             if encoder is not None:
