@@ -197,9 +197,6 @@ class Engine:
             ]
         return outs
 
-    def _blend(self, clip: Tensor, out: Tensor) -> Tensor:
-        return torch.lerp(self.model.skip(clip).to(out.dtype), out, self.strength)
-
     def _run_fitting_memory(self, clip: Tensor, mirrored: bool = False) -> Tensor:
         while True:
             try:

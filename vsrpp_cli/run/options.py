@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class Options:
 
     def as_job(self) -> dict[str, Any]:
         """As the job carries them to workers (JSON: the weights as a string)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {"weights": str(self.weights)}
+        return {**asdict(self), "weights": str(self.weights)}
 
     @classmethod
     def from_job(cls, values: dict[str, Any]) -> Options:

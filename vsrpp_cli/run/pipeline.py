@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import OutputError, VsrppError, WorkerError, os_error_advice
 from ..video.encode import muxer_target
-from ..video.inputs import is_live
+from ..video.inputs import is_one_pass
 from ..video.mux import Muxer
 from ..video.shots import check_setting, cuts_notice
 from . import failpoints
@@ -66,7 +66,7 @@ def check_request(source_path: Path, output: Path, options: Options, launch: Lau
     require_secret(launch)
     check_setting(options.scene_cuts)
     failpoints.start_run()
-    if is_live(source_path) or str(output) == "-":
+    if is_one_pass(source_path, output):
         check_one_pass(source_path, output, options, launch)
     if launch.node_rank > 0:
         return  # another machine writes nothing: the first checks the output

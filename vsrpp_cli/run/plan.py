@@ -19,7 +19,7 @@ from ..video.colour import YuvTarget
 from ..video.decode import Source
 from ..video.encode import EncoderSettings, container_for
 from ..video.info import VideoInfo
-from ..video.inputs import is_live, open_source
+from ..video.inputs import is_one_pass, open_source
 from ..video.shots import find_cuts
 from ..weights.checkpoint import load_model
 from ..weights.hashing import sample_sha256, sha256_of
@@ -61,7 +61,7 @@ class Run:
     @property
     def one_pass(self) -> bool:
         """A pipe in or out: read and written once, front to back (one_pass.py)."""
-        return is_live(self.source_path) or str(self.output) == "-"
+        return is_one_pass(self.source_path, self.output)
 
     @property
     def shared(self) -> bool:

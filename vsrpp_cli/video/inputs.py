@@ -38,6 +38,12 @@ def is_live(path: Path) -> bool:
 
 
 
+def is_one_pass(source: Path, output: Path) -> bool:
+    """A run that reads or writes a stream (`-`, a FIFO, a device) goes in one pass: neither can
+    be read twice or joined at the end."""
+    return is_live(source) or str(output) == "-"
+
+
 def is_video_file(path: Path) -> bool:
     """The one rule for a video file in a folder of inputs: a file with a video extension."""
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTENSIONS
