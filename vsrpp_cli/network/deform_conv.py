@@ -66,14 +66,28 @@ def modulated_deform_conv2d(
     return torch.ops.vsrpp.modulated_deform_conv2d(x, offset, mask, weight, bias, padding, name)
 
 
-@torch.library.custom_op("vsrpp::modulated_deform_conv2d", mutates_args=())
+# Defined with torch.library's low-level Library rather than the custom_op decorator: custom_op
+# wraps its kernel in a Dynamo guard whose first call imports torch._dynamo (1.5 s of every
+# worker's start, measured on the CPU), while a Library kernel is called as it is. Both make the
+# same opaque operator for torch.compile (a fake kernel gives its output's shape). No autograd
+# kernel: training never calls the operator (see modulated_deform_conv2d).
+_LIBRARY = torch.library.Library("vsrpp", "DEF")
+_LIBRARY.define(
+    "modulated_deform_conv2d(Tensor x, Tensor offset, Tensor mask, Tensor weight, Tensor? bias, int padding, "
+    "str backend) -> Tensor"
+)
+
+
 def _deform_conv_operator(
     x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor | None, padding: int, backend: str
 ) -> Tensor:
     return _IMPLEMENTATIONS[backend](x, offset, mask, weight, bias, padding)
 
 
-@_deform_conv_operator.register_fake
+_LIBRARY.impl("modulated_deform_conv2d", _deform_conv_operator, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("vsrpp::modulated_deform_conv2d", lib=_LIBRARY)
 def _(x, offset, mask, weight, bias, padding, backend):
     return x.new_empty(x.shape[0], weight.shape[0], *offset.shape[-2:])
 

@@ -263,7 +263,11 @@ def make_deterministic(on: bool) -> None:
     if on:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    torch.use_deterministic_algorithms(on, warn_only=True)
+    # torch.use_deterministic_algorithms imports torch._inductor (1.6 s of a worker's start,
+    # measured on the CPU): called only when the setting changes.
+    enabled = torch.are_deterministic_algorithms_enabled()
+    if enabled != on or (on and not torch.is_deterministic_algorithms_warn_only_enabled()):
+        torch.use_deterministic_algorithms(on, warn_only=True)
 
 
 def place_model(model: BasicVSRPlusPlus, device: torch.device, dtype: torch.dtype, graphs: bool) -> BasicVSRPlusPlus:
