@@ -20,10 +20,12 @@ from vsrpp_cli.run.threads import threads_per_process
 
 @pytest.fixture(scope="module")
 def reds(tmp_path_factory) -> Path:
-    """REDS layout; the low-resolution side is darker than the GT, a gap a net can learn fast."""
+    """REDS layout; the low-resolution side is darker than the GT, a gap a net can learn fast.
+    Frames of 128x128 trained in whole-frame crops (--patch-size 128): a quarter of the recipe's
+    256 crops' arithmetic, the same code."""
     root = tmp_path_factory.mktemp("REDS")
     for seed, clip in enumerate(("000", "011", "015", "020", "001", "002")):
-        for i, gt in enumerate(moving_scene(4, 256, 256, seed=seed)):
+        for i, gt in enumerate(moving_scene(4, 128, 128, seed=seed)):
             write_png(root / "train_sharp" / clip / f"{i:08d}.png", gt)
             write_png(
                 root / "train_sharp_bicubic" / "X4" / clip / f"{i:08d}.png", (downsample(gt) * 0.7).astype(np.uint8)
@@ -62,6 +64,8 @@ def train_args(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> list[st
         "1",
         "--spynet",
         str(spynet),
+        "--patch-size",
+        "128",
         *extra,
     ]
 
@@ -110,7 +114,10 @@ def test_two_processes_learn_and_write_official_checkpoints(tmp_path, whole_run)
         "train_log.jsonl",
     }
     config = json.loads((run / "config.json").read_text())
-    assert config["iters"] == 8 and config["betas"] == [0.9, 0.99] and config["patch_size"] == 256
+    assert config["iters"] == 8 and config["betas"] == [0.9, 0.99] and config["patch_size"] == 128
+    from vsrpp_cli.train.config import TrainConfig
+
+    assert TrainConfig().patch_size == 256  # the recipe's, where --patch-size is not given
 
     checkpoint = torch.load(run / "latest.pth", weights_only=True)  # the official layout
     assert set(checkpoint) == {"meta", "state_dict"}
