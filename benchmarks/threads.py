@@ -38,15 +38,53 @@ FRAMES, HEIGHT, WIDTH = 8, 48, 64
 TINY = torch.finfo(torch.float32).tiny
 
 
+def decayed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint whose propagation branches' residual blocks have decayed (as weight decay
+    leaves unused channels of a trained network): the branch's input conv and its blocks' first
+    convs scaled by 1e-20 (biases at zero), so that the first convs' outputs fall below 1.2e-38. Synthetic: no trained
+    checkpoint here shows it, and this is how a CPU's denormal penalty can be shown at will."""
+    scaled = dict(state)
+    for key, value in state.items():
+        if key.startswith("backbone.") and (".main.0." in key or ".conv1." in key):
+            scaled[key] = value * 1e-20 if key.endswith("weight") else torch.zeros_like(value)
+    return scaled
+
+
 def checkpoints(folder: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     pytorch_init = BasicVSRPlusPlus(16, 1).state_dict()
     mmagic_init = {k: (torch.zeros_like(v) if ".conv_offset.6." in k else v) for k, v in pytorch_init.items()}
     paths = {}
-    for name, state in (("pytorch init", pytorch_init), ("mmagic init", mmagic_init)):
-        paths[name] = folder / f"{name.replace(' ', '_')}.pth"
+    variants = (
+        ("pytorch init", pytorch_init),
+        ("mmagic init", mmagic_init),
+        ("decayed (synthetic)", decayed(pytorch_init)),
+    )
+    for name, state in variants:
+        paths[name] = folder / f"{len(paths)}.pth"
         torch.save({"state_dict": state}, paths[name])
     return paths
+
+
+def flushing_changes(weights: Path) -> float:
+    """The largest change flushing denormals makes to an output frame (each forward in a fresh
+    thread, whose OpenMP threads start from its setting)."""
+    from vsrpp_cli.weights.checkpoint import load_model
+
+    model = load_model(weights).eval()
+    clip = torch.from_numpy(np.stack(frames())).permute(0, 3, 1, 2).float().div(255).unsqueeze(0)
+    outputs = {}
+
+    def forward(flush: bool) -> None:
+        torch.set_flush_denormal(flush)
+        with torch.no_grad():
+            outputs[flush] = model(clip)
+
+    for flush in (False, True):
+        thread = threading.Thread(target=forward, args=(flush,))
+        thread.start()
+        thread.join()
+    return float((outputs[True] - outputs[False]).abs().max())
 
 
 def frames() -> list[np.ndarray]:
@@ -155,14 +193,19 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
     print(f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads\n")
-    print("| weights | denormal values in a forward | of all values | where |")
-    print("|---|---|---|---|")
+    print("| weights | denormal values in a forward | of all values | where | largest change by flushing |")
+    print("|---|---|---|---|---|")
     for name, path in paths.items():
         found, total, where = denormals(path)
         places = ", ".join(f"{op} {n}" for op, n in sorted(where.items(), key=lambda kv: -kv[1])[:3]) or "none"
-        print(f"| {name} | {found} | {total:,} | {places} |")
-    print("\n| weights | machine | " + " | ".join(
-        ["main thread", "a thread", "old way, main thread", "old way, a thread", "vsrpp upscale (process)"]) + " |")
+        print(f"| {name} | {found:,} | {total:,} | {places} | {flushing_changes(path):.1e} |")
+    print(
+        "\n| weights | machine | "
+        + " | ".join(
+            ["main thread", "a thread", "old way, main thread", "old way, a thread", "vsrpp upscale (process)"]
+        )
+        + " |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, path in paths.items():
         for loaded in (False, True):
