@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -102,3 +104,19 @@ def test_an_interrupted_caller_waits_for_the_forward_to_stop(official_checkpoint
         engine.upscale_many([(frames, slice(0, 3))], 8, None, interrupt_caller)
     assert len(steps) <= 3  # stopped at the next step, not at the end (4 x 3 steps + 3 frames)
     assert len(engine.upscale([np.zeros((16, 16, 3), np.uint8)] * 2, slice(0, 2), 8)) == 2
+
+
+def test_a_worker_runs_the_network_without_importing_the_compiler(tmp_path, official_checkpoint):
+    """A fresh process that builds the engine and runs a forward never imports torch._dynamo
+    (torch.library.custom_op's kernel guard did, at the first forward) or torch._inductor
+    (torch.use_deterministic_algorithms does): 3 s of every worker's start on the CPU."""
+    weights = official_checkpoint(8, 1, True, seed=0)[0]
+    script = (
+        "import sys, numpy as np, vsrpp_cli\n"
+        f"upscaler = vsrpp_cli.Upscaler(weights={str(weights)!r}, device='cpu', chunk_frames=2, chunk_overlap=0)\n"
+        "list(upscaler.frames([np.zeros((16, 16, 3), np.uint8)] * 2))\n"
+        "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
