@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threads import busy, cpu_name, mmagic_init  # benchmarks/threads.py, beside this script
 
 import vsrpp_cli
 from vsrpp_cli.network import BasicVSRPlusPlus
@@ -46,7 +46,7 @@ def weights(folder: Path) -> dict[str, Path]:
     state = BasicVSRPlusPlus(MID, BLOCKS).state_dict()
     variants = {
         "PyTorch's init": state,
-        "mmagic's init": {k: (torch.zeros_like(v) if ".conv_offset.6." in k else v) for k, v in state.items()},
+        "mmagic's init": mmagic_init(state),
     }
     paths = {}
     for name, variant in variants.items():
@@ -77,11 +77,6 @@ def no_grad(module: torch.nn.Module, clip: torch.Tensor) -> Callable[[], object]
     return call
 
 
-def spin() -> None:
-    while True:
-        pass
-
-
 def measure(path: Path, clip: torch.Tensor, frames: list[np.ndarray]) -> dict[str, float]:
     state = {k.removeprefix("generator."): v for k, v in torch.load(path, weights_only=True)["state_dict"].items()}
     theirs = mmagic_network(MID, BLOCKS).eval()
@@ -94,7 +89,7 @@ def measure(path: Path, clip: torch.Tensor, frames: list[np.ndarray]) -> dict[st
     for machine in ("quiet", "busy"):
         spinners = []
         if machine == "busy":
-            spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(os.cpu_count() or 1)]
+            spinners = [multiprocessing.Process(target=busy, daemon=True) for _ in range(os.cpu_count() or 1)]
             for spinner in spinners:
                 spinner.start()
         try:
@@ -110,10 +105,8 @@ def measure(path: Path, clip: torch.Tensor, frames: list[np.ndarray]) -> dict[st
 def main() -> None:
     frames = list(scene(FRAMES, HEIGHT, WIDTH))
     clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255).unsqueeze(0)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
     backend = resolve_backend("auto", torch.device("cpu"), torch.float32)
-    print(f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
           f"our deformable-conv backend: {backend}; {FRAMES} frames of {HEIGHT}x{WIDTH}, C{MID}/N{BLOCKS}, "
           f"best of {ROUNDS}\n")  # fmt: skip
     folder = Path(tempfile.mkdtemp(prefix="vsrpp-mmagic-"))

@@ -41,8 +41,8 @@ TINY = torch.finfo(torch.float32).tiny
 def decayed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A checkpoint whose propagation branches' residual blocks have decayed (as weight decay
     leaves unused channels of a trained network): the branch's input conv and its blocks' first
-    convs scaled by 1e-20 (biases at zero), so that the first convs' outputs fall below 1.2e-38. Synthetic: no trained
-    checkpoint here shows it, and this is how a CPU's denormal penalty can be shown at will."""
+    convs scaled by 1e-20 (biases at zero), so that the first convs' outputs fall below 1.2e-38.
+    Synthetic: no trained checkpoint here shows it; this shows a CPU's denormal penalty at will."""
     scaled = dict(state)
     for key, value in state.items():
         if key.startswith("backbone.") and (".main.0." in key or ".conv1." in key):
@@ -50,14 +50,18 @@ def decayed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return scaled
 
 
+def mmagic_init(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """mmagic's initialisation of the offset heads: their last conv at zero (init_offset)."""
+    return {k: (torch.zeros_like(v) if ".conv_offset.6." in k else v) for k, v in state.items()}
+
+
 def checkpoints(folder: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     pytorch_init = BasicVSRPlusPlus(16, 1).state_dict()
-    mmagic_init = {k: (torch.zeros_like(v) if ".conv_offset.6." in k else v) for k, v in pytorch_init.items()}
     paths = {}
     variants = (
         ("pytorch init", pytorch_init),
-        ("mmagic init", mmagic_init),
+        ("mmagic init", mmagic_init(pytorch_init)),
         ("decayed (synthetic)", decayed(pytorch_init)),
     )
     for name, state in variants:
@@ -85,6 +89,11 @@ def flushing_changes(weights: Path) -> float:
         thread.start()
         thread.join()
     return float((outputs[True] - outputs[False]).abs().max())
+
+
+def cpu_name() -> str:
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor())  # fmt: skip
 
 
 def frames() -> list[np.ndarray]:
@@ -190,22 +199,15 @@ def denormals(weights: Path) -> tuple[int, int, dict[str, int]]:
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="vsrpp-threads-"))
     paths = checkpoints(folder)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    print(f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads\n")
+    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads\n")
     print("| weights | denormal values in a forward | of all values | where | largest change by flushing |")
     print("|---|---|---|---|---|")
     for name, path in paths.items():
         found, total, where = denormals(path)
         places = ", ".join(f"{op} {n}" for op, n in sorted(where.items(), key=lambda kv: -kv[1])[:3]) or "none"
         print(f"| {name} | {found:,} | {total:,} | {places} | {flushing_changes(path):.1e} |")
-    print(
-        "\n| weights | machine | "
-        + " | ".join(
-            ["main thread", "a thread", "old way, main thread", "old way, a thread", "vsrpp upscale (process)"]
-        )
-        + " |"
-    )
+    ways = ["main thread", "a thread", "old way, main thread", "old way, a thread", "vsrpp upscale (process)"]
+    print("\n| weights | machine | " + " | ".join(ways) + " |")
     print("|---|---|---|---|---|---|---|")
     for name, path in paths.items():
         for loaded in (False, True):
