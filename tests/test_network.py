@@ -122,6 +122,28 @@ def test_small_and_odd_frames_are_padded_then_cropped(official_checkpoint, video
     assert torch.equal(ours, run(model, padded)[..., : height * scale, : width * scale])
 
 
+@pytest.mark.parametrize("x4, height, width", [(True, 20, 36), (False, 130, 97)])
+def test_the_padding_is_not_upsampled(official_checkpoint, video_clip, x4, height, width):
+    """The upsampling's convs see the wanted output plus the rows and columns their 3x3 kernels
+    reach, not the padding: what made a 32x48 frame cost as much as a 64x64 one (the test above
+    holds the output to the padded run's, bit for bit)."""
+    model = load_model(official_checkpoint(16, 2, x4)[0])
+    seen = {}
+
+    def record(module, args):
+        seen.setdefault(module, args[0].shape)
+
+    for name in ("upsample1", "upsample2", "conv_hr"):
+        getattr(model, name).register_forward_pre_hook(record)
+    run(model, video_clip(2, height, width))
+    out_h, out_w = height * model.scale, width * model.scale
+    assert seen[model.conv_hr][-2:] == (out_h + 2, out_w + 2)
+    assert seen[model.upsample2][-2:] == (-(-(out_h + 2) // 2) + 1, -(-(out_w + 2) // 2) + 1)
+    padded_h, padded_w = height + model.padding_for(height, width)[0], width + model.padding_for(height, width)[1]
+    feat_size = (padded_h, padded_w) if x4 else (padded_h // 4, padded_w // 4)
+    assert seen[model.upsample1][-2:] == feat_size  # under oneDNN's size for 16 channels: left whole
+
+
 def test_valid_sizes_are_not_padded():
     assert BasicVSRPlusPlus(16, 1).padding_for(64, 64) == (0, 0)
     assert BasicVSRPlusPlus(16, 1).padding_for(63, 100) == (1, 0)

@@ -21,7 +21,7 @@ from media import encode_video, moving_scene, probe, read_frames
 
 from vsrpp_cli.errors import WorkerError
 from vsrpp_cli.run.coordination import Board, Watch, pack, unpack
-from vsrpp_cli.run.launch import Launch, first_host, free_port, worker_environment
+from vsrpp_cli.run.launch import Launch, first_host, free_port, run_workers, worker_environment
 
 VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192, 9216, 9728, 10240, 11264]
 # 8 windows in 4 segments, so that each of 2 workers takes at least one
@@ -197,6 +197,25 @@ def test_each_worker_sees_one_gpu():
     assert worker_environment(0, {"CUDA_VISIBLE_DEVICES": ""}) == {}
 
 
+def test_workers_are_forked_and_see_the_launchers_environment_of_now(tmp_path, monkeypatch):
+    """Workers come from the fork server (torch imported there once, not per worker), which keeps
+    the environment of the run that started it; each worker sees its launcher's of now."""
+    monkeypatch.setenv("VSRPP_PROBE", "first")
+    first = run_workers(Launch(nproc=2).resolved(), os.getenv, "VSRPP_PROBE", rendezvous_file=tmp_path / "a")
+    assert first == {0: "first", 1: "first"}
+    monkeypatch.setenv("VSRPP_PROBE", "second")
+    monkeypatch.setenv("VSRPP_OTHER", "x")
+    second = run_workers(Launch(nproc=2).resolved(), os.getenv, "VSRPP_PROBE", rendezvous_file=tmp_path / "b")
+    assert second == {0: "second", 1: "second"}
+    monkeypatch.delenv("VSRPP_OTHER")
+    gone = run_workers(Launch(nproc=2).resolved(), os.getenv, "VSRPP_OTHER", rendezvous_file=tmp_path / "c")
+    assert gone == {0: None, 1: None}
+    parents = run_workers(Launch(nproc=2).resolved(), os.getppid, rendezvous_file=tmp_path / "d")
+    assert len(set(parents.values())) == 1 and parents[0] != os.getpid()  # both forked by one fork server
+    ranks = run_workers(Launch(nproc=2).resolved(), os.getenv, "RANK", rendezvous_file=tmp_path / "e")
+    assert ranks == {0: "0", 1: "1"}  # what the agent sets is kept over the launcher's
+
+
 def test_where_the_first_machine_is(monkeypatch):
     assert first_host("gpu[03-05,07],cpu1") == "gpu03" and first_host("node7") == "node7"
     monkeypatch.setenv("SLURM_JOB_ID", "77")
@@ -213,30 +232,49 @@ def test_where_the_first_machine_is(monkeypatch):
 
 
 def test_a_killed_launcher_leaves_no_worker(tmp_path, weights, clip):
-    """kill -9 of the launching process: its workers get the parent-death signal."""
+    """kill -9 of the launching process: the fork server it started exits, and the workers it
+    forked get the parent-death signal: nothing the launcher started outlives it."""
     output = tmp_path / "out.mp4"
     env = {**os.environ, "VSRPP_FAILPOINTS": "send/0@1=stall"}  # rank 0 parks once it has sent a segment
     args = ["upscale", clip, output, "--weights", weights, *WINDOWS, "--nproc-per-node", "2", "--device", "cpu"]
     launcher = subprocess.Popen([sys.executable, "-m", "vsrpp_cli", *map(str, args)], env=env,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
     partial = tmp_path / ".out.mp4.vsrpp-partial"
-    workers: list[int] = []
+    workers: set[int] = set()
     try:
-        while len(workers) < 2:
+        while len(workers) < 2:  # forked by the fork server, the launcher's child: its grandchildren
             assert launcher.poll() is None, launcher.communicate()
-            workers = children(launcher.pid)
+            workers = set(descendants(launcher.pid)) - set(children(launcher.pid))
         while not list(partial.glob("segment_*.json")):
             assert launcher.poll() is None, launcher.communicate()
+        started = set(descendants(launcher.pid)) | workers
     finally:
         launcher.kill()
         launcher.wait()
-    for pid in workers:
-        assert wait_gone(pid), f"worker {pid} outlived its launcher"
+    for pid in started:
+        assert wait_gone(pid), f"process {pid} ({command_line(pid)[:80]}) outlived its launcher"
 
 
 def children(pid: int) -> list[int]:
     """Processes started by the main thread of `pid` (the elastic agent starts its workers there)."""
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child)
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
 
 
 def wait_gone(pid: int) -> bool:

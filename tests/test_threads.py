@@ -100,8 +100,14 @@ def test_an_interrupted_caller_waits_for_the_forward_to_stop(official_checkpoint
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(0.5)  # the caller hears it while this forward is still running
 
-    with pytest.raises(KeyboardInterrupt):
-        engine.upscale_many([(frames, slice(0, 3))], 8, None, interrupt_caller)
+    # Python's own Ctrl-C handler, whatever this process inherited (a background job of a
+    # non-interactive shell starts with SIGINT ignored, and Python then leaves it so).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.upscale_many([(frames, slice(0, 3))], 8, None, interrupt_caller)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert len(steps) <= 3  # stopped at the next step, not at the end (4 x 3 steps + 3 frames)
     assert len(engine.upscale([np.zeros((16, 16, 3), np.uint8)] * 2, slice(0, 2), 8)) == 2
 

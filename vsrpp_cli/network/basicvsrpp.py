@@ -35,6 +35,7 @@ RECONSTRUCTION_UNITS = 2
 # pixel of a frame at the peak (upsample2's input, its conv output and the shuffled result).
 RECONSTRUCT_ELEMENTS_PER_PIXEL = 3072
 RECONSTRUCT_BYTES = 2**31
+MKLDNN_MIN_CONV_INPUT = 20480  # see crop_for_conv
 
 
 class SecondOrderDeformableAlignment(nn.Module):
@@ -161,8 +162,7 @@ class BasicVSRPlusPlus(nn.Module):
         if pad_h or pad_w:
             padded = F.pad(lqs.reshape(n * t, c, h, w), (0, pad_w, 0, pad_h), mode="replicate")
             lqs = padded.view(n, t, c, h + pad_h, w + pad_w)
-        out = self._forward(lqs, mirrored)
-        return out[..., : h * self.scale, : w * self.scale]
+        return self._forward(lqs, mirrored, (h * self.scale, w * self.scale))
 
     def padding_for(self, h: int, w: int) -> tuple[int, int]:
         """Rows and columns to add at the bottom and right so that (h, w) is a valid input."""
@@ -172,7 +172,7 @@ class BasicVSRPlusPlus(nn.Module):
         min_size = 4 * MIN_FLOW_SIZE
         return max(min_size, -(-h // 4) * 4) - h, max(min_size, -(-w // 4) * 4) - w
 
-    def _forward(self, lqs: Tensor, mirrored: bool) -> Tensor:
+    def _forward(self, lqs: Tensor, mirrored: bool, out_size: tuple[int, int]) -> Tensor:
         # Everything that does not depend on the recurrence runs batched over frames, before
         # (features, flows, grids) or after (reconstruction) the strictly sequential loop.
         n, t, c, h, w = lqs.shape
@@ -199,7 +199,7 @@ class BasicVSRPlusPlus(nn.Module):
             }
         for name in BRANCHES:
             feats[name] = self.propagate(feats, plans[name.split("_")[0]], name)
-        return self.reconstruct(lqs, feats)
+        return self.reconstruct(lqs, feats, out_size)
 
     def compute_flows(self, frames: Tensor, mirrored: bool) -> tuple[Tensor, Tensor]:
         """frames (n, t, 3, h, w) -> backward flows (frame i to i+1) and forward flows (i+1 to i),
@@ -277,32 +277,54 @@ class BasicVSRPlusPlus(nn.Module):
         enlarged = F.interpolate(frames.reshape(-1, c, h, w), scale_factor=4, mode="bilinear", align_corners=False)
         return enlarged.view(*lead, c, 4 * h, 4 * w)
 
-    def reconstruct(self, lqs: Tensor, feats: dict[str, list[Tensor]]) -> Tensor:
+    def reconstruct(
+        self, lqs: Tensor, feats: dict[str, list[Tensor]], out_size: tuple[int, int] | None = None
+    ) -> Tensor:
         """All frames from the spatial and four branch features (5C channels) plus the skip, in
-        batches of frames as large as RECONSTRUCT_BYTES allows on a GPU, one by one on the CPU."""
+        batches of frames as large as RECONSTRUCT_BYTES allows on a GPU, one by one on the CPU.
+
+        `out_size`: the output's top-left rows and columns wanted (default: all). Padding's share
+        of the upsampling is cut off before each conv, keeping the margin the wanted pixels see:
+        they equal the whole output's bit for bit (crop_for_conv), at a fraction of the cost for
+        inputs padded to MIN_FLOW_SIZE (the 64-channel convs at 4x size are half a forward)."""
         n, t, c, h, w = lqs.shape
         feat_h, feat_w = feats["spatial"][0].shape[-2:]
+        out_h, out_w = out_size or (4 * feat_h, 4 * feat_w)
         per_frame = RECONSTRUCT_ELEMENTS_PER_PIXEL * n * feat_h * feat_w * lqs.element_size()
         batch = max(1, min(t, RECONSTRUCT_BYTES // per_frame))
         if lqs.device.type == "cpu":
             # oneDNN ran these convs up to 2x slower per frame on batches of frames than one frame
             # at a time (180x320, 2 cores: the batch outgrows the cache); launches cost little here.
             batch = 1
+        # Rows (columns) each stage's input keeps: a 3x3 conv's last output row reads one row
+        # further, and a x2 shuffle halves the rows its conv must give.
+        hr_rows, hr_cols = out_h + 2, out_w + 2  # conv_hr's input; conv_last's then has out + 1
+        mid_rows, mid_cols = -(-hr_rows // 2) + 1, -(-hr_cols // 2) + 1  # upsample2's input
+        low_rows, low_cols = -(-mid_rows // 2) + 1, -(-mid_cols // 2) + 1  # upsample1's input
         outputs = []
         for start in range(0, t, batch):
             stop = min(t, start + batch)
             # One cat, frame-major in channels: (n, B * 5C, h, w) is (n * B, 5C, h, w).
             parts = [feats[k][i] for i in range(start, stop) for k in ("spatial", *BRANCHES)]
             hr = self.reconstruction(torch.cat(parts, dim=1).view(n * (stop - start), -1, feat_h, feat_w))
-            hr = F.leaky_relu(self.upsample1(hr), 0.1)
-            hr = F.leaky_relu(self.upsample2(hr), 0.1)
-            hr = F.leaky_relu(self.conv_hr(hr), 0.1)
-            hr = self.conv_last(hr)
-            hr = hr + self.skip(lqs[:, start:stop].reshape(-1, c, h, w))
+            hr = F.leaky_relu(self.upsample1(crop_for_conv(hr, low_rows, low_cols)), 0.1)
+            hr = F.leaky_relu(self.upsample2(crop_for_conv(hr, mid_rows, mid_cols)), 0.1)
+            hr = F.leaky_relu(self.conv_hr(crop_for_conv(hr, hr_rows, hr_cols)), 0.1)
+            hr = self.conv_last(hr)[..., :out_h, :out_w]
+            hr = hr + self.skip(lqs[:, start:stop].reshape(-1, c, h, w))[..., :out_h, :out_w]
             outputs.append(hr.view(n, stop - start, *hr.shape[1:]))
             if self.on_step is not None:
                 self.on_step(RECONSTRUCTION_UNITS * (stop - start))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+
+def crop_for_conv(x: Tensor, rows: int, cols: int) -> Tensor:
+    """x's top-left (rows, cols), unless the crop would change how PyTorch runs a conv on it: on
+    the CPU a 3x3 conv of one image goes to oneDNN only above 20,480 input values (use_mkldnn in
+    aten/src/ATen/native/Convolution.cpp), else to im2col and a matmul, and the two round
+    differently. A crop that stays above the line gives the same values as the whole."""
+    part = x[..., :rows, :cols]
+    return part if part.numel() > MKLDNN_MIN_CONV_INPUT else x
 
 
 @dataclass
