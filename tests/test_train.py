@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from harness import run_vsrpp, vsrpp_process
+from harness import run_vsrpp
 from media import encode_video, moving_scene
 from test_eval import downsample, write_png
 
@@ -71,8 +70,11 @@ def train_args(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> list[st
 
 
 def train(reds: Path, spynet: Path, work_dir: Path, *extra: str):
-    args = train_args(reds, spynet, work_dir, *extra)
-    return vsrpp_process(*args, env={key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"})
+    """`vsrpp train` run here (its workers are processes all the same: forked by the fork server,
+    with this process's environment), with no OMP_NUM_THREADS: each worker takes its share."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("OMP_NUM_THREADS", raising=False)
+        return run_vsrpp(*train_args(reds, spynet, work_dir, *extra))
 
 
 def losses(work_dir: Path) -> list[tuple[int, float]]:
@@ -201,7 +203,7 @@ def test_finetune_on_own_videos(tmp_path, spynet):
         "--degradation",
         "blur",
     ]
-    result = vsrpp_process(*args)
+    result = run_vsrpp(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((run / "frames" / "holiday").iterdir())) == 6  # decoded once
     assert [i for i, _ in losses(run)] == [1, 2, 3]
