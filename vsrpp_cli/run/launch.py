@@ -9,7 +9,7 @@ Workers are forked from multiprocessing's fork server, which imports torch and t
 once per launcher (WORKER_MODULES): a worker then starts in milliseconds instead of the 3 s of
 CPU a fresh interpreter spends importing torch, and a restart or the next run of a library
 caller costs no import at all. The fork server was started with the environment of the first
-run; each worker takes its launcher's environment of now (in_launcher_environment).
+run; each worker takes its launcher's environment of now (adopt_environment).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def run_workers(
     multiprocessing.set_forkserver_preload(WORKER_MODULES)
     try:
         config = launch_config(launch, rendezvous_file if by_file else None)
-        return elastic_launch(config, in_launcher_environment)(entry, dict(os.environ), *args)
+        return elastic_launch(config, as_worker)(entry, os.getpid(), dict(os.environ), *args)
     finally:
         if by_file:
             if shared_store is None:
@@ -197,15 +198,21 @@ def failure_line(error: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- in the worker
-def in_launcher_environment(entry: Callable[..., Any], environ: dict[str, str], *args: Any) -> Any:
-    """`entry(*args)` with the launcher's environment as it was at the launch (where a worker
-    started by spawn would have found it), plus what the elastic agent set for this worker: a
-    fork server started by an earlier run holds that run's variables (a failpoint, a device)."""
+def as_worker(entry: Callable[..., Any], launcher: int, environ: dict[str, str], *args: Any) -> Any:
+    """`entry(*args)` in a worker: tied to the launcher's life, with its environment."""
+    die_with_parent(launcher)
+    adopt_environment(environ)
+    return entry(*args)
+
+
+def adopt_environment(environ: dict[str, str]) -> None:
+    """The launcher's environment as it was at the launch (where a worker started by spawn would
+    have found it), plus what the elastic agent set for this worker: a fork server started by an
+    earlier run holds that run's variables (a failpoint, a device)."""
     agent = {k: v for k, v in os.environ.items() if k in ELASTIC_VARIABLES or k.startswith("TORCHELASTIC_")}
     os.environ.clear()
     os.environ.update(environ)
     os.environ.update(agent)
-    return entry(*args)
 
 
 def worker_environment(local_rank: int, environ: dict[str, str]) -> dict[str, str]:
@@ -222,8 +229,17 @@ def worker_environment(local_rank: int, environ: dict[str, str]) -> dict[str, st
 
 def die_with_parent(launcher: int) -> None:
     """SIGKILL this process when its parent dies (Linux; elsewhere a no-op): the fork server, which
-    exits when the launcher does (at the end of the launcher's pipe); and at once if the launcher
-    is already gone (it may have died before the call)."""
+    exits when the launcher does; and at once if the launcher is already gone (it may have died
+    before the call).
+
+    A forked worker inherits the fork server's end of life: the write end of the pipe whose end
+    it waits for (multiprocessing.forkserver._serve_one), and it waits for every holder. Kept, a
+    worker that cannot run (stopped, or hung) would keep the fork server, and so itself, alive
+    for ever after its launcher died; closed, only the launcher holds the fork server."""
+    alive = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if alive is not None:
+        os.close(alive)
+        forkserver._forkserver._forkserver_alive_fd = None
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -19,7 +19,7 @@ from ..errors import ExitStatus, InputError, Interrupted, UsageError, VsrppError
 from .coordination import HEARTBEAT, POLL, AbortError, Board, Watch
 from .engine import pick_device
 from .folder import remove
-from .launch import Launch, check_port_free, die_with_parent, failure_line, run_workers, worker_environment
+from .launch import Launch, check_port_free, failure_line, run_workers, worker_environment
 from .worker import Local, Worker
 from .writer import Writer
 
@@ -48,10 +48,9 @@ class InProcess:
             self.done.set()
 
 
-def elastic_main(host: str, port: int, launcher: int, local: Local, secret: str) -> dict[str, Any] | None:
+def elastic_main(host: str, port: int, local: Local, secret: str) -> dict[str, Any] | None:
     """A worker process started by the elastic launcher (RANK, LOCAL_RANK, WORLD_SIZE and
     TORCHELASTIC_RESTART_COUNT in its environment)."""
-    die_with_parent(launcher)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if local.device != "cpu":
         os.environ.update(worker_environment(int(os.environ["LOCAL_RANK"]), dict(os.environ)))
@@ -162,7 +161,7 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     rendezvous = writer.store.folder / RENDEZVOUS_FILE
     remove(rendezvous)  # one a killed run left
     try:
-        run_workers(launch, elastic_main, host, port, os.getpid(), local, launch.secret, rendezvous_file=rendezvous)
+        run_workers(launch, elastic_main, host, port, local, launch.secret, rendezvous_file=rendezvous)
         # The agent's return ends this machine's part, not the run: workers of other machines may
         # work on for hours (torch's exit barrier gives up on them after 300 s without a word).
         # The run ends when the writer has every segment, or a failure (which the watch sees).
@@ -226,7 +225,7 @@ def work_for_first_machine(local: Local, launch: Launch) -> list[dict]:
     watcher = threading.Thread(target=watch, daemon=True, name="vsrpp-watch")
     watcher.start()
     try:
-        returned = run_workers(launch, elastic_main, launch.host, launch.port + 1, os.getpid(), local, launch.secret)
+        returned = run_workers(launch, elastic_main, launch.host, launch.port + 1, local, launch.secret)
     except Exception as error:
         if type(error).__name__ != "ChildFailedError":
             raise
