@@ -285,8 +285,9 @@ class BasicVSRPlusPlus(nn.Module):
 
         `out_size`: the output's top-left rows and columns wanted (default: all). Padding's share
         of the upsampling is cut off before each conv, keeping the margin the wanted pixels see:
-        they equal the whole output's bit for bit (crop_for_conv), at a fraction of the cost for
-        inputs padded to MIN_FLOW_SIZE (the 64-channel convs at 4x size are half a forward)."""
+        on the CPU they equal the whole output's bit for bit (crop_for_conv; on a GPU cuDNN may
+        pick another algorithm for the smaller size), at a fraction of the cost for inputs padded
+        to MIN_FLOW_SIZE (the 64-channel convs at 4x size were half a C8 forward at 32x48)."""
         n, t, c, h, w = lqs.shape
         feat_h, feat_w = feats["spatial"][0].shape[-2:]
         out_h, out_w = out_size or (4 * feat_h, 4 * feat_w)
