@@ -139,8 +139,8 @@ def test_the_padding_is_not_upsampled(official_checkpoint, video_clip, x4, heigh
     out_h, out_w = height * model.scale, width * model.scale
     assert seen[model.conv_hr][-2:] == (out_h + 2, out_w + 2)
     assert seen[model.upsample2][-2:] == (-(-(out_h + 2) // 2) + 1, -(-(out_w + 2) // 2) + 1)
-    padded_h, padded_w = height + model.padding_for(height, width)[0], width + model.padding_for(height, width)[1]
-    feat_size = (padded_h, padded_w) if x4 else (padded_h // 4, padded_w // 4)
+    pad_h, pad_w = model.padding_for(height, width)
+    feat_size = (height + pad_h, width + pad_w) if x4 else ((height + pad_h) // 4, (width + pad_w) // 4)
     assert seen[model.upsample1][-2:] == feat_size  # under oneDNN's size for 16 channels: left whole
 
 

@@ -255,8 +255,8 @@ def is_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, someone else's: not ours, but not gone
-        return True
+    except PermissionError:  # someone else's process: there all the same
+        pass
     return True
 
 
