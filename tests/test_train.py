@@ -82,8 +82,8 @@ def losses(work_dir: Path) -> list[tuple[int, float]]:
     return [(r["iter"], r["loss"]) for r in records if "loss" in r]
 
 
-# lr 2e-3 so that 8 iterations show learning; validated and saved half-way and at the end.
-RECIPE = ("--iters", "8", "--lr", "2e-3", "--fix-iter", "2", "--val-interval", "4", "--save-interval", "4")
+# lr 2e-3 so that 6 iterations show learning; validated and saved half-way and at the end.
+RECIPE = ("--iters", "6", "--lr", "2e-3", "--fix-iter", "2", "--val-interval", "3", "--save-interval", "3")
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +103,12 @@ def test_two_processes_learn_and_write_official_checkpoints(tmp_path, whole_run)
     assert {r["torch_threads"] for r in records} == {threads_per_process(2)}
     assert all({"iter", "loss", "lr"} <= set(r) for r in records if "val_psnr" not in r)
     curve = [loss for _, loss in losses(run)]
-    assert len(curve) == 8
-    assert np.mean(curve[-3:]) < 0.8 * np.mean(curve[:3])  # it learns
-    assert [r["iter"] for r in records if "val_psnr" in r] == [4, 8]
+    assert len(curve) == 6
+    assert np.mean(curve[-2:]) < 0.8 * np.mean(curve[:2])  # it learns (0.68 here: 0.108 from 0.160)
+    assert [r["iter"] for r in records if "val_psnr" in r] == [3, 6]
     assert {p.name for p in run.iterdir()} >= {
-        "iter_4.pth",
-        "iter_8.pth",
+        "iter_3.pth",
+        "iter_6.pth",
         "latest.pth",
         "best.pth",
         "latest.state.pth",
@@ -116,14 +116,14 @@ def test_two_processes_learn_and_write_official_checkpoints(tmp_path, whole_run)
         "train_log.jsonl",
     }
     config = json.loads((run / "config.json").read_text())
-    assert config["iters"] == 8 and config["betas"] == [0.9, 0.99] and config["patch_size"] == 128
+    assert config["iters"] == 6 and config["betas"] == [0.9, 0.99] and config["patch_size"] == 128
     from vsrpp_cli.train.config import TrainConfig
 
     assert TrainConfig().patch_size == 256  # the recipe's, where --patch-size is not given
 
     checkpoint = torch.load(run / "latest.pth", weights_only=True)  # the official layout
     assert set(checkpoint) == {"meta", "state_dict"}
-    assert checkpoint["state_dict"]["step_counter"].tolist() == [8.0]
+    assert checkpoint["state_dict"]["step_counter"].tolist() == [6.0]
     assert all(k.startswith("generator.") for k in checkpoint["state_dict"] if k != "step_counter")
 
     video = encode_video(tmp_path / "in.mp4", moving_scene(3, 48, 64))
@@ -134,9 +134,9 @@ def test_two_processes_learn_and_write_official_checkpoints(tmp_path, whole_run)
 def test_resumed_run_continues_the_same_curve(tmp_path, reds, spynet, whole_run):
     """Stopped at a validation and a save, then resumed: the curve of the run never stopped."""
     parts = tmp_path / "parts"
-    first = train(reds, spynet, parts, *RECIPE, "--stop-after", "4")
+    first = train(reds, spynet, parts, *RECIPE, "--stop-after", "3")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert [i for i, _ in losses(parts)] == [1, 2, 3, 4]
+    assert [i for i, _ in losses(parts)] == [1, 2, 3]
     again = run_vsrpp(*train_args(reds, spynet, parts, *RECIPE))  # refused before any process starts
     assert again.returncode == 1 and "--resume" in again.stderr
     second = train(reds, spynet, parts, *RECIPE, "--resume")

@@ -24,14 +24,14 @@ VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192]  
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "small.pth"
-    torch.save(random_official_checkpoint(16, 2, True, seed=5), path)
+    torch.save(random_official_checkpoint(8, 1, True, seed=5), path)
     return path
 
 
 @pytest.fixture(scope="module")
 def bilinear_weights(tmp_path_factory) -> Path:
     """A network whose output is exactly the bilinear x4 of its input (conv_last is zero)."""
-    checkpoint = random_official_checkpoint(16, 2, True, seed=6)
+    checkpoint = random_official_checkpoint(8, 1, True, seed=6)
     for key in ("generator.conv_last.weight", "generator.conv_last.bias"):
         checkpoint["state_dict"][key].zero_()
     path = tmp_path_factory.mktemp("weights") / "bilinear.pth"
@@ -180,15 +180,15 @@ def whole_sequence(tmp_path_factory, weights, vfr_video) -> np.ndarray:
 
 
 def test_windows_with_full_overlap_equal_the_whole_sequence(tmp_path, weights, vfr_video, whole_sequence):
-    upscale(vfr_video, tmp_path / "frames", Options(weights, chunk_frames=3, chunk_overlap=12))
+    upscale(vfr_video, tmp_path / "frames", Options(weights, chunk_frames=6, chunk_overlap=12))
     assert np.array_equal(read_frames(tmp_path / "frames"), whole_sequence)
 
 
 def test_batched_windows_equal_one_at_a_time(tmp_path, weights, vfr_video):
     """--batch 3: windows of equal length run together (the first and last are shorter and run
     on their own); the frames are those of --batch 1 exactly."""
-    one = upscale(vfr_video, tmp_path / "one", Options(weights, chunk_frames=3, chunk_overlap=2, batch=1))
-    three = upscale(vfr_video, tmp_path / "three", Options(weights, chunk_frames=3, chunk_overlap=2, batch=3))
+    one = upscale(vfr_video, tmp_path / "one", Options(weights, chunk_frames=3, chunk_overlap=1, batch=1))
+    three = upscale(vfr_video, tmp_path / "three", Options(weights, chunk_frames=3, chunk_overlap=1, batch=3))
     assert (one.batch, three.batch) == (1, 3)
     assert np.array_equal(read_frames(tmp_path / "one"), read_frames(tmp_path / "three"))
     assert three.frames == one.frames == len(read_frames(tmp_path / "one"))
@@ -198,7 +198,7 @@ def test_short_overlap_is_close_and_more_overlap_is_closer(tmp_path, weights, vf
     scores = []
     for overlap in (0, 2, 4):
         output = tmp_path / f"frames{overlap}"
-        upscale(vfr_video, output, Options(weights, chunk_frames=4, chunk_overlap=overlap))
+        upscale(vfr_video, output, Options(weights, chunk_frames=6, chunk_overlap=overlap))
         scores.append(psnr(read_frames(output), whole_sequence))
     assert scores[0] < scores[1] < scores[2] < float("inf")
 
