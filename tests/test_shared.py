@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from vsrpp_cli.run.coordination import Board, Watch, pack, unpack
 from vsrpp_cli.run.launch import Launch, first_host, free_port, run_workers, worker_environment
 
 VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192, 9216, 9728, 10240, 11264]
-# 8 windows in 4 segments, so that each of 2 workers takes at least one
-WINDOWS = ["--chunk-frames", "2", "--chunk-overlap", "1", "--segment-frames", "4", "-q"]
+# 4 segments of one window each, so that each of 2 workers takes at least one
+WINDOWS = ["--chunk-frames", "4", "--chunk-overlap", "1", "--segment-frames", "4", "-q"]
 
 
 @pytest.fixture(autouse=True)
@@ -245,8 +246,10 @@ def test_a_killed_launcher_leaves_no_worker(tmp_path, weights, clip):
         while len(workers) < 2:  # forked by the fork server, the launcher's child: its grandchildren
             assert launcher.poll() is None, launcher.communicate()
             workers = set(descendants(launcher.pid)) - set(children(launcher.pid))
+            time.sleep(0.01)  # (a spinning poll takes a core from the run it watches)
         while not list(partial.glob("segment_*.json")):
             assert launcher.poll() is None, launcher.communicate()
+            time.sleep(0.01)
         started = set(descendants(launcher.pid)) | workers
     finally:
         launcher.kill()
@@ -286,7 +289,7 @@ def wait_gone(pid: int) -> bool:
             return True
         if state == "Z":
             return True
-        os.sched_yield()
+        time.sleep(0.01)
 
 
 def test_a_hung_worker_stops_the_run(tmp_path, monkeypatch, weights, clip):

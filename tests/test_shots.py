@@ -150,17 +150,14 @@ def shots(tmp_path_factory, official_checkpoint):
 
 
 def test_the_command_upscales_each_shot_as_if_alone(tmp_path, shots):
-    """Cuts found in the frames (auto) or given: the output is each shot's own, bit for bit.
-    Straight through (off), the frames after a cut differ: the recurrence did cross it."""
+    """Cuts found in the frames (auto; given in a file: the resume test below): the output is
+    each shot's own, bit for bit. Straight through (off), the frames after a cut differ: the
+    recurrence did cross it."""
     weights, spliced, alone = shots
     out = tmp_path / "out"
     found = run_vsrpp("upscale", spliced, out, "--weights", weights, "--json", *WINDOWS)
     assert json.loads(found.stdout)["cuts"] == CUTS
     assert np.array_equal(read_frames(out), alone)
-    (tmp_path / "cuts.txt").write_text("6\n13\n")
-    given = run_vsrpp("upscale", spliced, tmp_path / "given", "--weights", weights, "--scene-cuts",
-                      tmp_path / "cuts.txt", *WINDOWS)  # fmt: skip
-    assert given.returncode == 0 and np.array_equal(read_frames(tmp_path / "given"), alone)
     through = run_vsrpp("upscale", spliced, tmp_path / "through", "--weights", weights, "--scene-cuts", "off",
                         *WINDOWS)  # fmt: skip
     crossed = read_frames(tmp_path / "through")
@@ -188,15 +185,18 @@ def test_two_workers_upscale_each_shot_as_if_alone(tmp_path, shots):
 
 
 def test_a_resumed_run_upscales_each_shot_as_if_alone(tmp_path, monkeypatch, shots):
-    """Stopped after its third window (inside the second shot), then resumed: the same shots."""
+    """Cuts given in a file; stopped after its third window (inside the second shot), then
+    resumed: the same shots."""
     weights, spliced, alone = shots
     out = tmp_path / "out"
+    (tmp_path / "cuts.txt").write_text("6\n13\n")
+    given = [*WINDOWS, "--scene-cuts", tmp_path / "cuts.txt"]
     monkeypatch.setenv("VSRPP_FAILPOINTS", "network@3=raise")
-    assert run_vsrpp("upscale", spliced, out, "--weights", weights, *WINDOWS).returncode != 0
+    assert run_vsrpp("upscale", spliced, out, "--weights", weights, *given).returncode != 0
     monkeypatch.delenv("VSRPP_FAILPOINTS")
-    resumed = run_vsrpp("upscale", spliced, out, "--weights", weights, "--resume", "--json", *WINDOWS)
+    resumed = run_vsrpp("upscale", spliced, out, "--weights", weights, "--resume", "--json", *given)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["windows_resumed"] == 2
+    assert json.loads(resumed.stdout)["windows_resumed"] == 2 and json.loads(resumed.stdout)["cuts"] == CUTS
     assert np.array_equal(read_frames(out), alone)
 
 
