@@ -196,7 +196,8 @@ def test_a_resumed_run_upscales_each_shot_as_if_alone(tmp_path, monkeypatch, sho
     monkeypatch.delenv("VSRPP_FAILPOINTS")
     resumed = run_vsrpp("upscale", spliced, out, "--weights", weights, "--resume", "--json", *given)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["windows_resumed"] == 2 and json.loads(resumed.stdout)["cuts"] == CUTS
+    facts = json.loads(resumed.stdout)
+    assert facts["windows_resumed"] == 2 and facts["cuts"] == CUTS
     assert np.array_equal(read_frames(out), alone)
 
 
