@@ -33,6 +33,7 @@ from ..errors import EncoderError, UsageError
 from .colour import TAG_OF_MATRIX, Planes, YuvTarget, chroma_cosited, converts_here, to_video_frame
 from .decode import CONVERSION, SWS_COLORSPACE
 from .info import VideoInfo
+from .x264 import encoder_options
 
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
 # What `-` (standard output) can be written as (--format): formats FFmpeg writes to a pipe as it goes.
@@ -129,7 +130,7 @@ def add_video_stream(
     ctx.color_trc = info.transfer if info.transfer != UNSPECIFIED else TRANSFER_FOR[info.matrix]
     if info.sample_aspect_ratio:
         ctx.sample_aspect_ratio = info.sample_aspect_ratio
-    options = {}
+    options = encoder_options(codec)
     if settings.crf is not None:
         options["crf"] = str(settings.crf)
         if codec in ("libvpx-vp9", "libvpx"):
