@@ -267,6 +267,7 @@ def test_cuda_graphs_equal_eager(official_checkpoint, video_clip, dtype):
     assert torch.equal(eager, first) and torch.equal(eager, again)
 
 
+@pytest.mark.slow  # Inductor's compile: 17-23 s alone here, 33 s beside the other tests
 def test_compiled_alignment_equals_eager(official_checkpoint, video_clip):
     """--compile: Inductor traces the four alignment modules, the DCN as the torch backend's
     gathers (deform_conv.py hands them over when compiling), and gives the eager output."""
