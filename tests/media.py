@@ -40,6 +40,7 @@ def encode_video(
     matrix: str | None = None,  # tag and convert with this matrix (limited range)
     audio_channels: int = 0,
     container_format: str | None = None,
+    crf: int = 12,  # libx264's; 0 is lossless
 ) -> Path:
     """Encode RGB frames (uint8, or uint16 for 10-bit formats); optionally with a sine-wave AAC
     track of `audio_channels` channels lasting as long as the video."""
@@ -51,7 +52,7 @@ def encode_video(
             stream.time_base = time_base
             stream.codec_context.time_base = time_base
         if codec == "libx264":
-            stream.options = {"crf": "12"}
+            stream.options = {"crf": str(crf)}
         if matrix:
             stream.codec_context.colorspace = TAGS[matrix][1]
             stream.codec_context.color_range = ColorRange.MPEG

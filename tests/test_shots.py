@@ -227,3 +227,62 @@ def test_preview_shows_each_shot_as_if_alone(tmp_path, shots):
         image = read_frames(Path(moment["image"]))[0]
         x, y, w, h = moment["panels"][1]["box"]
         assert np.array_equal(image[y : y + h, x : x + w], alone[moment["frame"]])
+
+
+# ----------------------------------------------------------------------------- inputs as people have them
+@pytest.fixture(scope="module")
+def h264_shots(tmp_path_factory, shots):
+    """The three shots in lossless H.264 (x264 at crf 0: a player shows the very samples), each
+    upscaled on its own: H.264's chroma is sited apart from FFV1's, so these are the reference."""
+    weights = shots[0]
+    folder = tmp_path_factory.mktemp("h264")
+    parts = [real_clip("bikes.mp4", 0, 6, 48, 32), real_clip("carphone_pristine.mp4", 0, 7, 48, 32),
+             real_clip("bigbuckbunny.mp4", 0, 5, 48, 32)]  # fmt: skip
+    alone = []
+    for number, part in enumerate(parts):
+        shot = encode_video(folder / f"shot{number}.mp4", part, crf=0)
+        ran = run_vsrpp(
+            "upscale", shot, folder / f"shot{number}", "--weights", weights, "--scene-cuts", "off", *WINDOWS
+        )
+        assert ran.returncode == 0, ran.stderr
+        alone.append(read_frames(folder / f"shot{number}"))
+    return weights, np.concatenate(parts), np.concatenate(alone)
+
+
+def test_shots_of_a_cut_hidden_by_an_edit_list_are_the_shots_a_player_shows(tmp_path, h264_shots):
+    """As `ffmpeg -ss ... -c copy` leaves an MP4: 4 frames of another shot before the first are
+    decoded but hidden by an edit list. Cut numbers count the frames a player shows, found and
+    given alike, and the hidden frames neither start a shot nor reach into one."""
+    weights, frames, alone = h264_shots
+    hidden = real_clip("carphone_pristine.mp4", 20, 24, 48, 32)
+    whole = encode_video(tmp_path / "whole.mp4", np.concatenate([hidden, frames]), crf=0)
+    cut = tmp_path / "cut.mp4"
+    with av.open(str(whole)) as source, av.open(str(cut), "w") as out:
+        video = source.streams.video[0]
+        stream = out.add_stream_from_template(video)
+        shift = round(len(hidden) / 25 / video.time_base)
+        for packet in source.demux(video):
+            if packet.size:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, stream
+                out.mux(packet)
+    (tmp_path / "cuts.txt").write_text("6\n0.52s\n")
+    for setting in ("auto", tmp_path / "cuts.txt"):
+        out = tmp_path / f"out-{len(str(setting))}"
+        result = run_vsrpp("upscale", cut, out, "--weights", weights, "--scene-cuts", setting, "--json", *WINDOWS)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["cuts"] == CUTS
+        assert np.array_equal(read_frames(out), alone)
+
+
+def test_cut_times_in_a_raw_stream_are_read_at_its_own_rate(tmp_path, h264_shots):
+    """A raw H.264 stream at 24 frames/s (its SPS says so; the raw demuxer would say 25): 0.542 s
+    is frame 13 at 24 and would be 14 at 25."""
+    weights, frames, alone = h264_shots
+    raw = encode_video(tmp_path / "camera.h264", frames, fps=24, container_format="h264", crf=0)
+    (tmp_path / "cuts.txt").write_text("0.25s\n00:00:00.542\n")
+    out = tmp_path / "out"
+    result = run_vsrpp("upscale", raw, out, "--weights", weights, "--scene-cuts", tmp_path / "cuts.txt", "--json",
+                       *WINDOWS)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cuts"] == CUTS
+    assert np.array_equal(read_frames(out), alone)
