@@ -251,7 +251,7 @@ def test_two_workers_give_what_one_process_gives(tmp_path, monkeypatch, corpus, 
     source = corpus[name]
     one, two = tmp_path / "one.mkv", tmp_path / "two.mkv"
     # The default encoder, libx264, at 192 pixels wide: 12 macroblocks, where x264's AVX-512 code
-    # made the bytes depend on the heap (video/x264.py), seen here as another last segment in
+    # made the bytes depend on the heap (video/encoders.py), seen here as another last segment in
     # one process than in two.
     assert run_vsrpp("upscale", source, one, "--weights", weights, *FAST).returncode == 0
     result = run_vsrpp("upscale", source, two, "--weights", weights, *FAST, "--nproc-per-node", "2",

@@ -32,8 +32,8 @@ from av.video.reformatter import ColorRange
 from ..errors import EncoderError, UsageError
 from .colour import TAG_OF_MATRIX, Planes, YuvTarget, chroma_cosited, converts_here, to_video_frame
 from .decode import CONVERSION, SWS_COLORSPACE
+from .encoders import encoder_options
 from .info import VideoInfo
-from .x264 import encoder_options
 
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
 # What `-` (standard output) can be written as (--format): formats FFmpeg writes to a pipe as it goes.

@@ -1,5 +1,6 @@
-"""What we ask of libx264 beyond the user's settings, and why: the same frames must give the
-same bytes, whatever the process's heap held before.
+"""What we ask of the encoders beyond the user's settings, and why: the same frames must give
+the same bytes whatever the process's heap held (libx264), and the terminal holds vsrpp's
+progress and its one-line messages, not an encoder's banner (libx265, SVT-AV1).
 
 x264's AVX-512 `mbtree_propagate_list` (common/x86/mc-a2.asm) walks each row of the
 lookahead's half-size macroblocks 8 at a time and has no tail: where the frame is not a multiple
@@ -13,15 +14,22 @@ that are a multiple of 128 the bytes do not change at all (docs/REFERENCE.md, "x
 So on a CPU where x264 would take its AVX-512 code, it gets the flags its own detection
 (x264_cpu_detect in common/cpu.c) sets on such a CPU, less AVX-512. Its speed is the same
 (1080p, 40 frames: within the noise of three runs each).
+
+x265 and SVT-AV1 print their banner and settings to standard error themselves, not through
+FFmpeg's log: 90 lines for a 12-frame run in 3 segments with libx265 (each segment's encoder
+and the settings check before the run). Both are held to their errors: x265 by its `log-level`
+parameter, SVT-AV1 by the SVT_LOG variable it reads from the environment when an encoder starts
+(1: fatal and error; SVT-AV1's svt_log.h). A SVT_LOG the user set is kept.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
-CODECS = ("libx264", "libx264rgb")
+X264 = ("libx264", "libx264rgb")
 # x264's names (common/cpu.c x264_cpu_names) are cumulative: AVX2 brings SSE..SSE4.2, AVX, FMA3,
 # LZCNT, BMI1 and BMI2; SSE2Fast is what x264_cpu_detect adds for any CPU with SSSE3.
 WITHOUT_AVX512 = "asm=AVX2,SSE2Fast"
@@ -30,9 +38,13 @@ AVX512_FLAGS = frozenset({"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512
 
 
 def encoder_options(codec: str) -> dict[str, str]:
-    """Options for the codec's encoder that keep its output a function of its input."""
-    if codec in CODECS and cpu_has_avx512():
+    """Options for the codec's encoder: its output a function of its input, its terminal quiet."""
+    if codec in X264 and cpu_has_avx512():
         return {"x264-params": WITHOUT_AVX512}
+    if codec == "libx265":
+        return {"x265-params": "log-level=error"}
+    if codec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # workers started later inherit it
     return {}
 
 

@@ -1,4 +1,5 @@
-"""libx264's output is a function of its input alone, whatever the heap held (video/x264.py)."""
+"""What the encoders are told (video/encoders.py): libx264's output a function of its input alone,
+whatever the heap held; x265 and SVT-AV1 quiet on the terminal."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 
 from vsrpp_cli.video.encode import EncoderSettings, VideoEncoder
+from vsrpp_cli.video.encoders import AVX512_FLAGS, avx512_in_cpuinfo
 from vsrpp_cli.video.info import VideoInfo
-from vsrpp_cli.video.x264 import AVX512_FLAGS, avx512_in_cpuinfo
 
 M_PERTURB = -6  # glibc's malloc.h: fill each new block with ~byte and each freed one with byte
 
@@ -23,11 +24,11 @@ def glibc():
     return libc
 
 
-def encoded(frames: np.ndarray) -> str:
+def encoded(frames: np.ndarray, codec: str | None = None) -> str:
     """The packets of one segment's encoder, as upscale makes it for an MP4."""
     height, width = frames.shape[1:3]
     info = VideoInfo(width, height, Fraction(1, 25), Fraction(25), len(frames), 8, "bt709", False)
-    encoder = VideoEncoder(EncoderSettings("mp4"), info, (width, height))
+    encoder = VideoEncoder(EncoderSettings("mp4", codec), info, (width, height))
     packets = [p for pts, frame in enumerate(frames) for p in encoder.encode(frame, pts)] + encoder.flush()
     encoder.close()
     return hashlib.sha256(b"".join(bytes(p) for p in packets)).hexdigest()
@@ -35,7 +36,7 @@ def encoded(frames: np.ndarray) -> str:
 
 def test_same_bytes_whatever_the_heap_held():
     """192 pixels are 12 macroblocks, not a multiple of 8: x264's AVX-512 macroblock tree reads
-    past each row there. Without video/x264.py's flags, 5 of 8 noise seeds gave other packets
+    past each row there. Without video/encoders.py's flags, 5 of 8 noise seeds gave other packets
     under a fill of 42 or 7 than under none, on an AVX-512 CPU; a CPU without AVX-512 holds
     this anyway."""
     libc = glibc()
@@ -59,3 +60,12 @@ def test_avx512_is_what_x264_asks_for():
     assert not avx512_in_cpuinfo(knights_landing)  # no BW, DQ or VL: x264 stays at AVX2 there
     assert not avx512_in_cpuinfo("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n")
     assert not avx512_in_cpuinfo("processor\t: 0\nFeatures\t: fp asimd\n")  # an ARM machine
+
+
+@pytest.mark.parametrize("codec", ["libx265", "libsvtav1"])
+def test_encoders_that_print_for_themselves_are_quiet(capfd, codec):
+    """They write to file descriptor 2 themselves, past Python and FFmpeg's log: a segment's
+    encoder printed 20-30 lines of banner and settings before."""
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    encoded(frames, codec)
+    assert capfd.readouterr().err == ""
