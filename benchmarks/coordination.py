@@ -5,11 +5,13 @@ Then the writer's cost per byte, and the store's throughput for one large segmen
 arithmetic in benchmarks/RESULTS.md. Usage, from the repository root:
 
     python benchmarks/coordination.py            # 960 frames of 144x256, segments of 24 frames
+    python benchmarks/coordination.py watch      # the writer's look at 2-256 simulated workers
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from media import encode_video, moving_scene
 from reference import random_official_checkpoint
 
-from vsrpp_cli.run.coordination import Board
+from vsrpp_cli.run.coordination import Board, Watch
 
 
 def run(source: Path, output: Path, weights: Path, *extra: str) -> tuple[dict, float]:
@@ -45,7 +47,30 @@ def store_throughput(size: int) -> float:
     return time.perf_counter() - began
 
 
+def watch_cost(world: int, looks: int = 200) -> float:
+    """The writer's look at `world` workers' signs of life (Watch.check, every WATCH_EVERY
+    seconds), over a real TCPStore on loopback, the workers' keys set by another client: its
+    median seconds."""
+    server = Board.serve(0, "benchmark", loopback=True)
+    workers = Board.connect("127.0.0.1", server.port, "benchmark")
+    watch = Watch(server, world)
+    for rank in range(world):
+        workers.beat(rank)
+        workers.set_within(rank, 1.0)
+    times = []
+    for _ in range(looks):
+        watch.looked = float("-inf")
+        began = time.perf_counter()
+        watch.check()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
 def main() -> None:
+    if sys.argv[1:] == ["watch"]:
+        for world in (2, 8, 64, 256):
+            print(json.dumps({"workers": world, "look_ms": round(1000 * watch_cost(world), 3)}))
+        return
     work = Path(tempfile.mkdtemp(prefix="vsrpp-coordination-"))
     frames, height, width = 960, 144, 256
     source = encode_video(work / "clip.mp4", moving_scene(frames, height, width), audio_channels=2)

@@ -165,7 +165,7 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
         # The agent's return ends this machine's part, not the run: workers of other machines may
         # work on for hours (torch's exit barrier gives up on them after 300 s without a word).
         # The run ends when the writer has every segment, or a failure (which the watch sees).
-        while not failure and not writer.complete() and not everyone_left(board, launch.processes):
+        while not failure and not writer.complete() and not board.everyone_left(launch.processes):
             stop.wait(POLL)
     except SignalException as signal_:
         raise Interrupted(ExitStatus.INTERRUPTED if signal_.sigval == 2 else ExitStatus.TERMINATED) from None
@@ -185,10 +185,6 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
         raise failure[0]
     writer.poll(board, launch.processes)
     return board.reports(launch.processes, launch.max_restarts + 1)
-
-
-def everyone_left(board: Board, world: int) -> bool:
-    return all(board.has_left(rank, beats) for rank, beats in enumerate(board.beats(world)))
 
 
 def workers_device(name: str, launch: Launch) -> torch.device:
