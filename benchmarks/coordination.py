@@ -1,16 +1,19 @@
 """What coordinating workers costs, per segment, with a stand-in network: `--strength 0` returns
 the enlarged source (bilinear x4, the network's own skip) without running the network, so what
-is left is decoding, encoding, and the segments' trip through the store to the writer's disk.
-Then the writer's cost per byte, and the store's throughput for one large segment, for the
-arithmetic in benchmarks/RESULTS.md. Usage, from the repository root:
+is left is decoding, encoding, and the segments' trip to the writer's disk. Then the writer's
+cost per byte, for the arithmetic in benchmarks/RESULTS.md. Usage, from the repository root:
 
     python benchmarks/coordination.py            # 960 frames of 144x256, segments of 24 frames
     python benchmarks/coordination.py watch      # the writer's look at 2-256 simulated workers
+    python benchmarks/coordination.py transfer   # a 4K frames segment from a machine without the folder
 """
 
 from __future__ import annotations
 
 import json
+import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +28,7 @@ from media import encode_video, moving_scene
 from reference import random_official_checkpoint
 
 from vsrpp_cli.run.coordination import Board, Watch
+from vsrpp_cli.run.intake import Intake
 
 
 def run(source: Path, output: Path, weights: Path, *extra: str) -> tuple[dict, float]:
@@ -36,15 +40,34 @@ def run(source: Path, output: Path, weights: Path, *extra: str) -> tuple[dict, f
     return json.loads(result.stdout), time.perf_counter() - began
 
 
-def store_throughput(size: int) -> float:
-    """Seconds for one `size`-byte segment to go through a TCPStore on this machine (set, get)."""
-    server = Board.serve(0, "benchmark", loopback=True)
-    client = Board.connect("127.0.0.1", server.port, "benchmark")
-    blob = {"packets": bytes(size)}
+def transfer(frames: int = 24, frame_bytes: int = 3840 * 2160 * 3) -> dict:
+    """One frames-folder segment of 4K frames (incompressible, as PNG of noise is) streamed by a
+    worker process without the run's folder to the writer's intake over loopback: its seconds, and
+    how much the writer's process grew at its peak (ru_maxrss) while taking it."""
+    work = Path(tempfile.mkdtemp(prefix="vsrpp-transfer-"))
+    built = work / "built"
+    built.mkdir()
+    for index in range(frames):
+        with open(built / f"{index:08d}.png", "wb") as file:
+            for _ in range(0, frame_bytes, 1 << 20):
+                file.write(os.urandom(min(1 << 20, frame_bytes)))
+    size = sum(path.stat().st_size for path in built.iterdir())
+    intake = Intake(work, "benchmark")
+    intake.serve(0)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sender = (f"from pathlib import Path; from vsrpp_cli.run.intake import upload; "
+              f"upload('127.0.0.1', {intake.address['port']}, 'benchmark', 0, 1, 0, Path({str(built)!r}))")  # fmt: skip
     began = time.perf_counter()
-    client.send(0, blob)
-    server.take(0)
-    return time.perf_counter() - began
+    subprocess.run([sys.executable, "-c", sender], check=True)
+    seconds = time.perf_counter() - began
+    intake.close()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    arrived = intake.arrived(0, 1, 0)
+    assert arrived is not None and sum(path.stat().st_size for path in arrived.iterdir()) == size
+    shutil.rmtree(work)
+    megabytes = size / 1e6
+    return {"segment_mb": round(megabytes, 1), "seconds": round(seconds, 2), "mb_per_s": round(megabytes / seconds, 1),
+            "writer_peak_grew_mb": round(grown / 1024, 1)}  # fmt: skip
 
 
 def watch_cost(world: int, looks: int = 200) -> float:
@@ -70,6 +93,9 @@ def main() -> None:
     if sys.argv[1:] == ["watch"]:
         for world in (2, 8, 64, 256):
             print(json.dumps({"workers": world, "look_ms": round(1000 * watch_cost(world), 3)}))
+        return
+    if sys.argv[1:] == ["transfer"]:
+        print(json.dumps(transfer()))
         return
     work = Path(tempfile.mkdtemp(prefix="vsrpp-coordination-"))
     frames, height, width = 960, 144, 256
@@ -99,11 +125,6 @@ def main() -> None:
         })  # fmt: skip
     for row in rows:
         print(json.dumps(row))
-    for megabytes in (8, 64):
-        seconds = min(store_throughput(megabytes * 2**20) for _ in range(3))
-        print(json.dumps({"store_segment_mb": megabytes, "seconds": round(seconds, 4),
-                          "mb_per_s": round(megabytes / seconds, 1)}))  # fmt: skip
-
 
 if __name__ == "__main__":
     main()

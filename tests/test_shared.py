@@ -21,7 +21,8 @@ from harness import run_vsrpp
 from media import encode_video, moving_scene, probe, read_frames
 
 from vsrpp_cli.errors import WorkerError
-from vsrpp_cli.run.coordination import Board, Watch, pack, unpack
+from vsrpp_cli.run.coordination import Board, Watch
+from vsrpp_cli.run.intake import Intake, upload
 from vsrpp_cli.run.launch import Launch, first_host, free_port, run_workers, worker_environment
 
 VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192, 9216, 9728, 10240, 11264]
@@ -158,19 +159,25 @@ def test_claims_go_to_one_worker_each_round():
     assert board.is_saved(3)
 
 
-def test_segments_travel_whole():
-    """Over a real TCPStore, whose values are 8 MiB at most: a 20 MB segment goes in parts."""
-    files = {"packets": np.random.default_rng(0).bytes(20 << 20), "index.json": b'{"packets": []}', "empty": b""}
-    assert unpack(pack(files)) == files
-    writer = Board.serve(0, "a secret", loopback=True)
-    worker = Board.connect("127.0.0.1", writer.port, "a secret")
-    worker.send(5, files, rank=1, round_=0)
-    worker.send(2, {"a": b"x"}, rank=0, round_=1)
-    shipped = [(5, 1, 0), (2, 0, 1)]
-    assert worker.shipped() == shipped  # answered on the worker's connection: everything it sent has arrived
-    assert writer.shipped() == shipped
-    assert writer.take(5) == files and writer.take(2) == {"a": b"x"}
-    assert writer.store.num_keys() == 1  # "shipped": every part was taken
+def test_segments_travel_beside_the_store(tmp_path):
+    """A machine without the run's folder streams a segment to the writer's intake over TCP,
+    signed with the run's secret: 20 MB (more than a TCPStore value may hold) arrive byte for byte
+    in the run's incoming/ folder, and no store holds them."""
+    intake = Intake(tmp_path, "a secret")
+    intake.serve(0)
+    built = tmp_path / "built"
+    built.mkdir()
+    files = {"packets": np.random.default_rng(0).bytes(20 << 20), "index.json": b'{"packets": []}'}
+    for name, data in files.items():
+        (built / name).write_bytes(data)
+    try:
+        upload("127.0.0.1", intake.address["port"], "a secret", 5, 1, 0, built)
+    finally:
+        intake.close()
+    arrived = intake.arrived(5, 1, 0)
+    assert arrived == tmp_path / "incoming" / "5-1-0" and intake.arrived(5, 0, 0) is None
+    assert {path.name: path.read_bytes() for path in arrived.iterdir()} == files
+    assert not intake.refusals
 
 
 def test_a_silent_worker_is_noticed_by_the_writers_clock(monkeypatch):

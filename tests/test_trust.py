@@ -1,7 +1,8 @@
 """A shared run trusts no one: its store listens on loopback alone on one machine, a client
-without the run's secret reads and changes nothing, and the writer stores only the segments the
-plan holds, from the worker that claimed them, with exactly the files, frame count and times that
-segment must have. Every peer here is a real process on a real TCPStore."""
+without the run's secret reads and changes nothing (in the store or the writer's intake), and the
+writer stores only the segments the plan holds, from the worker that claimed them, with exactly
+the files, frame count and times that segment must have. Every peer here is a real process on a
+real TCPStore and a real TCP connection to the intake."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from media import encode_video, moving_scene
 
 import vsrpp_cli
 from vsrpp_cli.errors import WorkerError
-from vsrpp_cli.run.coordination import Board, pack
+from vsrpp_cli.run.coordination import Board
 from vsrpp_cli.run.folder import RunFolder
 from vsrpp_cli.run.writer import Writer
 
@@ -27,12 +28,35 @@ SECRET = "0123456789abcdef0123"
 TIMES = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608]  # 8 frames: 2 segments of 2 windows of 2 frames
 
 
-def peer(port: int, secret: str, script: str) -> subprocess.CompletedProcess:
-    """`script` in a process of its own, with `board` connected to the writer's store."""
+def peer(port: int, secret: str, script: str, intake: int = 0) -> subprocess.CompletedProcess:
+    """`script` in a process of its own, with `board` connected to the writer's store and
+    `send(segment, files, rank, round_)`, which streams files to the writer's intake at port
+    `intake` as a worker without the run's folder does, signed with `secret`, then ships them."""
     code = textwrap.dedent(f"""
-        import json
-        from vsrpp_cli.run.coordination import Board, pack
+        import hashlib, hmac, json, socket, struct
+        from vsrpp_cli.run.coordination import Board
+        from vsrpp_cli.run.intake import receive_exactly, sign
         board = Board.connect("127.0.0.1", {port}, {secret!r})
+
+        def send(segment, files, rank, round_):
+            header = json.dumps({{"segment": segment, "rank": rank, "round": round_,
+                                 "files": [[name, len(data)] for name, data in files.items()]}}).encode()
+            key = {secret!r}.encode()
+            try:
+                with socket.create_connection(("127.0.0.1", {intake})) as connection:
+                    nonce = receive_exactly(connection, 32)
+                    connection.sendall(struct.pack("<I", len(header)) + header + sign(key, b"head", nonce, header))
+                    body = hmac.new(key, b"body" + nonce + header, hashlib.sha256)
+                    for data in files.values():
+                        body.update(data)
+                        connection.sendall(data)
+                    connection.sendall(body.digest())
+                    answer = connection.recv(2)
+            except OSError:
+                answer = b""
+            print("intake:", answer)
+            if answer == b"OK":
+                board.ship(segment, rank, round_)
     """) + textwrap.dedent(script)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -51,11 +75,22 @@ def job(frames_folder: bool = False) -> dict:
 
 @pytest.fixture
 def served(tmp_path):
-    """The writer's side: its store (as a one-machine shared run serves it) and the run's folder."""
+    """The writer's side: its store (as a one-machine shared run serves it), the run's folder, and
+    a writer whose intake serves on loopback (as the first of several machines serves it)."""
     board = Board.serve(0, SECRET, loopback=True)
     store = RunFolder.open(tmp_path / "run" / ".out.mp4.vsrpp-partial", {}, dict, resume=False, overwrite=False)
-    yield board, store
+    writer = Writer(store, job(), 0, 8, lambda done, total: None, secret=SECRET)
+    writer.intake.serve(0)
+    yield board, store, writer
+    writer.intake.close()
     store.unlock()
+
+
+def kept_in(store: RunFolder) -> list[str]:
+    """What the run's folder holds beside its plan and lock (the intake's marker apart)."""
+    assert sorted(p.name for p in store.folder.parent.iterdir()) == [store.folder.name]  # nothing beside it
+    found = sorted(str(p.relative_to(store.folder)) for p in store.folder.rglob("*"))
+    return [name for name in found if not name.startswith("incoming/.run-")]
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -71,12 +106,12 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def test_one_machines_store_listens_on_loopback_alone(served):
-    board, _ = served
+    board, _, _ = served
     assert listening_addresses(board.port) == {"0100007F"}  # 127.0.0.1, and no other interface
 
 
 def test_a_client_without_the_secret_reads_nothing_and_changes_nothing(served):
-    board, _ = served
+    board, store, writer = served
     board.publish_job({"segments": 2})
     board.claim(0, 0, rank=1)
     stranger = peer(board.port, "", """
@@ -86,62 +121,64 @@ def test_a_client_without_the_secret_reads_nothing_and_changes_nothing(served):
         store.set("abort", "1")
         store.append("shipped", "0:0:0 ")
         store.set("segment/0", "1")
-    """)
-    assert json.loads(stranger.stdout) == [False, False, False]
+        send(0, {"packets": b"x", "index.json": b"{}"}, 1, 0)  # signed with no secret, or a wrong one
+    """, writer.intake.address["port"])
+    assert stranger.stdout.splitlines()[0] == "[false, false, false]"
+    assert stranger.stdout.splitlines()[1] == "intake: b''"  # dropped, and told nothing
     assert board.job() == {"segments": 2} and board.shipped() == [] and board.claimed_by(0, 0) == 1
     board.check_abort()  # not stopped
+    writer.poll(board, 2)  # and the writer has nothing to say of it
+    assert kept_in(store) == ["incoming", "run.json", "run.lock"]
 
 
 @pytest.mark.parametrize(
     "sent, says",
     [
-        ("board.claim(0, 1, 1); board.send(1, {'../../evil': b'x', 'packets': b''}, 1, 0)", "files"),
-        ("board.claim(0, 1, 1); board.send(1, {'/tmp/evil': b'x'}, 1, 0)", "files"),
-        ("board.claim(0, 5, 1); board.send(5, SEGMENT_A, 1, 0)", "segment 5 that is not in the plan"),
-        ("board.claim(0, 1, 0); board.send(1, SEGMENT_B, 1, 0)", "segment 1 that it did not claim in round 0"),
-        ("board.send(1, SEGMENT_B, 1, 3)", "did not claim in round 3"),
-        ("board.claim(0, 1, 1); board.send(1, SHORT_B, 1, 0)", "with 3 frames where the plan has 4"),
-        ("board.claim(0, 0, 1); board.send(0, SEGMENT_B, 1, 0)", "other timestamps than the input's"),
-        ("board.claim(0, 0, 1); board.send(0, LYING_A, 1, 0)", "counts 20 bytes of packets where it holds 21"),
-        ("board.claim(0, 0, 1); board.store.set('segment/0/0', b'junk'); board.store.set('segment/0', '1');"
-         "board.store.append('shipped', '0:1:0 ')", "in a form no worker sends"),
+        ("board.claim(0, 1, 1); send(1, {'../../evil': b'x', 'packets': b''}, 1, 0)", "which no segment holds"),
+        ("board.claim(0, 1, 1); send(1, {'/tmp/evil': b'x'}, 1, 0)", "which no segment holds"),
+        ("board.claim(0, 1, 1); send(1, {'packets': b'', 'packets': b'', 'x/../index.json': b''}, 1, 0)",
+         "which no segment holds"),
+        ("board.claim(0, 5, 1); send(5, SEGMENT_A, 1, 0)", "segment 5 that is not in the plan"),
+        ("board.claim(0, 1, 0); send(1, SEGMENT_B, 1, 0)", "segment 1 that it did not claim in round 0"),
+        ("send(1, SEGMENT_B, 1, 3)", "did not claim in round 3"),
+        ("board.claim(0, 1, 1); send(1, SHORT_B, 1, 0)", "with 3 frames where the plan has 4"),
+        ("board.claim(0, 0, 1); send(0, SEGMENT_B, 1, 0)", "other timestamps than the input's"),
+        ("board.claim(0, 0, 1); send(0, LYING_A, 1, 0)", "counts 20 bytes of packets where it holds 21"),
+        ("board.claim(0, 0, 1); send(0, {'packets': b'', 'index.json': b'junk'}, 1, 0)", "an index that is not one"),
+        ("board.claim(0, 0, 1); board.ship(0, 1, 0)", "segment 0 that did not arrive"),
         ("board.store.append('shipped', '../x ')", "which no vsrpp worker sends"),
     ],
 )
 def test_a_peer_with_the_secret_that_sends_what_the_plan_does_not_hold_stops_the_run(served, sent, says):
     """Named, in one line, with nothing stored and nothing written outside the run's folder."""
-    board, store = served
+    board, store, writer = served
     segments = {
         "SEGMENT_A": video_segment(TIMES[:4]),
         "SEGMENT_B": video_segment(TIMES[4:]),
         "SHORT_B": video_segment(TIMES[4:7]),
         "LYING_A": {**video_segment(TIMES[:4]), "packets": b"x" * 21},
     }
-    given = "".join(f"{name} = {pack(files)!r}\n" for name, files in segments.items())
-    peer(board.port, SECRET, f"from vsrpp_cli.run.coordination import unpack\n{given}" + "\n".join(
-        f"{name} = unpack({name})" for name in segments) + "\n" + sent)  # fmt: skip
-    writer = Writer(store, job(), 0, 8, lambda done, total: None)
+    given = "".join(f"{name} = {files!r}\n" for name, files in segments.items())
+    peer(board.port, SECRET, given + sent, writer.intake.address["port"])
     with pytest.raises(WorkerError) as refused:
         writer.poll(board, 2)
     message = str(refused.value)
     assert says in message and "\n" not in message
     assert "which no vsrpp worker sends" in message or message.startswith("worker 1 sent segment")
     assert store.closed_segments() == set() and not writer.saved
-    root = store.folder.parent
-    assert sorted(p.name for p in root.iterdir()) == [store.folder.name]
-    assert sorted(p.name for p in store.folder.iterdir()) == ["run.json", "run.lock"]
+    assert kept_in(store) == ["incoming", "run.json", "run.lock"]  # what arrived went again
 
 
 def test_the_segments_a_worker_claimed_and_made_are_stored(served):
-    board, store = served
+    board, store, writer = served
     peer(board.port, SECRET, f"""
-        from vsrpp_cli.run.coordination import unpack
-        board.claim(0, 0, 1); board.send(0, unpack({pack(video_segment(TIMES[:4]))!r}), 1, 0)
-        board.claim(0, 1, 0); board.send(1, unpack({pack(video_segment(TIMES[4:]))!r}), 0, 0)
-    """)
-    writer = Writer(store, job(), 0, 8, lambda done, total: None)
+        board.claim(0, 0, 1); send(0, {video_segment(TIMES[:4])!r}, 1, 0)
+        board.claim(0, 1, 0); send(1, {video_segment(TIMES[4:])!r}, 0, 0)
+    """, writer.intake.address["port"])
     writer.poll(board, 2)
     assert store.closed_segments() == {0, 1} and writer.done == 8
+    assert kept_in(store) == ["incoming", "run.json", "run.lock", "segment_000000.json", "segment_000000.packets",
+                              "segment_000001.json", "segment_000001.packets"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -149,23 +186,36 @@ def test_the_segments_a_worker_claimed_and_made_are_stored(served):
     [
         ([f"{index:08d}.png" for index in range(4)], None),
         ([f"{index:08d}.png" for index in range(5)], "with 5 frames where the plan has 4"),
-        (["00000000.png", "00000002.png", "00000001.png", "00000003.png"], "not frames 00000000.png on"),
+        (["00000000.png", "00000001.png", "00000003.png", "00000004.png"], "not frames 00000000.png on"),
         (["00000000.png", "00000001.png", "00000002.png", ".hidden"], "not frames 00000000.png on"),
+        (["00000000.png", "00000001.png", "00000002.png", "00000003.png/"], "which is not a file"),
+        (["00000000.png", "00000001.png", "00000002.png", "00000003.png@"], "which is not a file"),
     ],
 )
 def test_a_frames_segment_is_its_frames_named_in_order(tmp_path, names, says):
+    """Delivered as a worker that sees the run's folder delivers it: a folder in the intake."""
     store = RunFolder.open(tmp_path / ".frames.vsrpp-partial", {}, dict, resume=False, overwrite=False)
     board = Board.in_memory()
     writer = Writer(store, job(frames_folder=True), 0, 8, lambda done, total: None)
     board.claim(0, 0, 0)
-    board.send(0, dict.fromkeys(names, b"png"), 0, 0)
+    arrived = writer.intake.folder / "0-0-0"
+    arrived.mkdir()
+    for name in names:
+        if name.endswith("/"):
+            (arrived / name).mkdir()
+        elif name.endswith("@"):
+            (arrived / name[:-1]).symlink_to(tmp_path / "elsewhere.png")
+        else:
+            (arrived / name).write_bytes(b"png")
+    board.ship(0, 0, 0)
     if says is None:
         writer.poll(board, 1)
         assert store.closed_segments() == {0} and writer.done == 4
+        assert sorted(p.name for p in store.segment_path(0).iterdir()) == names
     else:
         with pytest.raises(WorkerError, match=says):
             writer.poll(board, 1)
-        assert store.closed_segments() == set()
+        assert store.closed_segments() == set() and not arrived.exists()
     store.unlock()
 
 
@@ -226,32 +276,35 @@ def test_a_machine_whose_input_differs_only_in_its_bytes_is_refused(tmp_path, of
 def test_a_job_of_hours_of_frames_travels_whole(served):
     """The frame-time table of 4 hours at 60 fps (864,000 times, about 10 MB of JSON) passes the
     8 MiB a TCPStore value may hold: the job travels in parts."""
-    board, _ = served
+    board, _, _ = served
     job = {"times": list(range(0, 864_000 * 1001, 1001)), "segments": 27_000}
     board.publish_job(job)
     got = peer(board.port, SECRET, "job = board.job(); print(len(job['times']), job['times'][-1], job['segments'])")
     assert got.stdout.split() == ["864000", str(863_999 * 1001), "27000"]
 
 
-def held_port_with_a_free_one_before() -> socket.socket:
-    """A listening socket whose port's predecessor is free as far as a bind can tell (the port
-    before an ephemeral one may be anyone's: once it was the other test process's)."""
+def held_port_with_free_ones_before(count: int) -> socket.socket:
+    """A listening socket whose `count` ports before it are free as far as a bind can tell (the
+    port before an ephemeral one may be anyone's: once it was the other test process's)."""
     while True:
         holder = socket.create_server(("", 0))
         try:
-            socket.create_server(("", holder.getsockname()[1] - 1)).close()
+            for before in range(1, count + 1):
+                socket.create_server(("", holder.getsockname()[1] - before)).close()
             return holder
         except OSError:
             holder.close()
 
 
-@pytest.mark.parametrize("taken", ["rendezvous", "writer"])
+@pytest.mark.parametrize("taken", ["rendezvous", "writer", "intake"])
 def test_a_taken_port_on_the_first_machine_is_one_line_at_once(tmp_path, monkeypatch, official_checkpoint, taken):
-    """A program that listens on --master-port (or the port after it, the writer's) and never
-    answers: refused before any worker starts, never joined as a client."""
+    """A program that listens on --master-port (or the port after it, the writer's store, or the
+    one after that, its intake) and never answers: refused before any worker starts, never joined
+    as a client."""
     monkeypatch.setenv("VSRPP_RUN_SECRET", SECRET)
-    holder = held_port_with_a_free_one_before() if taken == "writer" else socket.create_server(("", 0))
-    port = holder.getsockname()[1] - (taken == "writer")
+    after = ["rendezvous", "writer", "intake"].index(taken)
+    holder = held_port_with_free_ones_before(after)
+    port = holder.getsockname()[1] - after
     clip = encode_video(tmp_path / "in.mp4", moving_scene(4, 32, 48))
     result = run_vsrpp("upscale", clip, tmp_path / "out.mp4", "--weights", official_checkpoint(8, 1, True)[0],
                        "--device", "cpu", "--nnodes", "2", "--node-rank", "0", "--master-addr", "127.0.0.1",

@@ -134,7 +134,9 @@ MasterAddr = Annotated[
 
 
 MasterPort = Annotated[
-    int | None, option("Port on the first machine (29500).", metavar="PORT", panel=LAUNCH, min=1, max=65535)
+    int | None,
+    option("Port on the first machine (29500; upscale uses the two after it too).", metavar="PORT", panel=LAUNCH,
+           min=1, max=65535),
 ]
 
 

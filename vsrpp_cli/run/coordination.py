@@ -14,8 +14,8 @@ interface, as the others must reach it.
 Keys:
   job, job/<part>          the run as every worker must do it (JSON in parts, the part count last)
   claim/<round>/<segment>  the worker that took the segment in this round (compare_set: one wins)
-  segment/<i>[/<part>]     a finished segment's files, in parts (the part count last)
-  shipped                  the segments sent, in the order they were: "segment:rank:round" each
+  shipped                  the segments whole in the writer's intake, in the order they came:
+                           "segment:rank:round" each (their bytes go beside the store: intake.py)
   saved/<i>                the writer has it on disk (fsynced): the worker may forget it
   within/<rank>            progress: frames of the worker's open segment done so far
   beat/<rank>, left/<rank> signs of life (a counter, compared with the writer's own clock only)
@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -45,7 +44,7 @@ POLL = 0.05  # seconds between looks at the store
 CONNECT_SECONDS = 300.0  # a worker waits this long for the writer's store to answer
 SAVE_SECONDS = 600.0  # a worker waits this long for the writer to store a segment it sent
 HEARTBEAT = 2.0  # seconds between a worker's signs of life
-PART_BYTES = 4 << 20  # a segment travels in values of this size (libuv TCPStore's limit: 8 MiB a value)
+PART_BYTES = 4 << 20  # the job travels in values of this size (libuv TCPStore's limit: 8 MiB a value)
 
 
 def silent_seconds() -> float:
@@ -68,8 +67,9 @@ class AbortError(Exception):
 
 
 class Board:
-    def __init__(self, store: dist.Store, secret: str = "") -> None:
+    def __init__(self, store: dist.Store, secret: str = "", host: str = "127.0.0.1") -> None:
         self.store = dist.PrefixStore(f"vsrpp/{secret}", store) if secret else store
+        self.secret, self.host = secret, host  # (the writer's machine, for its intake)
 
     # --------------------------------------------------------------------- opening
     @classmethod
@@ -109,7 +109,7 @@ class Board:
 
     @classmethod
     def connect(cls, host: str, port: int, secret: str) -> Board:
-        return cls(dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=CONNECT_SECONDS)), secret)
+        return cls(dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=CONNECT_SECONDS)), secret, host)
 
     # --------------------------------------------------------------------- the job
     def publish_job(self, job: dict[str, Any]) -> None:
@@ -139,14 +139,9 @@ class Board:
         return self.store.check([f"saved/{segment}"])
 
     # --------------------------------------------------------------------- segments
-    def send(self, segment: int, files: dict[str, bytes], rank: int = 0, round_: int = 0) -> None:
-        """In parts (the TCPStore takes values of 8 MiB at most), the part count last; shipped
-        with its sender, whose claim the writer checks."""
-        blob = pack(files)
-        parts = range(0, max(1, len(blob)), PART_BYTES)
-        for number, offset in enumerate(parts):
-            self.store.set(f"segment/{segment}/{number}", blob[offset : offset + PART_BYTES])
-        self.store.set(f"segment/{segment}", str(len(parts)))
+    def ship(self, segment: int, rank: int = 0, round_: int = 0) -> None:
+        """A segment is whole in the writer's intake (intake.py: its bytes never pass through the
+        store), told with its sender, whose claim the writer checks."""
         self.store.append("shipped", f"{segment}:{rank}:{round_} ")
 
     def wait_saved(self, segment: int) -> None:
@@ -176,13 +171,6 @@ class Board:
                                   "the run stopped")  # fmt: skip
             shipped.append((int(fields[0]), int(fields[1]), int(fields[2])))
         return shipped
-
-    def take(self, segment: int) -> dict[str, bytes]:
-        keys = [f"segment/{segment}/{number}" for number in range(int(self.store.get(f"segment/{segment}")))]
-        files = unpack(b"".join(self.store.get(key) for key in keys))
-        for key in [*keys, f"segment/{segment}"]:
-            self.store.delete_key(key)
-        return files
 
     def mark_saved(self, segment: int) -> None:
         self.store.set(f"saved/{segment}", "1")
@@ -312,29 +300,3 @@ class Watch:
 
     def deadline(self, rank: int) -> float:
         return max(stall_seconds(), STALL_FACTOR * self.longest[rank])
-
-
-def pack(files: dict[str, bytes]) -> bytes:
-    """name -> bytes, as one value: a JSON index of names and sizes, then the contents."""
-    index = json.dumps([[name, len(data)] for name, data in files.items()]).encode()
-    return struct.pack("<Q", len(index)) + index + b"".join(files.values())
-
-
-def unpack(blob: bytes) -> dict[str, bytes]:
-    """What pack made; ValueError for anything else (sizes that do not add up, a bad index)."""
-    try:
-        (length,) = struct.unpack_from("<Q", blob)
-        index = json.loads(blob[8 : 8 + length])
-    except (struct.error, ValueError) as error:
-        raise ValueError(f"no segment index ({error})") from None
-    offset = 8 + length
-    files = {}
-    for entry in index if isinstance(index, list) else [None]:
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], int)
-                and entry[1] >= 0 and entry[0] not in files):  # fmt: skip
-            raise ValueError("a malformed segment index")
-        files[entry[0]] = blob[offset : offset + entry[1]]
-        offset += entry[1]
-    if offset != len(blob):
-        raise ValueError(f"the segment holds {len(blob)} bytes where its index says {offset}")
-    return files

@@ -2,13 +2,13 @@
 
 The output is made of segments, the unit of work: the output frames of a fixed number of
 consecutive windows, from a fresh encoder, so each starts on a keyframe and stands alone. A
-worker encodes a segment and sends its files (compressed packets and their index, or PNG frames)
-to the writer, which stores them here, flushed to disk (fsync) before the rename that marks them
-committed. The windows of a segment still being worked are kept losslessly in the worker's spool
-(FFV1 in Matroska, bit-exact for 8- and 16-bit RGB and for the planar YUV formats the encoder
-takes), so an interruption costs at most one window's network work; they go when their segment is
-committed. At the end the segments are joined into the output without re-encoding (as FFmpeg's
-concat does), and the folder is removed.
+worker encodes a segment into files (compressed packets and their index, or PNG frames) that
+reach the writer in `incoming/` (intake.py); the writer checks them and commits them here, flushed
+to disk (fsync) before the rename that marks them committed. The windows of a segment still being
+worked are kept losslessly in the worker's spool (FFV1 in Matroska, bit-exact for 8- and 16-bit
+RGB and for the planar YUV formats the encoder takes), so an interruption costs at most one
+window's network work; they go when their segment is committed. At the end the segments are
+joined into the output without re-encoding (as FFmpeg's concat does), and the folder is removed.
 
 `run.json` holds a fingerprint of the input, the weights and every setting that changes the
 frames, which guards against resuming with something else, and the plan (window size, segment
@@ -108,24 +108,27 @@ class RunFolder:
             found.add(int(path.name.split("_")[1].split(".")[0]))
         return found
 
-    def save_segment(self, index: int, files: dict[str, bytes]) -> int:
-        """A segment's files as a worker sent them, durable before they count as committed:
-        a video's packets then their index (whose presence marks the segment closed), or a
-        folder of PNG frames renamed whole. Returns its frame count."""
+    def commit_segment(self, index: int, arrived: Path) -> int:
+        """A segment as it arrived in the intake (checked by the writer), durable before it counts
+        as committed: a video's packets then their index (whose presence marks the segment
+        closed), or a folder of PNG frames renamed whole. Returns its frame count."""
         final = self.segment_path(index)
-        if "index.json" in files:
-            durable_write(final.with_suffix(".packets"), files["packets"])
-            durable_write(final.with_suffix(".json"), files["index.json"])
-            return len(json.loads(files["index.json"])["packets"])
-        partial = final.with_name(final.name + PARTIAL)
-        remove(partial)
-        partial.mkdir()
-        for name, data in files.items():
-            durable_write(partial / name, data, rename=False)
-        sync_folder(partial)
-        partial.replace(final)
+        if (arrived / "index.json").exists():
+            count = len(json.loads((arrived / "index.json").read_bytes())["packets"])
+            for name, suffix in (("packets", ".packets"), ("index.json", ".json")):
+                sync_file(arrived / name)
+                (arrived / name).replace(final.with_suffix(suffix))
+                sync_folder(self.folder)
+            arrived.rmdir()
+            return count
+        frames = list(arrived.iterdir())
+        for path in frames:
+            sync_file(path)
+        sync_folder(arrived)
+        remove(final)  # (none: a committed segment is never sent again)
+        arrived.replace(final)
         sync_folder(self.folder)
-        return len(files)
+        return len(frames)
 
     def segment_frame_count(self, index: int) -> int:
         path = self.segment_path(index)
@@ -233,6 +236,15 @@ def durable_write(path: Path, data: bytes, rename: bool = True) -> None:
     if rename:
         partial.replace(path)
         sync_folder(path.parent)
+
+
+def sync_file(path: Path) -> None:
+    """Another process's writes to `path` on disk (fsync covers the file, whoever wrote it)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def sync_folder(folder: Path) -> None:

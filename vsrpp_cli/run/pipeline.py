@@ -142,7 +142,7 @@ def open_output(run: Run, temporary: Path) -> Muxer | None:
 def work(run: Run, folder: RunFolder, job: dict, on_progress: Progress) -> tuple[Writer, list[dict]]:
     """The workers, until every segment is stored: one in a thread here, or processes."""
     done = sum(folder.segment_frame_count(segment) for segment in job["committed"])
-    writer = Writer(folder, job, done, run.total, on_progress, run.tell)
+    writer = Writer(folder, job, done, run.total, on_progress, run.tell, run.launch.secret)
     # This machine's cores shared among its workers (oversubscribed OpenMP threads spin: threads.py).
     local = Local(str(run.source_path), str(run.options.weights), str(folder.folder), run.options.device,
                   threads_per_process(run.launch.nproc))  # fmt: skip

@@ -1,6 +1,7 @@
 """Segments, the unit of work: the output frames of a fixed number of consecutive windows, from
 a fresh encoder, so each starts on a keyframe and stands alone (`VideoSegment`, or PNG files:
-`FrameSegment`), encoded in a thread of their own (`SegmentWriter`). The windows of a segment still
+`FrameSegment`), encoded in a thread of their own (`SegmentWriter`) into a folder as they come
+(never whole in memory; intake.py takes the folder to the writer). The windows of a segment still
 being worked are kept losslessly in the worker's `Spool` (FFV1 in Matroska, bit-exact for 8- and
 16-bit RGB and for the planar YUV formats the encoder takes), so an interruption costs at most one
 window's network work; they go when their segment is committed."""
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import queue
 import tempfile
@@ -39,13 +39,14 @@ def spool_folder(run_id: str, rank: int) -> Path:
 
 def segment_maker(
     settings: EncoderSettings, info: VideoInfo, size: tuple[int, int]
-) -> Callable[[], VideoSegment | FrameSegment]:
-    """What opens a segment of the output: a fresh encoder for a video, PNG files for frames."""
+) -> Callable[[Path], VideoSegment | FrameSegment]:
+    """What opens a segment of the output in a folder: a fresh encoder for a video, PNG files
+    for frames."""
 
-    def new_segment() -> VideoSegment | FrameSegment:
+    def new_segment(folder: Path) -> VideoSegment | FrameSegment:
         if settings.container_format is None:
-            return FrameSegment()
-        return VideoSegment(lambda: VideoEncoder(settings, info, size))
+            return FrameSegment(folder)
+        return VideoSegment(lambda: VideoEncoder(settings, info, size), folder)
 
     return new_segment
 
@@ -77,14 +78,14 @@ class SegmentWriter:
             raise self.error
         self.channel.put((image, pts))
 
-    def finish(self) -> dict[str, bytes]:
-        """The segment's files, once every frame is encoded."""
+    def finish(self) -> None:
+        """Once every frame is encoded and the segment's files are closed."""
         self.channel.put(_DONE)
         self.thread.join()
         if self.error:
             raise self.error
-        files, self.segment = self.segment.close(), None
-        return files
+        self.segment.close()
+        self.segment = None
 
     def abort(self) -> None:
         if self.thread.is_alive():
@@ -100,11 +101,13 @@ _DONE = object()
 
 
 class VideoSegment:
-    """One segment of a video output being encoded: a fresh encoder, its packets in memory."""
+    """One segment of a video output being encoded: a fresh encoder, its packets written to the
+    folder's `packets` as they come, their index to `index.json` at the end."""
 
-    def __init__(self, make_encoder: Callable[[], VideoEncoder]) -> None:
+    def __init__(self, make_encoder: Callable[[], VideoEncoder], folder: Path) -> None:
         self.encoder = make_encoder()
-        self.payload = io.BytesIO()
+        self.folder = folder
+        self.payload = open(folder / "packets", "wb")  # noqa: SIM115 (closed by close or abort)
         self.packets: list[StoredPacket] = []
 
     def write(self, image: np.ndarray | Planes, pts: int | None) -> None:
@@ -116,30 +119,31 @@ class VideoSegment:
             self.payload.write(data)
             self.packets.append(StoredPacket(int(packet.pts), int(packet.duration or 0), packet.is_keyframe, len(data)))
 
-    def close(self) -> dict[str, bytes]:
-        """The segment's files: the packets' bytes and their index."""
+    def close(self) -> None:
         self._keep(self.encoder.flush())
         self.encoder.close()
+        self.payload.close()
         index = json.dumps({"packets": [dataclasses.astuple(p) for p in self.packets]}, indent=2).encode()
-        return {"packets": self.payload.getvalue(), "index.json": index}
+        (self.folder / "index.json").write_bytes(index)
 
     def abort(self) -> None:
+        self.payload.close()
         self.encoder.close()
 
 
 class FrameSegment:
     """One segment of a frames-folder output: its PNG files, named in order within the segment."""
 
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = 0
 
     def write(self, image: np.ndarray, pts: int | None) -> None:
-        self.files[f"{len(self.files):08d}.png"] = png_bytes(image)
+        (self.folder / f"{self.count:08d}.png").write_bytes(png_bytes(image))
+        self.count += 1
 
-    def close(self) -> dict[str, bytes]:
-        return self.files
+    def close(self) -> None:
+        pass
 
     def abort(self) -> None:
-        self.files = {}
-
-
+        pass

@@ -8,7 +8,7 @@ store behind coordination.Board differs.
 
 Decoding runs in one thread, encoding in another, the network in the worker's: they overlap,
 and no stage holds more than a window (chunk + 2 * overlap frames) plus two short queues, so
-memory does not grow with the video (a segment's compressed packets wait in memory to be sent).
+memory does not grow with the video (a segment is encoded into files as it comes: intake.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from ..weights.hashing import sample_sha256, sha256_of
 from .coordination import AbortError, Board
 from .engine import build_engine, worker_device
 from .failpoints import failpoint
-from .folder import Spool
+from .folder import PARTIAL, Spool, remove
+from .intake import INCOMING, deliver, sees_folder
 from .options import Options
 from .reading import FrameReader
 from .segments import SegmentWriter, segment_maker, spool_folder
@@ -79,7 +80,9 @@ class Worker:
         self.target = YuvTarget(**job["target"]) if job["target"] else None
         settings = EncoderSettings(job["container_format"], options.codec, options.crf, options.preset, options.pix_fmt)
         self.new_segment = segment_maker(settings, self.info, tuple(job["size"]))
-        self.own_spool = not Path(local.spool).is_dir()
+        # This run's folder itself (its marker for this launch), not a folder of the same path.
+        self.sees_folder = sees_folder(Path(local.spool), job["intake"]["token"])
+        self.own_spool = not self.sees_folder
         self.spool = Spool(spool_folder(job["run_id"], rank) if self.own_spool else Path(local.spool))
         self.reader = FrameReader(self.source, options.colour == "device", job["times"], 2 * self.overlap)
         self.stats: dict[str, Any] = {
@@ -134,7 +137,39 @@ class Worker:
         """Encode and send one segment; False when it holds no frame (past the input's end)."""
         first = segment * self.per_segment
         indices = range(first, first + self.per_segment)
-        writer = SegmentWriter(self.new_segment)
+        built = self.building(segment)
+        try:
+            if not self.encode_segment(indices, built):
+                return False
+            failpoint("encode", self.rank)
+            began = time.perf_counter()
+            size = sum(path.stat().st_size for path in built.iterdir())
+            deliver(built, segment, self.rank, self.round, self.job["intake"], self.board.host, self.board.secret,
+                    self.sees_folder)  # fmt: skip
+        finally:
+            remove(built)  # (delivered: gone from here already)
+        self.board.ship(segment, self.rank, self.round)
+        failpoint("send", self.rank)
+        self.board.wait_saved(segment)
+        self.stats["seconds_sending"] += time.perf_counter() - began  # until the writer has it on disk
+        self.stats["bytes_sent"] += size
+        self.board.set_within(self.rank, 0)
+        self.spool.drop_windows(indices)
+        self.stats["frames"] += self.segment_frames
+        return True
+
+    def building(self, segment: int) -> Path:
+        """An empty folder for the segment's files: in the run's intake where this machine sees
+        it (delivered by a rename), else in the worker's own spool (streamed from there)."""
+        name = f"{segment}-{self.rank}-{self.round}{PARTIAL}"
+        folder = self.spool.folder / INCOMING / name if self.sees_folder else self.spool.folder / name
+        remove(folder)
+        folder.mkdir()
+        return folder
+
+    def encode_segment(self, indices: range, folder: Path) -> int:
+        """The segment's windows upscaled and encoded into `folder`: its frame count."""
+        writer = SegmentWriter(lambda: self.new_segment(folder))
         try:
             self.segment_frames = 0
             for window, upscaled in self.upscaled_windows(indices):
@@ -143,22 +178,11 @@ class Worker:
                 self.segment_frames += window.keep.stop - window.keep.start
                 self.board.set_within(self.rank, self.segment_frames)
                 self.moved()
-            if not self.segment_frames:
-                return False
-            files = writer.finish()
+            if self.segment_frames:
+                writer.finish()
         finally:
             writer.abort()
-        failpoint("encode", self.rank)
-        began = time.perf_counter()
-        self.board.send(segment, files, self.rank, self.round)
-        failpoint("send", self.rank)
-        self.board.wait_saved(segment)
-        self.stats["seconds_sending"] += time.perf_counter() - began  # until the writer has it on disk
-        self.stats["bytes_sent"] += sum(map(len, files.values()))
-        self.board.set_within(self.rank, 0)
-        self.spool.drop_windows(indices)
-        self.stats["frames"] += self.segment_frames
-        return True
+        return self.segment_frames
 
     def upscaled_windows(self, indices: range) -> Iterator[tuple[Window[Frame], list]]:
         """The segment's windows with their upscaled kept frames, in order: from the spool where

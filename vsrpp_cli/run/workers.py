@@ -139,6 +139,8 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
         check_port_free(launch.port)
     board = Board.serve(0 if one_machine else launch.port + 1, launch.secret, loopback=one_machine)
     port = board.port
+    if not one_machine:
+        writer.serve_intake(launch.port + 2)  # for machines that do not see the run's folder
     board.publish_job(job)
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -180,6 +182,7 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     finally:
         stop.set()
         thread.join()
+        writer.intake.close()
         remove(rendezvous)
     if failure:
         raise failure[0]

@@ -1,19 +1,24 @@
-"""The writer, the owner of a run's end: each segment a worker sends checked against the plan
-and its sender's claim, then stored in the run's folder; progress shown; a worker's error, a
-silent or stalled worker stop the run (run/workers.py starts the workers and serves it)."""
+"""The writer, the owner of a run's end: each segment a worker sends (its files in the intake,
+intake.py) checked against the plan and its sender's claim, then committed to the run's folder;
+progress shown; a worker's error, a silent or stalled worker stop the run (run/workers.py starts
+the workers and serves it)."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import WorkerError
 from .coordination import Board, Watch
 from .failpoints import failpoint
-from .folder import RunFolder
+from .folder import RunFolder, remove
+from .intake import Intake
 from .windows import WindowTable
 
 
@@ -22,25 +27,34 @@ class Writer:
     progress, and watches the workers."""
 
     def __init__(self, store: RunFolder, job: dict[str, Any], done: int, total: int | None, on_progress: Callable,
-                 notice: Callable[[str], None] = lambda message: None) -> None:  # fmt: skip
+                 notice: Callable[[str], None] = lambda message: None, secret: str = "") -> None:  # fmt: skip
         self.store, self.job, self.done, self.total, self.on_progress = store, job, done, total, on_progress
         self.notice = notice
+        self.intake = Intake(store.folder, secret)  # where segments arrive (across machines: served by the caller)
+        job["intake"] = self.intake.address
         # The frames each segment keeps (its windows' context, which the overlap sizes, is not sent).
         plan, times = job["plan"], job["times"]
         self.table = WindowTable(plan["chunk_frames"], 0, plan.get("cuts") or [], len(times) if times else None)
         self.rounds_told = 0  # the workers' restarts said so far (the agent restarts them all at once)
         self.saved: set[int] = set()
-        self.seconds_saving = 0.0  # taking sent segments from the store and committing them
+        self.seconds_saving = 0.0  # checking arrived segments and committing them
         self.shown = 0.0
         self.lock = threading.Lock()
 
+    def serve_intake(self, port: int) -> None:
+        """Segments streamed from machines without the run's folder, at `port` (the job says it)."""
+        self.intake.serve(port)
+        self.job["intake"] = self.intake.address
+
     def poll(self, board: Board, world: int, watch: Watch | None = None) -> None:
+        if self.intake.refusals:
+            raise WorkerError(self.intake.refusals[0])
         for segment, sender, round_ in board.shipped():
             if segment not in self.saved:
                 began = time.perf_counter()
-                files = self.take(board, segment, sender, round_)
+                arrived = self.take(board, segment, sender, round_)
                 failpoint("save")
-                frames = self.store.save_segment(segment, files)  # (its index, not read back from disk)
+                frames = self.store.commit_segment(segment, arrived)
                 self.seconds_saving += time.perf_counter() - began
                 board.mark_saved(segment)
                 self.saved.add(segment)
@@ -60,29 +74,29 @@ class Writer:
                 self.rounds_told = round_
                 self.notice(f"worker {rank} stopped and was started again (restart {round_} of --max-restarts)")
 
-    def take(self, board: Board, segment: int, sender: int, round_: int) -> dict[str, bytes]:
-        """A sent segment's files, if it is one the plan holds, its sender claimed it in its round,
-        and its files are what that segment must be; else the run stops, naming the sender."""
-        why = None
+    def take(self, board: Board, segment: int, sender: int, round_: int) -> Path:
+        """A shipped segment's folder in the intake, if it is one the plan holds, its sender
+        claimed it in its round, and its files are what that segment must be; else the run stops,
+        naming the sender (and what arrived is removed: nothing of it is stored)."""
+        arrived = self.intake.arrived(segment, sender, round_)
         segments = self.job["segments"]
         if segment < 0 or (segments is not None and segment >= segments):
             why = f"that is not in the plan ({segments} segments)"
         elif board.claimed_by(round_, segment) != sender:
             why = f"that it did not claim in round {round_}"
+        elif arrived is None:
+            why = "that did not arrive"
         else:
-            try:
-                files = board.take(segment)
-            except ValueError as error:
-                why = f"in a form no worker sends ({error})"
-            else:
-                why = segment_fault(files, self.expected_times(segment), self.job["container_format"] is None,
-                                    self.segment_length)  # fmt: skip
-        if why is not None:
-            raise WorkerError(
-                f"worker {sender} sent segment {segment} {why}; the run stopped (the finished segments are kept: "
-                "run the same command with --resume)"
-            )
-        return files
+            why = segment_fault(arrived, self.expected_times(segment), self.job["container_format"] is None,
+                                self.segment_length)  # fmt: skip
+        if why is None:
+            return arrived
+        if arrived is not None:
+            remove(arrived)
+        raise WorkerError(
+            f"worker {sender} sent segment {segment} {why}; the run stopped (the finished segments are kept: "
+            "run the same command with --resume)"
+        )
 
     def complete(self) -> bool:
         """Every segment of the plan is stored (a shared run knows how many there are)."""
@@ -111,25 +125,37 @@ class Writer:
                 self.on_progress(progress, self.total)
 
 
-def segment_fault(files: dict[str, bytes], times: list[int] | None, frames_folder: bool, most: int) -> str | None:
-    """What is wrong with a segment's files, or None: exactly the names its output kind allows,
-    and the frame count and times of the plan (`times`; where unknown, 1 to `most` frames)."""
+INDEX_BYTES = 64 << 20  # a video segment's index: hundreds of bytes a frame
+
+
+def segment_fault(folder: Path, times: list[int] | None, frames_folder: bool, most: int) -> str | None:
+    """What is wrong with a segment's files, or None: regular files with exactly the names its
+    output kind allows, and the frame count and times of the plan (`times`; where unknown, 1 to
+    `most` frames)."""
+    sizes = {}
+    for entry in os.scandir(folder):
+        mode = entry.stat(follow_symlinks=False).st_mode
+        if not stat.S_ISREG(mode):
+            return f"with {entry.name!r}, which is not a file"
+        sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
     if frames_folder:
-        count = len(files)
-        if list(files) != [f"{index:08d}.png" for index in range(count)]:
-            return f"with files named {sorted(files)[:3]}, not frames 00000000.png on"
+        count = len(sizes)
+        if sorted(sizes) != [f"{index:08d}.png" for index in range(count)]:
+            return f"with files named {sorted(sizes)[:3]}, not frames 00000000.png on"
         stamps = None
     else:
-        if set(files) != {"packets", "index.json"}:
-            return f"with files {sorted(files)[:3]}, not its packets and their index"
+        if set(sizes) != {"packets", "index.json"}:
+            return f"with files {sorted(sizes)[:3]}, not its packets and their index"
+        if sizes["index.json"] > INDEX_BYTES:
+            return f"with an index of {sizes['index.json']} bytes"
         try:
-            packets = json.loads(files["index.json"])["packets"]
+            packets = json.loads((folder / "index.json").read_bytes())["packets"]
             stamps = sorted(int(pts) for pts, _, _, _ in packets)
-            sizes = sum(int(size) for _, _, _, size in packets)
+            total = sum(int(size) for _, _, _, size in packets)
         except (ValueError, TypeError, KeyError):
             return "with an index that is not one"
-        if sizes != len(files["packets"]):
-            return f"whose index counts {sizes} bytes of packets where it holds {len(files['packets'])}"
+        if total != sizes["packets"]:
+            return f"whose index counts {total} bytes of packets where it holds {sizes['packets']}"
         count = len(stamps)
     if times is not None and count != len(times):
         return f"with {count} frames where the plan has {len(times)}"
@@ -138,5 +164,3 @@ def segment_fault(files: dict[str, bytes], times: list[int] | None, frames_folde
     if times is not None and stamps is not None and stamps != sorted(times):
         return "whose frames carry other timestamps than the input's"
     return None
-
-
