@@ -259,6 +259,31 @@ def test_a_store_that_cannot_grow_cleans_its_partial_window(tmp_path, weights, c
     assert len(probe(output)["times"]) == FRAMES
 
 
+def test_the_spool_is_written_off_the_networks_thread_and_keeps_what_it_was_given(tmp_path):
+    """The network's thread hands a window over and goes on; a window handed over is on disk
+    once the writer closes (a failing run keeps what it computed), and a write's error reaches
+    the network's thread at its next hand-over or flush, never lost."""
+    from vsrpp_cli.run.folder import Spool
+    from vsrpp_cli.run.segments import SpoolWriter
+
+    frames = [np.full((8, 8, 3), value, np.uint8) for value in (10, 200)]
+    spooling = SpoolWriter(Spool(tmp_path))
+    spooling.save(3, frames)
+    spooling.save(4, frames)
+    assert spooling.thread.name == "vsrpp-spool" and spooling.thread is not threading.current_thread()
+    spooling.close()
+    assert Spool(tmp_path).stored_windows() == [3, 4]
+    assert all(np.array_equal(a, b) for a, b in zip(Spool(tmp_path).load_window(4), frames, strict=True))
+
+    failing = SpoolWriter(Spool(tmp_path / "removed"))  # a spool folder gone from under the worker
+    failing.save(0, frames)
+    with pytest.raises(OSError):
+        failing.flush()
+    with pytest.raises(OSError):
+        failing.save(1, frames)
+    failing.close()  # (never raises over the failure)
+
+
 # ----------------------------------------------------------------------------- wrong values
 @pytest.mark.parametrize(
     "args, message",

@@ -3,8 +3,9 @@ a fresh encoder, so each starts on a keyframe and stands alone (`VideoSegment`, 
 `FrameSegment`), encoded in a thread of their own (`SegmentWriter`) into a folder as they come
 (never whole in memory; intake.py takes the folder to the writer). The windows of a segment still
 being worked are kept losslessly in the worker's `Spool` (FFV1 in Matroska, bit-exact for 8- and
-16-bit RGB and for the planar YUV formats the encoder takes), so an interruption costs at most one
-window's network work; they go when their segment is committed."""
+16-bit RGB and for the planar YUV formats the encoder takes), written in a thread of its own
+(`SpoolWriter`), so an interruption costs at most two windows' network work; they go when their
+segment is committed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from ..video.encode import EncoderSettings, VideoEncoder
 from ..video.images import png_bytes
 from ..video.info import VideoInfo
 from ..video.mux import StoredPacket
+from .folder import Spool
 from .reading import QUEUE_FRAMES
 
 
@@ -95,6 +98,51 @@ class SegmentWriter:
             with contextlib.suppress(Exception):  # after another failure: that one is reported
                 self.segment.abort()
             self.segment = None
+
+
+class SpoolWriter:
+    """The spool's windows written in a thread of their own: the network's thread hands a window
+    over and goes on to its next forward (FFV1-encoding and fsyncing a window of 4K frames takes
+    seconds of CPU). One window waits at most; a write's error is raised at the next `save` or
+    `flush`."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.channel: queue.Queue = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.seconds_waiting = 0.0  # the network's thread blocked on a window still being written
+        self.thread = threading.Thread(target=self._consume, daemon=True, name="vsrpp-spool")
+        self.thread.start()
+
+    def _consume(self) -> None:
+        while (item := self.channel.get()) is not _DONE:
+            try:
+                if self.error is None:
+                    self.spool.save_window(*item)
+            except BaseException as error:
+                self.error = error
+            finally:
+                self.channel.task_done()
+
+    def save(self, index: int, frames: list) -> None:
+        if self.error:
+            raise self.error
+        began = time.perf_counter()
+        self.channel.put((index, frames))
+        self.seconds_waiting += time.perf_counter() - began
+
+    def flush(self) -> None:
+        """Every window handed over is on disk (before its segment's windows are dropped)."""
+        self.channel.join()
+        if self.error:
+            raise self.error
+
+    def close(self) -> None:
+        """The windows handed over are written (what was computed is kept for --resume), then the
+        thread ends; a write's error is not raised here (it is the run's, or after another)."""
+        if self.thread.is_alive():
+            self.channel.put(_DONE)
+            self.thread.join()
 
 
 _DONE = object()

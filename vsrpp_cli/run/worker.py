@@ -38,7 +38,7 @@ from .folder import PARTIAL, Spool, remove
 from .intake import INCOMING, deliver, sees_folder
 from .options import Options
 from .reading import FrameReader
-from .segments import SegmentWriter, segment_maker, spool_folder
+from .segments import SegmentWriter, SpoolWriter, segment_maker, spool_folder
 from .windows import Window, WindowTable, batches, windows_as_read
 
 
@@ -85,6 +85,7 @@ class Worker:
         self.own_spool = not self.sees_folder
         self.spool = Spool(spool_folder(job["run_id"], rank) if self.own_spool else Path(local.spool))
         self.reader = FrameReader(self.source, options.colour == "device", job["times"], 2 * self.overlap)
+        self.spooling = SpoolWriter(self.spool)  # (its thread started last: nothing after it can fail)
         self.stats: dict[str, Any] = {
             "rank": rank, "device": str(self.device), "batch": self.engine.batch, "segments": 0, "windows": 0,
             "windows_resumed": 0, "frames": 0, "seconds": 0.0, "seconds_sending": 0.0, "bytes_sent": 0,
@@ -107,11 +108,13 @@ class Worker:
                 self.stats["segments"] += 1
         finally:
             self.reader.close()  # the decode thread ends and the input is closed, now (not at exit)
+            self.spooling.close()
         if self.own_spool and not self.spool.stored_windows():
             shutil.rmtree(self.spool.folder, ignore_errors=True)
         self.stats.update(
             seconds=round(time.perf_counter() - began, 3),
             seconds_sending=round(self.stats["seconds_sending"], 4),
+            seconds_spool_wait=round(self.spooling.seconds_waiting, 4),
             peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             fp32_fallbacks=self.engine.fp32_fallbacks,
             tile=self.engine.tile,
@@ -141,6 +144,7 @@ class Worker:
         try:
             if not self.encode_segment(indices, built):
                 return False
+            self.spooling.flush()  # its windows on disk, or their error now (none written after the drop)
             failpoint("encode", self.rank)
             began = time.perf_counter()
             size = sum(path.stat().st_size for path in built.iterdir())
@@ -199,7 +203,7 @@ class Worker:
                                                                            self.within), strict=True):  # fmt: skip
                 failpoint("network", self.rank)
                 if window.index != indices[-1]:  # the segment's last window is sent at once: nothing to keep
-                    self.spool.save_window(window.index, upscaled)
+                    self.spooling.save(window.index, upscaled)
                 self.stats["windows"] += 1
                 yield window, upscaled
 
