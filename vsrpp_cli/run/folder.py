@@ -6,8 +6,8 @@ worker encodes a segment into files (compressed packets and their index, or PNG 
 reach the writer in `incoming/` (intake.py); the writer checks them and commits them here, flushed
 to disk (fsync) before the rename that marks them committed. The windows of a segment still being
 worked are kept losslessly in the worker's spool (FFV1 in Matroska, bit-exact for 8- and 16-bit
-RGB and for the planar YUV formats the encoder takes), so an interruption costs at most one
-window's network work; they go when their segment is committed. At the end the segments are
+RGB and for the planar YUV formats the encoder takes), so an interruption costs at most a window
+or two of network work; they go when their segment is committed. At the end the segments are
 joined into the output without re-encoding (as FFmpeg's concat does), and the folder is removed.
 
 `run.json` holds a fingerprint of the input, the weights and every setting that changes the

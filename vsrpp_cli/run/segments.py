@@ -4,7 +4,7 @@ a fresh encoder, so each starts on a keyframe and stands alone (`VideoSegment`, 
 (never whole in memory; intake.py takes the folder to the writer). The windows of a segment still
 being worked are kept losslessly in the worker's `Spool` (FFV1 in Matroska, bit-exact for 8- and
 16-bit RGB and for the planar YUV formats the encoder takes), written in a thread of its own
-(`SpoolWriter`), so an interruption costs at most two windows' network work; they go when their
+(`SpoolWriter`), so an interruption costs at most a window or two of network work; they go when their
 segment is committed."""
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def upscale(
         int,
         option(
             "Output frames per segment, the unit of work: each is encoded apart (starting on a keyframe) and "
-            "committed. An interruption loses at most one window's work. Default: 240, or fewer so that every "
+            "committed. An interruption loses at most a window or two of work. Default: 240, or fewer so that every "
             "worker of a shared run gets several. A frames folder commits every window as it is done.",
             panel=OUTPUT,
             min=0,
