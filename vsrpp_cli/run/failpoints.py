@@ -12,7 +12,9 @@ VSRPP_FAILPOINTS lists them, comma-separated: `NAME[/RANK][@HIT]=ACTION`.
 - ACTION: crash (SIGKILL to itself: nothing runs, as with kill -9 or a power cut), raise (an
   error, which the pipeline handles as any other), stall (SIGSTOP to itself: a lost machine, as
   the others see it), hang (the calling thread blocks for ever, the process's other threads run
-  on: a read stuck on a network file system, a wedged GPU), full (the OSError of a full disk).
+  on: a read stuck on a network file system, a wedged GPU), full (the OSError of a full disk),
+  forge (a worker announces a segment it did not claim, as a peer gone wrong or a stranger with
+  the secret would; the writer must refuse it).
 
 Failpoints act in the first start of the workers only: a worker restarted by the elastic agent
 (--max-restarts) runs as a process restarted after a transient fault would. Unset, a failpoint
@@ -27,11 +29,12 @@ import re
 import signal
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 from ..errors import VsrppError
 
 POINTS = ("decode", "network", "encode", "send", "save", "join", "rename")
-ACTIONS = ("crash", "raise", "stall", "hang", "full")
+ACTIONS = ("crash", "raise", "stall", "hang", "full", "forge")
 SPEC = re.compile(r"(?P<name>\w+)(?:/(?P<rank>\d+))?(?:@(?P<hit>\d+))?=(?P<action>\w+)")
 
 _hits: Counter[str] = Counter()  # times each point was reached in this process's current run
@@ -60,8 +63,8 @@ def start_run() -> None:
     _hits.clear()
 
 
-def failpoint(name: str, rank: int = 0) -> None:
-    """Reached `name`: act if VSRPP_FAILPOINTS says so."""
+def failpoint(name: str, rank: int = 0, forge: Callable[[], None] | None = None) -> None:
+    """Reached `name`: act if VSRPP_FAILPOINTS says so (`forge`: what a worker does to forge)."""
     text = os.environ.get("VSRPP_FAILPOINTS")
     if not text or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
@@ -77,5 +80,9 @@ def failpoint(name: str, rank: int = 0) -> None:
             threading.Event().wait()
         elif action == "full":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"failpoint {name}")
+        elif action == "forge":
+            if forge is None:
+                raise ValueError(f"VSRPP_FAILPOINTS: {name}=forge: only a worker's points can forge")
+            forge()
         else:
             raise FailpointError(f"failpoint {name} (VSRPP_FAILPOINTS)")

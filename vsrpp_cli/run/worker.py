@@ -91,6 +91,17 @@ class Worker:
             "windows_resumed": 0, "frames": 0, "seconds": 0.0, "seconds_sending": 0.0, "bytes_sent": 0,
         }  # fmt: skip
 
+    def failpoint(self, name: str) -> None:
+        failpoint(name, self.rank, self.forge)
+
+    def forge(self) -> None:
+        """Announces a segment this worker did not claim (failpoint action forge): the last of
+        the plan, or one past it where the last is its own."""
+        segments = self.job["segments"] or 1
+        last = segments - 1
+        forged = segments if self.board.claimed_by(self.round, last) == self.rank else last
+        self.board.ship(forged, self.rank, self.round)
+
     def tell(self, message: str) -> None:
         """Said at once in one process; a worker process's notices come with its report."""
         if self.notice is not None:
@@ -145,7 +156,7 @@ class Worker:
             if not self.encode_segment(indices, built):
                 return False
             self.spooling.flush()  # its windows on disk, or their error now (none written after the drop)
-            failpoint("encode", self.rank)
+            self.failpoint("encode")
             began = time.perf_counter()
             size = sum(path.stat().st_size for path in built.iterdir())
             deliver(built, segment, self.rank, self.round, self.job["intake"], self.board.host, self.board.secret,
@@ -153,7 +164,7 @@ class Worker:
         finally:
             remove(built)  # (delivered: gone from here already)
         self.board.ship(segment, self.rank, self.round)
-        failpoint("send", self.rank)
+        self.failpoint("send")
         self.board.wait_saved(segment)
         self.stats["seconds_sending"] += time.perf_counter() - began  # until the writer has it on disk
         self.stats["bytes_sent"] += size
@@ -201,7 +212,7 @@ class Worker:
                 continue
             for window, upscaled in zip(batch, self.engine.upscale_windows(batch, self.info.bit_depth, self.target,
                                                                            self.within), strict=True):  # fmt: skip
-                failpoint("network", self.rank)
+                self.failpoint("network")
                 if window.index != indices[-1]:  # the segment's last window is sent at once: nothing to keep
                     self.spooling.save(window.index, upscaled)
                 self.stats["windows"] += 1
@@ -225,7 +236,7 @@ class Worker:
             if span is None:
                 return
             items = list(self.reader.read(span.start, span.stop))
-            failpoint("decode", self.rank)
+            self.failpoint("decode")
             keep_stop = min(span.keep_stop, span.start + len(items))
             if keep_stop <= span.keep_start:
                 return
@@ -245,7 +256,7 @@ class Worker:
                 self.held = window
                 return
             if window.index >= indices.start:
-                failpoint("decode", self.rank)
+                self.failpoint("decode")
                 yield window
 
 
