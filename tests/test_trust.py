@@ -22,6 +22,7 @@ import vsrpp_cli
 from vsrpp_cli.errors import WorkerError
 from vsrpp_cli.run.coordination import Board
 from vsrpp_cli.run.folder import RunFolder
+from vsrpp_cli.run.intake import fetch_job
 from vsrpp_cli.run.writer import Writer
 
 SECRET = "0123456789abcdef0123"
@@ -112,23 +113,29 @@ def test_one_machines_store_listens_on_loopback_alone(served):
 
 def test_a_client_without_the_secret_reads_nothing_and_changes_nothing(served):
     board, store, writer = served
-    board.publish_job({"segments": 2})
+    board.publish_job(writer.intake.publish({"segments": 2}))
     board.claim(0, 0, rank=1)
-    stranger = peer(board.port, "", """
+    stranger = peer(board.port, "", f"""
+        from vsrpp_cli.run.intake import download_job
         store = board.store
         print(json.dumps([store.check([key]) for key in ("job", "claim/0/0", "shipped")]))
-        store.set("job", "{}")
+        store.set("job", "{{}}")
         store.set("abort", "1")
         store.append("shipped", "0:0:0 ")
-        store.set("segment/0", "1")
-        send(0, {"packets": b"x", "index.json": b"{}"}, 1, 0)  # signed with no secret, or a wrong one
+        send(0, {{"packets": b"x", "index.json": b"{{}}"}}, 1, 0)  # signed with no secret, or a wrong one
+        try:
+            download_job("127.0.0.1", {writer.intake.address["port"]}, "not the run's secret")
+        except Exception as error:
+            print("job:", type(error).__name__)
     """, writer.intake.address["port"])
     assert stranger.stdout.splitlines()[0] == "[false, false, false]"
-    assert stranger.stdout.splitlines()[1] == "intake: b''"  # dropped, and told nothing
-    assert board.job() == {"segments": 2} and board.shipped() == [] and board.claimed_by(0, 0) == 1
+    assert stranger.stdout.splitlines()[1:] == ["intake: b''", "job: ConnectionError"]  # dropped, told nothing
+    assert fetch_job(board, store.folder) == {"segments": 2, "intake": {"token": writer.intake.token, "port":
+                                                                       writer.intake.address["port"]}}  # fmt: skip
+    assert board.shipped() == [] and board.claimed_by(0, 0) == 1
     board.check_abort()  # not stopped
     writer.poll(board, 2)  # and the writer has nothing to say of it
-    assert kept_in(store) == ["incoming", "run.json", "run.lock"]
+    assert kept_in(store) == ["incoming", "incoming/job.json", "run.json", "run.lock"]
 
 
 @pytest.mark.parametrize(
@@ -275,12 +282,19 @@ def test_a_machine_whose_input_differs_only_in_its_bytes_is_refused(tmp_path, of
 
 def test_a_job_of_hours_of_frames_travels_whole(served):
     """The frame-time table of 4 hours at 60 fps (864,000 times, about 10 MB of JSON) passes the
-    8 MiB a TCPStore value may hold: the job travels in parts."""
-    board, _, _ = served
+    8 MiB a TCPStore value may hold: the job travels beside the store, which holds its digest."""
+    board, store, writer = served
     job = {"times": list(range(0, 864_000 * 1001, 1001)), "segments": 27_000}
-    board.publish_job(job)
-    got = peer(board.port, SECRET, "job = board.job(); print(len(job['times']), job['times'][-1], job['segments'])")
+    board.publish_job(writer.intake.publish(job))
+    assert len(board.store.get("job")) < 200  # the store says where it is, no more
+    got = peer(board.port, SECRET, """
+        from pathlib import Path
+        from vsrpp_cli.run.intake import fetch_job
+        job = fetch_job(board, Path("not-the-runs-folder"))  # from the intake, over TCP
+        print(len(job['times']), job['times'][-1], job['segments'])
+    """)
     assert got.stdout.split() == ["864000", str(863_999 * 1001), "27000"]
+    assert fetch_job(board, store.folder)["times"] == job["times"]  # read from the run's folder
 
 
 def held_port_with_free_ones_before(count: int) -> socket.socket:

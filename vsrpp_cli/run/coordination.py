@@ -12,7 +12,7 @@ otherwise listens on every interface whatever host it is given); across machines
 interface, as the others must reach it.
 
 Keys:
-  job, job/<part>          the run as every worker must do it (JSON in parts, the part count last)
+  job                      where the run's job is (the writer's intake, intake.py) and its SHA-256
   claim/<round>/<segment>  the worker that took the segment in this round (compare_set: one wins)
   shipped                  the segments whole in the writer's intake, in the order they came:
                            "segment:rank:round" each (their bytes go beside the store: intake.py)
@@ -44,7 +44,6 @@ POLL = 0.05  # seconds between looks at the store
 CONNECT_SECONDS = 300.0  # a worker waits this long for the writer's store to answer
 SAVE_SECONDS = 600.0  # a worker waits this long for the writer to store a segment it sent
 HEARTBEAT = 2.0  # seconds between a worker's signs of life
-PART_BYTES = 4 << 20  # the job travels in values of this size (libuv TCPStore's limit: 8 MiB a value)
 
 
 def silent_seconds() -> float:
@@ -112,19 +111,13 @@ class Board:
         return cls(dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=CONNECT_SECONDS)), secret, host)
 
     # --------------------------------------------------------------------- the job
-    def publish_job(self, job: dict[str, Any]) -> None:
-        """In parts, as segments travel: the frame-time table of hours of video passes a value's
-        8 MiB (about 3.6 h at 60 fps); the part count last."""
-        blob = json.dumps(job).encode()
-        parts = range(0, max(1, len(blob)), PART_BYTES)
-        for number, offset in enumerate(parts):
-            self.store.set(f"job/{number}", blob[offset : offset + PART_BYTES])
-        self.store.set("job", str(len(parts)))
+    def publish_job(self, pointer: dict[str, Any]) -> None:
+        """Where the job is and its digest (intake.py: the job itself travels beside the store)."""
+        self.store.set("job", json.dumps(pointer))
 
-    def job(self) -> dict[str, Any]:
+    def job_pointer(self) -> dict[str, Any]:
         self.store.wait(["job"], timedelta(seconds=CONNECT_SECONDS))
-        parts = int(self.store.get("job"))
-        return json.loads(b"".join(self.store.get(f"job/{number}") for number in range(parts)))
+        return json.loads(self.store.get("job"))
 
     # --------------------------------------------------------------------- claims
     def claim(self, round_: int, segment: int, rank: int) -> bool:

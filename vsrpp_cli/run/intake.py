@@ -1,8 +1,12 @@
-"""How a finished segment's files reach the writer: beside the store, never through it.
+"""How the job reaches the workers and a finished segment's files the writer: beside the store,
+never through it.
 
-The store carries control only (claims, "shipped", progress); a segment's bytes go to disk as
-they are made, so neither the writer's process nor the store holds a segment in memory and no
-store value limits its size (libuv's TCPStore refuses values over 8 MiB).
+The store carries control only (claims, "shipped", progress, and where the job is); a segment's
+bytes go to disk as they are made, so neither the writer's process nor the store holds a segment
+in memory and no store value limits its size (libuv's TCPStore refuses values over 8 MiB). The
+job (with the frame-time table: about 10 MB for 4 hours at 60 frames/s) is read from the run's
+folder where a worker sees it, else fetched from the intake, and checked against its SHA-256 in
+the store either way.
 
 - A worker that sees the run's folder (the writer's machine, or one sharing its file system)
   builds each segment in the folder's `incoming/<segment>-<rank>-<round>.partial` and renames it
@@ -46,6 +50,8 @@ CHUNK = 1 << 20  # bytes read or written at a time
 HEADER_BYTES = 16 << 20  # a transfer's list of files: 100,000 frames' names fit many times over
 IO_SECONDS = 120.0  # a peer silent this long in the middle of a transfer is dropped
 MARKER = ".run-{token}"
+JOB = "job.json"
+JOB_BYTES = 1 << 30  # the most a job may weigh (hours of frame times are megabytes)
 
 
 def arrival_name(segment: int, rank: int, round_: int) -> str:
@@ -73,6 +79,14 @@ class Intake:
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
+        self.job = b""
+
+    def publish(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job, where the workers read or fetch it; what the store says of it (its place and
+        digest, never the job itself)."""
+        self.job = json.dumps(job).encode()
+        (self.folder / JOB).write_bytes(self.job)
+        return {**self.address, "sha256": hashlib.sha256(self.job).hexdigest()}
 
     @property
     def address(self) -> dict[str, Any]:
@@ -92,7 +106,7 @@ class Intake:
 
     def _start(self, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True, name="vsrpp-intake")
-        self.threads.append(thread)
+        self.threads = [*filter(threading.Thread.is_alive, self.threads), thread]
         thread.start()
 
     def _accept(self) -> None:
@@ -126,7 +140,17 @@ class Intake:
         header = receive_exactly(connection, length)
         if not hmac.compare_digest(receive_exactly(connection, 32), sign(self.secret, b"head", nonce, header)):
             return  # not from this run: said to no one (a stranger must not be able to stop the run)
-        segment, rank, round_, files = parse_header(header)
+        try:
+            facts = json.loads(header)
+            if isinstance(facts, dict) and facts.get("want") == "job":
+                connection.sendall(struct.pack("<Q", len(self.job)) + self.job + sign(self.secret, b"job", nonce,
+                                                                                         self.job))  # fmt: skip
+                return
+            segment, rank, round_, files = parse_header(facts)
+        except (ValueError, TypeError, KeyError):
+            self.refusals.append("a peer with the run's secret sent a transfer in a form no vsrpp worker sends; the "
+                                 "run stopped (the finished segments are kept: run the same command with --resume)")
+            return
         why = refusal(files)
         if why is not None:
             self.refusals.append(f"worker {rank} sent segment {segment} {why}; the run stopped (the finished "
@@ -182,8 +206,7 @@ def refusal(files: list[tuple[str, int]]) -> str | None:
     return None
 
 
-def parse_header(header: bytes) -> tuple[int, int, int, list[tuple[str, int]]]:
-    facts = json.loads(header)
+def parse_header(facts: Any) -> tuple[int, int, int, list[tuple[str, int]]]:
     numbers = [facts["segment"], facts["rank"], facts["round"]]
     files = [(name, size) for name, size in facts["files"]]
     if not all(type(n) is int and n >= 0 for n in numbers + [size for _, size in files]):
@@ -194,6 +217,38 @@ def parse_header(header: bytes) -> tuple[int, int, int, list[tuple[str, int]]]:
 
 
 # ----------------------------------------------------------------------------- the worker's side
+def fetch_job(board: Any, folder: Path) -> dict[str, Any]:
+    """The job as the writer published it: from the run's folder where this machine sees it,
+    else from the writer's intake; its `intake` entry says which and where."""
+    pointer = board.job_pointer()
+    shared = sees_folder(folder, pointer["token"])
+    if shared:
+        blob = (folder / INCOMING / JOB).read_bytes()
+    elif pointer["port"] is None:
+        raise WorkerError("this worker does not see the run's folder and the writer serves no intake; start it on "
+                          "the first machine")  # fmt: skip
+    else:
+        blob = download_job(board.host, pointer["port"], board.secret)
+    if hashlib.sha256(blob).hexdigest() != pointer["sha256"]:
+        raise WorkerError("the job this worker read is not the one the writer published; is another run's folder "
+                          "at the same path?")  # fmt: skip
+    return {**json.loads(blob), "intake": {"token": pointer["token"], "port": pointer["port"]}}
+
+
+def download_job(host: str, port: int, secret: str) -> bytes:
+    key, header = secret.encode(), json.dumps({"want": "job"}).encode()
+    with socket.create_connection((host, port), timeout=IO_SECONDS) as connection:
+        nonce = receive_exactly(connection, 32)
+        connection.sendall(struct.pack("<I", len(header)) + header + sign(key, b"head", nonce, header))
+        (size,) = struct.unpack("<Q", receive_exactly(connection, 8))
+        if size > JOB_BYTES:
+            raise WorkerError(f"the writer's intake offered a job of {size} bytes; is something else at its port?")
+        blob = receive_exactly(connection, size)
+        if not hmac.compare_digest(receive_exactly(connection, 32), sign(key, b"job", nonce, blob)):
+            raise WorkerError("the job from the writer's intake was not signed with the run's secret")
+    return blob
+
+
 def deliver(built: Path, segment: int, rank: int, round_: int, intake: dict[str, Any], host: str, secret: str,
             shared: bool) -> None:  # fmt: skip
     """A whole segment built in `built` to the writer: renamed into the run's `incoming/` where

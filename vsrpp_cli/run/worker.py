@@ -35,7 +35,7 @@ from .coordination import AbortError, Board
 from .engine import build_engine, worker_device
 from .failpoints import failpoint
 from .folder import PARTIAL, Spool, remove
-from .intake import INCOMING, deliver, sees_folder
+from .intake import INCOMING, deliver, fetch_job, sees_folder
 from .options import Options
 from .reading import FrameReader
 from .segments import SegmentWriter, SpoolWriter, segment_maker, spool_folder
@@ -57,7 +57,7 @@ class Worker:
     ) -> None:
         self.board, self.rank, self.world, self.round = board, rank, world, round_
         self.stop = stop or threading.Event()
-        self.job = job = board.job()
+        self.job = job = fetch_job(board, Path(local.spool))
         self.options = options = Options.from_job(job["options"])
         self.notices: list[str] = []
         self.notice, self.moved = notice, moved  # moved: its progress changed (the writer shows it)

@@ -112,7 +112,7 @@ ABORT_GRACE = 5.0  # seconds a stopped run's workers have to end (they look ever
 def run_workers_here(job: dict, local: Local, writer: Writer, tell: Callable[[str], None]) -> list[dict]:
     """One process: the worker in a thread, the writer in this one."""
     board = Board.in_memory()
-    board.publish_job(job)
+    board.publish_job(writer.intake.publish(job))
     worker = InProcess(board, local, tell, lambda: writer.show_progress(board, 1))
     try:
         while not worker.done.wait(POLL):
@@ -141,7 +141,7 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     port = board.port
     if not one_machine:
         writer.serve_intake(launch.port + 2)  # for machines that do not see the run's folder
-    board.publish_job(job)
+    board.publish_job(writer.intake.publish(job))
     stop = threading.Event()
     failure: list[BaseException] = []
     before = own_children()

@@ -30,8 +30,7 @@ class Writer:
                  notice: Callable[[str], None] = lambda message: None, secret: str = "") -> None:  # fmt: skip
         self.store, self.job, self.done, self.total, self.on_progress = store, job, done, total, on_progress
         self.notice = notice
-        self.intake = Intake(store.folder, secret)  # where segments arrive (across machines: served by the caller)
-        job["intake"] = self.intake.address
+        self.intake = Intake(store.folder, secret)  # the job out, segments in (across machines: served)
         # The frames each segment keeps (its windows' context, which the overlap sizes, is not sent).
         plan, times = job["plan"], job["times"]
         self.table = WindowTable(plan["chunk_frames"], 0, plan.get("cuts") or [], len(times) if times else None)
@@ -42,9 +41,8 @@ class Writer:
         self.lock = threading.Lock()
 
     def serve_intake(self, port: int) -> None:
-        """Segments streamed from machines without the run's folder, at `port` (the job says it)."""
+        """The job and segments for machines without the run's folder, at `port` (the store says it)."""
         self.intake.serve(port)
-        self.job["intake"] = self.intake.address
 
     def poll(self, board: Board, world: int, watch: Watch | None = None) -> None:
         if self.intake.refusals:
