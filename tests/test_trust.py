@@ -156,8 +156,10 @@ def test_a_client_without_the_secret_reads_nothing_and_changes_nothing(served):
         ("board.store.append('shipped', '../x ')", "which no vsrpp worker sends"),
     ],
 )
-def test_a_peer_with_the_secret_that_sends_what_the_plan_does_not_hold_stops_the_run(served, sent, says):
+def test_a_peer_with_the_secret_that_sends_what_the_plan_does_not_hold_stops_the_run(served, monkeypatch, sent,
+                                                                                      says):  # fmt: skip
     """Named, in one line, with nothing stored and nothing written outside the run's folder."""
+    monkeypatch.setattr("vsrpp_cli.run.writer.ARRIVAL_SECONDS", 0)  # (a shipped segment missing: refused at once)
     board, store, writer = served
     segments = {
         "SEGMENT_A": video_segment(TIMES[:4]),
@@ -186,6 +188,31 @@ def test_the_segments_a_worker_claimed_and_made_are_stored(served):
     assert store.closed_segments() == {0, 1} and writer.done == 8
     assert kept_in(store) == ["incoming", "run.json", "run.lock", "segment_000000.json", "segment_000000.packets",
                               "segment_000001.json", "segment_000001.packets"]  # fmt: skip
+
+
+def test_a_segment_shipped_before_the_folder_shows_it_is_waited_for(tmp_path, monkeypatch):
+    """Renamed into place on another machine sharing the run's folder, a segment may show on the
+    writer's machine only later (NFS caches a name's absence): the writer looks again until it
+    does, and refuses it only after ARRIVAL_SECONDS."""
+    store = RunFolder.open(tmp_path / ".out.mp4.vsrpp-partial", {}, dict, resume=False, overwrite=False)
+    board = Board.in_memory()
+    writer = Writer(store, job(), 0, 8, lambda done, total: None)
+    board.claim(0, 0, 1)
+    board.ship(0, 1, 0)
+    writer.poll(board, 2)
+    assert store.closed_segments() == set()  # not there yet: no verdict
+    arrived = writer.intake.folder / "0-1-0"
+    arrived.mkdir()
+    for name, data in video_segment(TIMES[:4]).items():
+        (arrived / name).write_bytes(data)
+    writer.poll(board, 2)
+    assert store.closed_segments() == {0} and writer.done == 4
+    board.claim(0, 1, 1)
+    board.ship(1, 1, 0)
+    monkeypatch.setattr("vsrpp_cli.run.writer.ARRIVAL_SECONDS", 0)
+    with pytest.raises(WorkerError, match="worker 1 sent segment 1 that did not arrive in 0 s"):
+        writer.poll(board, 2)
+    store.unlock()
 
 
 @pytest.mark.parametrize(

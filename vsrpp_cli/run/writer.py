@@ -37,6 +37,7 @@ class Writer:
         self.rounds_told = 0  # the workers' restarts said so far (the agent restarts them all at once)
         self.saved: set[int] = set()
         self.seconds_saving = 0.0  # checking arrived segments and committing them
+        self.missing: dict[tuple[int, int, int], float] = {}  # shipped, not seen yet: since when
         self.shown = 0.0
         self.lock = threading.Lock()
 
@@ -51,6 +52,8 @@ class Writer:
             if segment not in self.saved:
                 began = time.perf_counter()
                 arrived = self.take(board, segment, sender, round_)
+                if arrived is None:
+                    continue  # not visible here yet (a shared file system's caches): looked at again
                 failpoint("save")
                 frames = self.store.commit_segment(segment, arrived)
                 self.seconds_saving += time.perf_counter() - began
@@ -72,7 +75,7 @@ class Writer:
                 self.rounds_told = round_
                 self.notice(f"worker {rank} stopped and was started again (restart {round_} of --max-restarts)")
 
-    def take(self, board: Board, segment: int, sender: int, round_: int) -> Path:
+    def take(self, board: Board, segment: int, sender: int, round_: int) -> Path | None:
         """A shipped segment's folder in the intake, if it is one the plan holds, its sender
         claimed it in its round, and its files are what that segment must be; else the run stops,
         naming the sender (and what arrived is removed: nothing of it is stored)."""
@@ -83,7 +86,12 @@ class Writer:
         elif board.claimed_by(round_, segment) != sender:
             why = f"that it did not claim in round {round_}"
         elif arrived is None:
-            why = "that did not arrive"
+            # Renamed into place on another machine sharing the folder, a segment may show here
+            # only once the file system's caches let it (NFS caches a name's absence for seconds).
+            first_missed = self.missing.setdefault((segment, sender, round_), time.monotonic())
+            if time.monotonic() - first_missed < ARRIVAL_SECONDS:
+                return None
+            why = f"that did not arrive in {ARRIVAL_SECONDS:.0f} s"
         else:
             why = segment_fault(arrived, self.expected_times(segment), self.job["container_format"] is None,
                                 self.segment_length)  # fmt: skip
@@ -123,6 +131,7 @@ class Writer:
                 self.on_progress(progress, self.total)
 
 
+ARRIVAL_SECONDS = 60.0  # a shipped segment not in the intake after this long never will be
 INDEX_BYTES = 64 << 20  # a video segment's index: hundreds of bytes a frame
 
 
