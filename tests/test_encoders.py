@@ -69,3 +69,22 @@ def test_encoders_that_print_for_themselves_are_quiet(capfd, codec):
     frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     encoded(frames, codec)
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+def test_mjpeg_keeps_the_inputs_range(full_range):
+    """FFmpeg's MJPEG encoder refuses limited-range YUV by default (`--codec mjpeg` once failed on
+    every ordinary video with "mjpeg refused its default settings"); the range is kept and tagged,
+    and FFmpeg decodes the frames back within JPEG's loss."""
+    import av
+
+    frames = np.stack([np.full((48, 64, 3), value, np.uint8) for value in (40, 120, 200)])
+    info = VideoInfo(64, 48, Fraction(1, 25), Fraction(25), 3, 8, "bt709", full_range)
+    encoder = VideoEncoder(EncoderSettings("matroska", "mjpeg"), info, (64, 48))
+    packets = [p for pts, frame in enumerate(frames) for p in encoder.encode(frame, pts)] + encoder.flush()
+    encoder.close()
+    decoder = av.CodecContext.create("mjpeg", "r")
+    decoded = [f for p in packets for f in decoder.decode(av.Packet(bytes(p)))] + decoder.decode(None)
+    assert len(decoded) == 3
+    for frame, want in zip(decoded, frames, strict=True):
+        assert np.abs(frame.to_ndarray(format="rgb24").astype(int) - want).max() <= 3

@@ -130,7 +130,7 @@ def add_video_stream(
     ctx.color_trc = info.transfer if info.transfer != UNSPECIFIED else TRANSFER_FOR[info.matrix]
     if info.sample_aspect_ratio:
         ctx.sample_aspect_ratio = info.sample_aspect_ratio
-    options = encoder_options(codec)
+    options = encoder_options(codec, info.full_range)
     if settings.crf is not None:
         options["crf"] = str(settings.crf)
         if codec in ("libvpx-vp9", "libvpx"):

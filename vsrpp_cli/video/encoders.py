@@ -15,6 +15,11 @@ So on a CPU where x264 would take its AVX-512 code, it gets the flags its own de
 (x264_cpu_detect in common/cpu.c) sets on such a CPU, less AVX-512. Its speed is the same
 (1080p, 40 frames: within the noise of three runs each).
 
+FFmpeg's MJPEG encoder refuses limited-range YUV unless told to be unofficial ("Non full-range
+YUV is non-standard, set strict_std_compliance to at most unofficial", libavcodec/mjpegenc.c): JPEG
+is full range by its standard. vsrpp keeps the input's range (its frames stay as they were, the
+stream is tagged limited), as `ffmpeg -strict unofficial` does, and FFmpeg reads it back so.
+
 x265 and SVT-AV1 print their banner and settings to standard error themselves, not through
 FFmpeg's log: 90 lines for a 12-frame run in 3 segments with libx265 (each segment's encoder
 and the settings check before the run). Both are held to their errors: x265 by its `log-level`
@@ -37,8 +42,11 @@ WITHOUT_AVX512 = "asm=AVX2,SSE2Fast"
 AVX512_FLAGS = frozenset({"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"})
 
 
-def encoder_options(codec: str) -> dict[str, str]:
-    """Options for the codec's encoder: its output a function of its input, its terminal quiet."""
+def encoder_options(codec: str, full_range: bool = False) -> dict[str, str]:
+    """Options for the codec's encoder: its output a function of its input, its terminal quiet,
+    the input's range kept."""
+    if codec == "mjpeg" and not full_range:
+        return {"strict": "unofficial"}
     if codec in X264 and cpu_has_avx512():
         return {"x264-params": WITHOUT_AVX512}
     if codec == "libx265":
