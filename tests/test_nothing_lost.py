@@ -20,6 +20,7 @@ import pytest
 from harness import run_vsrpp
 from media import encode_video, moving_scene, probe, read_frames
 
+from vsrpp_cli.errors import VsrppError
 from vsrpp_cli.run.pipeline import Options, upscale
 
 
@@ -598,3 +599,26 @@ def test_the_same_command_twice_writes_the_same_bytes_in_every_container(tmp_pat
         assert run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, "--strength", "0").returncode == 0
         runs.append({p.name: p.read_bytes() for p in output.iterdir()} if output.is_dir() else output.read_bytes())
     assert runs[0] == runs[1]
+
+
+def test_a_segment_streamed_to_a_full_disk_stops_the_run_with_the_writers_cause(tmp_path, tmpfs):
+    """The writer's disk fills while a worker on another machine streams a segment to it: the run
+    is stopped with the writer's own cause (not the worker's broken connection), and nothing of
+    the segment is left behind."""
+    from vsrpp_cli.run.intake import Intake, upload
+
+    folder = tmpfs("small", "size=64k")
+    intake = Intake(folder, "a secret of this run")
+    intake.serve(0)
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "packets").write_bytes(os.urandom(256 << 10))
+    (built / "index.json").write_bytes(b'{"packets": []}')
+    try:
+        with pytest.raises((OSError, VsrppError)):
+            upload("127.0.0.1", intake.address["port"], "a secret of this run", 0, 1, 0, built)
+    finally:
+        intake.close()
+    assert intake.refusals == ["the writer could not store segment 0 from worker 1 (No space left on device); make "
+                               "room, then run the same command with --resume"]  # fmt: skip
+    assert sorted(p.name for p in intake.folder.iterdir()) == [f".run-{intake.token}"]

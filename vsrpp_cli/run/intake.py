@@ -75,7 +75,7 @@ class Intake:
         (self.folder / MARKER.format(token=self.token)).touch()
         self.secret = secret.encode()
         self.listener: socket.socket | None = None
-        self.refusals: list[str] = []  # what a peer with the secret sent and the intake refused
+        self.refusals: list[str] = []  # what stopped a transfer for the run: the writer raises the first
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
@@ -90,7 +90,7 @@ class Intake:
 
     @property
     def address(self) -> dict[str, Any]:
-        """What the job tells the workers: the marker's token, the server's port (None: none)."""
+        """Where workers find the intake: the marker's token, the server's port (None: none)."""
         return {"token": self.token, "port": self.listener.getsockname()[1] if self.listener else None}
 
     def serve(self, port: int) -> None:
@@ -167,7 +167,13 @@ class Intake:
                 with open(partial / name, "xb") as file:
                     for chunk in receive_stream(connection, size):
                         body.update(chunk)
-                        file.write(chunk)
+                        try:
+                            file.write(chunk)
+                        except OSError as error:  # the writer's disk, not the peer: the run's failure
+                            self.refusals.append(f"the writer could not store segment {segment} from worker {rank} "
+                                                 f"({os.strerror(error.errno or 0)}); make room, then run the same "
+                                                 "command with --resume")  # fmt: skip
+                            raise
             if not hmac.compare_digest(receive_exactly(connection, 32), body.digest()):
                 raise ValueError("the segment's bytes are not what was signed")
             remove(final)
