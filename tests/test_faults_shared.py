@@ -70,9 +70,9 @@ def test_a_killed_worker_restarted_by_the_agent_finishes_the_run(
 
 
 # ----------------------------------------------------------------------------- chaos, seeded
-# A stop, a full disk and a forged segment in CI (kills and errors are the matrix's above, a hang
-# test_shared.py's); more by hand: VSRPP_CHAOS_SEEDS=10,11,...,29.
-CHAOS_SEEDS = [int(s) for s in os.environ.get("VSRPP_CHAOS_SEEDS", "12,17,19").split(",")]
+# A full disk and a forged segment in CI (kills and errors are the matrix's above; a hang and a
+# stop test_shared.py's, at the point seed 12 draws); more by hand: VSRPP_CHAOS_SEEDS=10,11,...,29.
+CHAOS_SEEDS = [int(s) for s in os.environ.get("VSRPP_CHAOS_SEEDS", "17,19").split(",")]
 
 
 def chaos(seed: int) -> tuple[str, dict[str, str]]:
