@@ -6,6 +6,7 @@ cost per byte, for the arithmetic in benchmarks/RESULTS.md. Usage, from the repo
     python benchmarks/coordination.py            # 960 frames of 144x256, segments of 24 frames
     python benchmarks/coordination.py watch      # the writer's look at 2-256 simulated workers
     python benchmarks/coordination.py transfer   # a 4K frames segment from a machine without the folder
+    python benchmarks/coordination.py spool      # a window kept for --resume: the network's thread's share
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -28,7 +30,9 @@ from media import encode_video, moving_scene
 from reference import random_official_checkpoint
 
 from vsrpp_cli.run.coordination import Board, Watch
+from vsrpp_cli.run.folder import Spool
 from vsrpp_cli.run.intake import Intake
+from vsrpp_cli.run.segments import SpoolWriter
 
 
 def run(source: Path, output: Path, weights: Path, *extra: str) -> tuple[dict, float]:
@@ -70,6 +74,29 @@ def transfer(frames: int = 24, frame_bytes: int = 3840 * 2160 * 3) -> dict:
             "writer_peak_grew_mb": round(grown / 1024, 1)}  # fmt: skip
 
 
+def spool_cost(height: int, width: int, frames: int = 8, runs: int = 3) -> dict:
+    """A window of `frames` frames kept losslessly for --resume: seconds of the calling thread
+    when it writes the window itself (Spool.save_window, as before SpoolWriter), and when it hands
+    the window to SpoolWriter's thread while a forward as long as the write runs on."""
+    window = [np.ascontiguousarray(frame) for frame in moving_scene(frames, height, width)]
+    work = Path(tempfile.mkdtemp(prefix="vsrpp-spool-"))
+    writes = []
+    for index in range(runs):
+        began = time.perf_counter()
+        Spool(work).save_window(index, window)
+        writes.append(time.perf_counter() - began)
+    spooling, hand_overs = SpoolWriter(Spool(work)), []
+    for index in range(runs):
+        began = time.perf_counter()
+        spooling.save(runs + index, window)
+        hand_overs.append(time.perf_counter() - began)
+        time.sleep(1.5 * max(writes))  # the network's next forward
+    spooling.close()
+    shutil.rmtree(work)
+    return {"size": f"{width}x{height}", "frames": frames, "write_s": [round(t, 3) for t in writes],
+            "hand_over_ms": [round(1000 * t, 3) for t in hand_overs]}  # fmt: skip
+
+
 def watch_cost(world: int, looks: int = 200) -> float:
     """The writer's look at `world` workers' signs of life (Watch.check, every WATCH_EVERY
     seconds), over a real TCPStore on loopback, the workers' keys set by another client: its
@@ -96,6 +123,10 @@ def main() -> None:
         return
     if sys.argv[1:] == ["transfer"]:
         print(json.dumps(transfer()))
+        return
+    if sys.argv[1:] == ["spool"]:
+        for height, width in ((720, 1280), (2160, 3840)):
+            print(json.dumps(spool_cost(height, width)))
         return
     work = Path(tempfile.mkdtemp(prefix="vsrpp-coordination-"))
     frames, height, width = 960, 144, 256

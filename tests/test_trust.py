@@ -34,9 +34,9 @@ def peer(port: int, secret: str, script: str, intake: int = 0) -> subprocess.Com
     `send(segment, files, rank, round_)`, which streams files to the writer's intake at port
     `intake` as a worker without the run's folder does, signed with `secret`, then ships them."""
     code = textwrap.dedent(f"""
-        import hashlib, hmac, json, socket, struct
+        import hashlib, hmac, json, socket
         from vsrpp_cli.run.coordination import Board
-        from vsrpp_cli.run.intake import receive_exactly, sign
+        from vsrpp_cli.run.intake import send_header
         board = Board.connect("127.0.0.1", {port}, {secret!r})
 
         def send(segment, files, rank, round_):
@@ -45,8 +45,7 @@ def peer(port: int, secret: str, script: str, intake: int = 0) -> subprocess.Com
             key = {secret!r}.encode()
             try:
                 with socket.create_connection(("127.0.0.1", {intake})) as connection:
-                    nonce = receive_exactly(connection, 32)
-                    connection.sendall(struct.pack("<I", len(header)) + header + sign(key, b"head", nonce, header))
+                    nonce = send_header(connection, key, header)
                     body = hmac.new(key, b"body" + nonce + header, hashlib.sha256)
                     for data in files.values():
                         body.update(data)

@@ -116,18 +116,18 @@ class RunFolder:
         if (arrived / "index.json").exists():
             count = len(json.loads((arrived / "index.json").read_bytes())["packets"])
             for name, suffix in (("packets", ".packets"), ("index.json", ".json")):
-                sync_file(arrived / name)
+                sync(arrived / name)
                 (arrived / name).replace(final.with_suffix(suffix))
-                sync_folder(self.folder)
+                sync(self.folder)
             arrived.rmdir()
             return count
         frames = list(arrived.iterdir())
         for path in frames:
-            sync_file(path)
-        sync_folder(arrived)
+            sync(path)
+        sync(arrived)
         remove(final)  # (none: a committed segment is never sent again)
         arrived.replace(final)
-        sync_folder(self.folder)
+        sync(self.folder)
         return len(frames)
 
     def segment_frame_count(self, index: int) -> int:
@@ -235,20 +235,12 @@ def durable_write(path: Path, data: bytes, rename: bool = True) -> None:
         os.fsync(file.fileno())
     if rename:
         partial.replace(path)
-        sync_folder(path.parent)
+        sync(path.parent)
 
 
-def sync_file(path: Path) -> None:
-    """Another process's writes to `path` on disk (fsync covers the file, whoever wrote it)."""
+def sync(path: Path) -> None:
+    """A file's or a folder's changes on disk, whoever made them (fsync covers them all)."""
     descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def sync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:

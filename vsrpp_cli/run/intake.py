@@ -244,8 +244,7 @@ def fetch_job(board: Any, folder: Path) -> dict[str, Any]:
 def download_job(host: str, port: int, secret: str) -> bytes:
     key, header = secret.encode(), json.dumps({"want": "job"}).encode()
     with socket.create_connection((host, port), timeout=IO_SECONDS) as connection:
-        nonce = receive_exactly(connection, 32)
-        connection.sendall(struct.pack("<I", len(header)) + header + sign(key, b"head", nonce, header))
+        nonce = send_header(connection, key, header)
         (size,) = struct.unpack("<Q", receive_exactly(connection, 8))
         if size > JOB_BYTES:
             raise WorkerError(f"the writer's intake offered a job of {size} bytes; is something else at its port?")
@@ -262,10 +261,7 @@ def deliver(built: Path, segment: int, rank: int, round_: int, intake: dict[str,
     if shared:
         built.replace(built.parent / arrival_name(segment, rank, round_))
         return
-    if intake["port"] is None:
-        raise WorkerError("this worker does not see the run's folder and the writer serves no intake; start it on "
-                          "the first machine")  # fmt: skip
-    try:
+    try:  # (fetch_job has refused a worker that neither sees the folder nor has an intake to reach)
         upload(host, intake["port"], secret, segment, rank, round_, built)
     finally:
         shutil.rmtree(built, ignore_errors=True)
@@ -277,8 +273,7 @@ def upload(host: str, port: int, secret: str, segment: int, rank: int, round_: i
     header = json.dumps({"segment": segment, "rank": rank, "round": round_, "files": files}).encode()
     key = secret.encode()
     with socket.create_connection((host, port), timeout=IO_SECONDS) as connection:
-        nonce = receive_exactly(connection, 32)
-        connection.sendall(struct.pack("<I", len(header)) + header + sign(key, b"head", nonce, header))
+        nonce = send_header(connection, key, header)
         body = hmac.new(key, b"body" + nonce + header, hashlib.sha256)
         for name, _ in files:
             with open(folder / name, "rb") as file:
@@ -289,6 +284,13 @@ def upload(host: str, port: int, secret: str, segment: int, rank: int, round_: i
         answer = receive_exactly(connection, 2)
     if answer != b"OK":
         raise WorkerError(f"the writer refused segment {segment} ({answer.decode(errors='replace')})")
+
+
+def send_header(connection: socket.socket, key: bytes, header: bytes) -> bytes:
+    """A request's header, signed over the intake's nonce (returned: the rest is signed over it too)."""
+    nonce = receive_exactly(connection, 32)
+    connection.sendall(struct.pack("<I", len(header)) + header + sign(key, b"head", nonce, header))
+    return nonce
 
 
 def sign(key: bytes, kind: bytes, nonce: bytes, header: bytes) -> bytes:

@@ -141,10 +141,10 @@ def segment_fault(folder: Path, times: list[int] | None, frames_folder: bool, mo
     `most` frames)."""
     sizes = {}
     for entry in os.scandir(folder):
-        mode = entry.stat(follow_symlinks=False).st_mode
-        if not stat.S_ISREG(mode):
+        facts = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(facts.st_mode):
             return f"with {entry.name!r}, which is not a file"
-        sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+        sizes[entry.name] = facts.st_size
     if frames_folder:
         count = len(sizes)
         if sorted(sizes) != [f"{index:08d}.png" for index in range(count)]:
