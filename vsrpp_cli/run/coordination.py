@@ -13,6 +13,8 @@ interface, as the others must reach it.
 
 Keys:
   job                      where the run's job is (the writer's intake, intake.py) and its SHA-256
+  cuts/found, cuts/decided the scene cuts the writer's pass has found ("frame " each), and the
+  cuts/segments            frames before which all are known; at the pass's end the segment count
   claim/<round>/<segment>  the worker that took the segment in this round (compare_set: one wins)
   shipped                  the segments whole in the writer's intake, in the order they came:
                            "segment:rank:round" each (their bytes go beside the store: intake.py)
@@ -118,6 +120,32 @@ class Board:
     def job_pointer(self) -> dict[str, Any]:
         self.store.wait(["job"], timedelta(seconds=CONNECT_SECONDS))
         return json.loads(self.store.get("job"))
+
+    # --------------------------------------------------------------------- the cuts, as they are found
+    def open_cuts(self) -> None:
+        """Before the job is published: workers read these keys as soon as they have it."""
+        self.store.set("cuts/found", "")
+        self.store.set("cuts/decided", "0")
+
+    def publish_cuts(self, found: list[int], decided: int, segments: int | None) -> None:
+        """New cuts, then the count of segments once known, then how far they are known: a worker
+        that reads the last first never sees a frame decided whose cut it lacks."""
+        if found:
+            self.store.append("cuts/found", "".join(f"{cut} " for cut in found))
+        if segments is not None:
+            self.store.set("cuts/segments", str(segments))
+        self.store.set("cuts/decided", str(decided))
+
+    def cuts(self) -> tuple[int, list[int], int | None]:
+        """(frames decided, the cuts found, the segment count or None while the pass reads on)."""
+        try:
+            decided = int(self.store.get("cuts/decided"))
+            segments = int(self.store.get("cuts/segments")) if self.store.check(["cuts/segments"]) else None
+            found = [int(word) for word in self.store.get("cuts/found").split()]
+        except ValueError:
+            raise WorkerError("the run's scene cuts in the store are not numbers; is another program writing to "
+                              "the run's store?") from None  # fmt: skip
+        return decided, found, segments
 
     # --------------------------------------------------------------------- claims
     def claim(self, round_: int, segment: int, rank: int) -> bool:

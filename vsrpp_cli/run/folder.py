@@ -42,9 +42,10 @@ PARTIAL = ".partial"  # suffix of anything still being written
 
 
 class RunFolder:
-    def __init__(self, folder: Path, plan: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, plan: dict[str, Any], fingerprint: dict[str, Any] | None = None) -> None:
         self.folder = folder
         self.plan = plan
+        self.fingerprint = fingerprint or {}
         self.lock: int | None = None
 
     @classmethod
@@ -66,7 +67,7 @@ class RunFolder:
                     f"the interrupted run in {folder} was made with a different {', '.join(changed) or 'plan'}; "
                     "run with the same input, weights and options, or use --overwrite to start over"
                 )
-            store = cls(folder, saved["plan"])
+            store = cls(folder, saved["plan"], fingerprint)
             store.lock = held
             store.remove_partials()
             return store
@@ -80,7 +81,7 @@ class RunFolder:
             os.close(held)  # (another run may take the lock between here and the new folder: it then finds that)
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        store = cls(folder, {})
+        store = cls(folder, {}, fingerprint)
         store.lock = lock_folder(folder)
         try:
             store.plan = plan()
@@ -89,6 +90,12 @@ class RunFolder:
             raise
         _write_json(folder / RUN_FILE, {"fingerprint": fingerprint, "plan": store.plan})
         return store
+
+    def keep_cuts(self, cuts: list[int]) -> None:
+        """The cuts a shared run found while it worked, into its plan: a resume plans with them
+        (the same as it would find again: the pass is a function of the frames)."""
+        self.plan = {**self.plan, "cuts": list(cuts)}
+        _write_json(self.folder / RUN_FILE, {"fingerprint": self.fingerprint, "plan": self.plan})
 
     def remove_partials(self) -> None:
         """What was being written when a run stopped."""

@@ -16,14 +16,16 @@ and engine.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import OutputError, VsrppError, WorkerError, os_error_advice
 from ..video.encode import muxer_target
+from ..video.info import Frame
 from ..video.inputs import is_one_pass
 from ..video.mux import Muxer
-from ..video.shots import check_setting, cuts_notice
+from ..video.shots import CutPass, check_setting, cuts_notice
 from . import failpoints
 from .failpoints import failpoint
 from .folder import RunFolder, clean_up, remove
@@ -111,6 +113,7 @@ def run_in_segments(run: Run, on_progress: Progress) -> Summary:
         job = make_job(run, folder, identity, target)
         summary.chunk_frames, summary.cuts = folder.plan["chunk_frames"], folder.plan.get("cuts") or []
         writer, reports = work(run, folder, job, on_progress)
+        summary.cuts = writer.cuts if job["cuts_pending"] else summary.cuts
         join(run, folder, muxer, temporary, writer)
     except OSError as error:
         clean_up(muxer, made, folder, run.tell)
@@ -140,20 +143,36 @@ def open_output(run: Run, temporary: Path) -> Muxer | None:
 
 
 def work(run: Run, folder: RunFolder, job: dict, on_progress: Progress) -> tuple[Writer, list[dict]]:
-    """The workers, until every segment is stored: one in a thread here, or processes."""
+    """The workers, until every segment is stored: one in a thread here, or processes (with the
+    pass that finds the cuts beside them, where they are still to be found)."""
     done = sum(folder.segment_frame_count(segment) for segment in job["committed"])
-    writer = Writer(folder, job, done, run.total, on_progress, run.tell, run.launch.secret)
-    # This machine's cores shared among its workers (oversubscribed OpenMP threads spin: threads.py).
-    local = Local(str(run.source_path), str(run.options.weights), str(folder.folder), run.options.device,
-                  threads_per_process(run.launch.nproc))  # fmt: skip
-    if run.shared:
-        reports = run_shared(job, local, writer, run.launch)
-    else:
-        reports = run_workers_here(job, local, writer, run.tell)
-    expected = set(range(job["segments"])) if job["segments"] is not None else set()
-    if not expected <= folder.closed_segments():
+    cut_pass = CutPass(pass_images(run.source.frames(keep_yuv=True, times=run.times))) if job["cuts_pending"] else None
+    try:
+        writer = Writer(folder, job, done, run.total, on_progress, run.tell, run.launch.secret, cut_pass)
+        # This machine's cores shared among its workers (oversubscribed OpenMP threads spin: threads.py).
+        local = Local(str(run.source_path), str(run.options.weights), str(folder.folder), run.options.device,
+                      threads_per_process(run.launch.nproc))  # fmt: skip
+        if run.shared:
+            reports = run_shared(job, local, writer, run.launch)
+        else:
+            reports = run_workers_here(job, local, writer, run.tell)
+    finally:
+        if cut_pass is not None:
+            cut_pass.close()
+    # (One process knows no count: its segments end where the frames do.)
+    if job["times"] and (writer.segments is None or not set(range(writer.segments)) <= folder.closed_segments()):
         raise WorkerError("the workers ended with segments missing; run the same command with --resume")
     return writer, reports
+
+
+def pass_images(frames: Iterator[Frame]) -> Iterator[Any]:
+    """The pictures the cut pass looks at, each past the failpoint `cuts`; the input closed after."""
+    try:
+        for frame in frames:
+            failpoint("cuts")
+            yield frame.image
+    finally:
+        frames.close()  # type: ignore[attr-defined]
 
 
 def join(run: Run, folder: RunFolder, muxer: Muxer | None, temporary: Path, writer: Writer) -> None:

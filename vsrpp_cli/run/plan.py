@@ -115,20 +115,30 @@ def new_plan(run: Run) -> dict[str, Any]:
     # Only where asked, single or shared alike: each frame comes from one process, so workers
     # need not compute alike for the join. Kept with the plan, so a resume computes as the run began.
     new["deterministic"] = bool(options.deterministic)
-    # A shared run plans its segments, so it finds the cuts first (one decoding pass); one process
-    # finds them in the frames as its worker reads them (None: not planned).
-    if run.shared or options.scene_cuts != "auto":
-        new["cuts"] = find_cuts(options.scene_cuts, run.source, run.total if run.times else None, run.tell)
-    else:
+    # Found (None: not known yet) as the frames are read: by the worker in one process; in a
+    # shared run by the writer's pass, which its workers follow (pending_cuts), kept here at its end.
+    if options.scene_cuts == "auto":
         new["cuts"] = None
+    else:
+        new["cuts"] = find_cuts(options.scene_cuts, run.source, run.total if run.times else None, run.tell)
     return new
+
+
+def pending_cuts(run: Run, plan: dict[str, Any]) -> bool:
+    """A shared run whose cuts are still to be found: its workers start on the shots the writer's
+    pass has found while it reads on (writer.py), rather than wait for the whole video's."""
+    return run.shared and plan.get("cuts") is None
 
 
 def make_job(run: Run, folder: RunFolder, identity: dict[str, Any], target: YuvTarget | None) -> dict[str, Any]:
     """What every worker takes from the writer: the options as the run keeps them (a resume
     computes as the run began), the plan, the frame times, the segments and those committed."""
-    table = WindowTable(folder.plan["chunk_frames"], run.options.chunk_overlap, folder.plan.get("cuts") or [],
-                        len(run.times) if run.times else None)  # fmt: skip
+    pending = pending_cuts(run, folder.plan)
+    segments = None  # unknown in one process (the end is where the frames end), or until the cuts are
+    if run.times and not pending:
+        table = WindowTable(folder.plan["chunk_frames"], run.options.chunk_overlap, folder.plan["cuts"] or [],
+                            len(run.times))  # fmt: skip
+        segments = -(-len(table) // folder.plan["windows_per_segment"])
     kept = replace(run.options, deterministic=folder.plan.get("deterministic", bool(run.options.deterministic)))
     return {
         "run_id": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
@@ -137,7 +147,8 @@ def make_job(run: Run, folder: RunFolder, identity: dict[str, Any], target: YuvT
         "plan": folder.plan,
         "times": run.times,
         "total": len(run.times) if run.times else None,
-        "segments": -(-len(table) // folder.plan["windows_per_segment"]) if run.times else None,
+        "segments": segments,
+        "cuts_pending": pending,  # the cuts come through the store as the writer finds them
         "committed": sorted(folder.closed_segments()),
         "target": asdict(target) if target else None,
         "size": list(run.size),

@@ -155,6 +155,13 @@ class WindowTable:
         return Span(max(self.last_cut, keep_start - self.overlap), keep_start, keep_stop,
                     min(end, keep_stop + self.overlap))  # fmt: skip
 
+    def settled(self, index: int, decided: int) -> bool:
+        """Whether window `index` is laid out for good where this table holds every cut before
+        frame `decided` (those after it still unknown): it keeps and reads frames before `decided`
+        only, so no later cut can end it sooner or move it."""
+        span = self.span(index)
+        return span is not None and span.keep_stop + self.overlap <= decided
+
     def window_of(self, frame: int) -> int:
         """The index of the window that keeps `frame`."""
         if frame < self.last_cut:

@@ -24,14 +24,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, WorkerError
 from ..video.colour import YuvTarget
 from ..video.decode import Source
 from ..video.encode import EncoderSettings
 from ..video.info import Frame
 from ..video.inputs import open_source
 from ..weights.hashing import sample_sha256, sha256_of
-from .coordination import AbortError, Board
+from .coordination import POLL, AbortError, Board
 from .engine import build_engine, worker_device
 from .failpoints import failpoint
 from .folder import PARTIAL, Spool, remove
@@ -40,6 +40,8 @@ from .options import Options
 from .reading import FrameReader
 from .segments import SegmentWriter, SpoolWriter, segment_maker, spool_folder
 from .windows import Window, WindowTable, batches, windows_as_read
+
+PASS_SECONDS = 600.0  # a worker waits this long for the writer's scene-cut pass to move on
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -70,8 +72,11 @@ class Worker:
         self.chunk, self.per_segment = plan["chunk_frames"], plan["windows_per_segment"]
         self.overlap = options.chunk_overlap
         self.table = WindowTable(self.chunk, self.overlap, plan.get("cuts") or [], job["total"])
-        # None: a run in one process finds its cuts in the frames it reads anyway (no pass first).
-        self.found_cuts: set[int] | None = set() if plan.get("cuts", []) is None else None
+        self.segments: int | None = job["segments"]  # None: not known yet (or, in one process, at all)
+        # A shared run's cuts may still be being found (by the writer: settle() follows them); in
+        # one process the worker finds them in the frames it reads anyway.
+        self.pending_cuts = bool(job.get("cuts_pending"))
+        self.found_cuts: set[int] | None = set() if plan.get("cuts", []) is None and not self.pending_cuts else None
         self.as_read: Iterator[Window[Frame]] | None = None  # the windows, laid out as frames come
         self.held: Window[Frame] | None = None  # read past the segment asked for: the next one's
         tile = plan.get("tile", options.tile)  # the writer's choice, the same for every worker
@@ -97,7 +102,7 @@ class Worker:
     def forge(self) -> None:
         """Announces a segment this worker did not claim (failpoint action forge): the last of
         the plan, or one past it where the last is its own."""
-        segments = self.job["segments"] or 1
+        segments = self.segments or 1  # (while the cuts are found: one past the first, which may be in no plan)
         last = segments - 1
         forged = segments if self.board.claimed_by(self.round, last) == self.rank else last
         self.board.ship(forged, self.rank, self.round)
@@ -137,15 +142,43 @@ class Worker:
         return self.stats
 
     def claims(self) -> Iterator[int]:
-        """Segments not committed, in order, each taken by the first worker to ask for it."""
-        job = self.job
-        segments = range(job["segments"]) if job["segments"] is not None else itertools.count()
-        committed = set(job["committed"])
-        for segment in segments:
+        """Segments not committed, in order, each taken by the first worker to ask for it (once
+        its shots are known, where the writer is still finding them)."""
+        committed = set(self.job["committed"])
+        for segment in itertools.count():
+            if self.segments is not None and segment >= self.segments:
+                return
             if segment in committed or self.board.is_saved(segment):
                 continue
+            if self.pending_cuts and not self.settle(segment):
+                return
             if self.board.claim(self.round, segment, self.rank):
                 yield segment
+
+    def settle(self, segment: int) -> bool:
+        """Waits until the writer's pass has found the cuts that lay out the segment's windows
+        (windows.WindowTable.settled), or all of them; False where the video ends before it. The
+        pass reads far faster than the network runs, so this waits at the start if at all."""
+        last = (segment + 1) * self.per_segment - 1
+        deadline, known = time.monotonic() + PASS_SECONDS, -1
+        while True:
+            decided, cuts, segments = self.board.cuts()
+            if len(cuts) != len(self.table.cuts):
+                self.table = WindowTable(self.chunk, self.overlap, cuts, self.job["total"])
+            if segments is not None:
+                self.segments, self.pending_cuts = segments, False
+                return segment < segments
+            if self.table.settled(last, decided):
+                return True
+            if decided != known:
+                deadline, known = time.monotonic() + PASS_SECONDS, decided
+            elif time.monotonic() > deadline:
+                raise WorkerError(f"the writer's scene-cut pass has not moved past frame {decided} in "
+                                  f"{PASS_SECONDS:.0f} s; is the first machine's input stalled?")  # fmt: skip
+            if self.stop.is_set():
+                raise AbortError("stopped")
+            self.board.check_abort()
+            time.sleep(POLL)
 
     def run_segment(self, segment: int) -> bool:
         """Encode and send one segment; False when it holds no frame (past the input's end)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WorkerError
+from ..video.shots import CutPass, cuts_notice
 from .coordination import Board, Watch
 from .failpoints import failpoint
 from .folder import RunFolder, remove
@@ -27,13 +28,18 @@ class Writer:
     progress, and watches the workers."""
 
     def __init__(self, store: RunFolder, job: dict[str, Any], done: int, total: int | None, on_progress: Callable,
-                 notice: Callable[[str], None] = lambda message: None, secret: str = "") -> None:  # fmt: skip
+                 notice: Callable[[str], None] = lambda message: None, secret: str = "",
+                 cut_pass: CutPass | None = None) -> None:  # fmt: skip
         self.store, self.job, self.done, self.total, self.on_progress = store, job, done, total, on_progress
         self.notice = notice
         self.intake = Intake(store.folder, secret)  # the job out, segments in (across machines: served)
-        # The frames each segment keeps (its windows' context, which the overlap sizes, is not sent).
-        plan, times = job["plan"], job["times"]
-        self.table = WindowTable(plan["chunk_frames"], 0, plan.get("cuts") or [], len(times) if times else None)
+        # The cuts as far as they are known, and the segments once they all are: from the plan, or
+        # found by `cut_pass` while the workers work (job["cuts_pending"]), handed on through the store.
+        self.cut_pass = cut_pass
+        self.cuts: list[int] = list(job["plan"].get("cuts") or [])
+        self.decided = 0
+        self.segments: int | None = job["segments"]
+        self.table = self.layout(0)
         self.rounds_told = 0  # the workers' restarts said so far (the agent restarts them all at once)
         self.saved: set[int] = set()
         self.seconds_saving = 0.0  # checking arrived segments and committing them
@@ -45,7 +51,33 @@ class Writer:
         """The job and segments for machines without the run's folder, at `port` (the store says it)."""
         self.intake.serve(port)
 
+    def layout(self, overlap: int) -> WindowTable:
+        """The windows of the cuts known so far (with no overlap: the frames each segment keeps,
+        as its windows' context is not sent)."""
+        times = self.job["times"]
+        return WindowTable(self.job["plan"]["chunk_frames"], overlap, self.cuts, len(times) if times else None)
+
+    def follow_cuts(self, board: Board) -> None:
+        """The cuts the pass has found since the last look handed on to the workers; at its end,
+        the segment count, and the cuts kept in the run's folder (a resume plans with them)."""
+        if self.cut_pass is None or self.segments is not None:
+            return
+        decided, cuts, done = self.cut_pass.progress()
+        found = cuts[len(self.cuts) :]
+        if found:
+            self.cuts += found
+            self.table = self.layout(0)
+        if done:
+            self.store.keep_cuts(self.cuts)
+            self.segments = -(-len(self.table) // self.job["plan"]["windows_per_segment"])
+            if self.cuts:
+                self.notice(cuts_notice(self.cuts))
+        if found or done or decided != self.decided:
+            board.publish_cuts(found, decided, self.segments)
+            self.decided = decided
+
     def poll(self, board: Board, world: int, watch: Watch | None = None) -> None:
+        self.follow_cuts(board)
         if self.intake.refusals:
             raise WorkerError(self.intake.refusals[0])
         for segment, sender, round_ in board.shipped():
@@ -80,9 +112,11 @@ class Writer:
         claimed it in its round, and its files are what that segment must be; else the run stops,
         naming the sender (and what arrived is removed: nothing of it is stored)."""
         arrived = self.intake.arrived(segment, sender, round_)
-        segments = self.job["segments"]
+        segments = self.segments
         if segment < 0 or (segments is not None and segment >= segments):
             why = f"that is not in the plan ({segments} segments)"
+        elif segments is None and self.cut_pass is not None and not self.settled(segment):
+            why = "whose shots are not known yet (the scene-cut pass has not reached them)"
         elif board.claimed_by(round_, segment) != sender:
             why = f"that it did not claim in round {round_}"
         elif arrived is None:
@@ -106,8 +140,13 @@ class Writer:
 
     def complete(self) -> bool:
         """Every segment of the plan is stored (a shared run knows how many there are)."""
-        segments = self.job["segments"]
+        segments = self.segments
         return segments is not None and set(range(segments)) <= self.saved | set(self.job["committed"])
+
+    def settled(self, segment: int) -> bool:
+        """The segment's windows are laid out for good by the cuts known so far (windows.py)."""
+        last = (segment + 1) * self.job["plan"]["windows_per_segment"] - 1
+        return self.layout(self.job["options"]["chunk_overlap"]).settled(last, self.decided)
 
     def expected_times(self, segment: int) -> list[int] | None:
         """The input's frame times that the segment's frames carry (a shared run knows them all)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
@@ -125,6 +126,56 @@ def detect_cuts(images: Iterable[Any]) -> list[int]:
         detector.see(image)
     detector.end()
     return detector.cuts
+
+
+class CutPass:
+    """The cuts of a whole video found in a thread of their own, for a run that must not wait
+    for them (a shared run plans its segments by shot, run/writer.py): `progress()` says up to
+    which frame every cut is known and those cuts, and whether the pass has seen the last frame.
+    Closing it stops the thread at its next frame; `images` is closed in the thread."""
+
+    CLOSE_SECONDS = 5.0  # a decode stuck in the file system is left behind (a daemon thread)
+
+    def __init__(self, images: Iterator[Any]) -> None:
+        self._lock = threading.Lock()
+        self._decided, self._cuts, self._done = 0, [], False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._find, args=(images,), daemon=True, name="vsrpp-cuts")
+        self._thread.start()
+
+    def _find(self, images: Iterator[Any]) -> None:
+        detector = CutDetector()
+        try:
+            for image in images:
+                if self._stop.is_set():
+                    return
+                found = detector.see(image)
+                with self._lock:
+                    self._cuts += found
+                    self._decided = detector.decided  # every frame before it is decided
+            found = detector.end()
+            with self._lock:
+                self._cuts += found
+                self._decided, self._done = detector.seen, True
+        except BaseException as error:  # handed to whoever asks for progress
+            with self._lock:
+                self._error = error
+        finally:
+            close = getattr(images, "close", None)
+            if close is not None:
+                close()
+
+    def progress(self) -> tuple[int, list[int], bool]:
+        """(frames decided, the cuts among them in order, done); the pass's error, if it failed."""
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            return self._decided, list(self._cuts), self._done
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(self.CLOSE_SECONDS)
 
 
 def marking_cuts(items: Iterable[T], image_of: Callable[[T], Any], cuts: set[int]) -> Iterator[T]:
