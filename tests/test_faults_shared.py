@@ -16,7 +16,7 @@ from harness import run_vsrpp
 from media import probe, read_frames
 
 WORKER_POINTS = ("decode", "network", "encode", "send")
-WRITER_POINTS = ("save", "join", "rename")
+WRITER_POINTS = ("cuts", "save", "join", "rename")  # cuts: its pass, beside the workers
 TWO = ["--nproc-per-node", "2", "--device", "cpu"]
 
 

@@ -8,7 +8,11 @@ import itertools
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -20,7 +24,7 @@ from media import encode_video, read_frames, real_clip, spliced_footage
 
 import vsrpp_cli
 from vsrpp_cli.run.windows import WindowTable, temporal_windows
-from vsrpp_cli.video.shots import detect_cuts, marking_cuts, read_cuts
+from vsrpp_cli.video.shots import LOOKAHEAD, CutPass, detect_cuts, marking_cuts, read_cuts
 
 WINDOWS = ["--chunk-frames", "4", "--chunk-overlap", "2", "--device", "cpu", "-q"]
 SHOT_LENGTHS = (6, 7, 5)  # a shot of two windows, one of two with a short second, one of two
@@ -60,6 +64,59 @@ def test_each_shot_is_windowed_as_a_video_of_its_own():
     no_cuts = WindowTable(4, 2, [], 9)
     assert [(s.start, s.keep_start, s.keep_stop, s.stop) for s in map(no_cuts.span, range(3))] == [
         (0, 0, 4, 6), (2, 4, 8, 9), (6, 8, 9, 9)]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_window_settled_by_the_cuts_known_so_far_is_where_all_of_them_put_it(seed):
+    """A shared run lays windows out while its cuts are still being found: a window that
+    `settled` says is laid out for good, with only the cuts before `decided` known, is the
+    window of the whole video's table, and stays settled as more is known."""
+    rng = random.Random(seed)
+    total, chunk, overlap = rng.randint(2, 60), rng.randint(1, 9), rng.randint(0, 5)
+    cuts = sorted(rng.sample(range(1, total), min(total - 1, rng.randint(0, 6))))
+    final = WindowTable(chunk, overlap, cuts, total)
+    was_settled: set[int] = set()
+    for decided in range(total + 1):
+        known = WindowTable(chunk, overlap, [cut for cut in cuts if cut < decided], total)
+        settled = {index for index in range(total) if known.settled(index, decided)}
+        assert was_settled <= settled
+        assert all(known.span(index) == final.span(index) for index in settled)
+        was_settled = settled
+
+
+def test_the_cut_pass_says_what_it_has_decided_as_it_reads(footage):
+    """The pass in its thread: the cuts it reports are those of the frames it has decided, in
+    the end all of detect_cuts'; an error of the frames it reads is handed to the one who asks."""
+    frames, cuts, _ = footage
+    gate = threading.Semaphore(0)
+
+    def given(images):
+        for image in images:
+            gate.acquire()
+            yield image
+
+    found = CutPass(given(frames))
+    reports = []
+    for _ in range(len(frames)):
+        gate.release()
+        while (report := found.progress())[0] < len(reports) + 1 - LOOKAHEAD:
+            time.sleep(0.001)
+        reports.append(report)
+    while not (report := found.progress())[2]:  # the last frame read: the rest decided
+        time.sleep(0.001)
+    found.close()
+    assert report == (len(frames), cuts, True) and cuts == detect_cuts(frames)
+    for decided, known, _ in reports:
+        assert known == [cut for cut in cuts if cut < decided]
+
+    def broken():
+        yield frames[0]
+        raise ValueError("a packet that does not decode")
+
+    failing = CutPass(broken())
+    failing.close()
+    with pytest.raises(ValueError, match="does not decode"):
+        failing.progress()
 
 
 # ----------------------------------------------------------------------------- the detector
@@ -176,11 +233,32 @@ def test_the_library_upscales_each_shot_as_if_alone(shots):
         assert all(np.array_equal(a, b) for a, b in zip(cut.frames(frames), alone, strict=True))
 
 
-def test_two_workers_upscale_each_shot_as_if_alone(tmp_path, shots):
+def test_two_workers_start_before_the_cuts_are_all_found_and_upscale_each_shot_as_if_alone(tmp_path, shots):
+    """A shared run's writer finds the cuts while its workers work. Its pass hangs at the 12th
+    frame (cuts known up to frame 8): the windows laid out by then (each a segment of this frames
+    output) are stored meanwhile. Killed there, and resumed (the pass read again): each shot's
+    own frames, bit for bit."""
     weights, spliced, alone = shots
-    out = tmp_path / "out"
-    ran = run_vsrpp("upscale", spliced, out, "--weights", weights, "--nproc-per-node", "2", *WINDOWS)
-    assert ran.returncode == 0, ran.stderr
+    out, partial = tmp_path / "out", tmp_path / ".out.vsrpp-partial"
+    shared = [*WINDOWS, "--nproc-per-node", "2"]
+    hanging = {**os.environ, "VSRPP_FAILPOINTS": "cuts@12=hang"}
+    command = [sys.executable, "-m", "vsrpp_cli", "upscale", spliced, out, "--weights", weights, *shared]
+    process = subprocess.Popen(command, env=hanging, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        # (A run that waited for the pass would wait for ever: given up after minutes, not seconds.)
+        deadline = time.monotonic() + 300
+        while not all((partial / f"segment_00000{n}").is_dir() for n in (0, 1)):  # windows 0, 1: the first shot
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no segment stored while the cut pass hangs"
+            time.sleep(0.01)
+        assert json.loads((partial / "run.json").read_text())["plan"]["cuts"] is None  # still being found
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    resumed = run_vsrpp("upscale", spliced, out, "--weights", weights, "--resume", "--json", *shared)
+    assert resumed.returncode == 0, resumed.stderr
+    facts = json.loads(resumed.stdout)
+    assert facts["cuts"] == CUTS and facts["windows_resumed"] >= 2
     assert np.array_equal(read_frames(out), alone)
 
 

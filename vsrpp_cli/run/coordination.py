@@ -114,7 +114,10 @@ class Board:
 
     # --------------------------------------------------------------------- the job
     def publish_job(self, pointer: dict[str, Any]) -> None:
-        """Where the job is and its digest (intake.py: the job itself travels beside the store)."""
+        """Where the job is and its digest (intake.py: the job itself travels beside the store);
+        before it, the keys of the cuts (none found yet), which workers read once they have it."""
+        self.store.set("cuts/found", "")
+        self.store.set("cuts/decided", "0")
         self.store.set("job", json.dumps(pointer))
 
     def job_pointer(self) -> dict[str, Any]:
@@ -122,11 +125,6 @@ class Board:
         return json.loads(self.store.get("job"))
 
     # --------------------------------------------------------------------- the cuts, as they are found
-    def open_cuts(self) -> None:
-        """Before the job is published: workers read these keys as soon as they have it."""
-        self.store.set("cuts/found", "")
-        self.store.set("cuts/decided", "0")
-
     def publish_cuts(self, found: list[int], decided: int, segments: int | None) -> None:
         """New cuts, then the count of segments once known, then how far they are known: a worker
         that reads the last first never sees a frame decided whose cut it lacks."""

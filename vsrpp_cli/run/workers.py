@@ -141,7 +141,6 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     port = board.port
     if not one_machine:
         writer.serve_intake(launch.port + 2)  # for machines that do not see the run's folder
-    board.open_cuts()
     board.publish_job(writer.intake.publish(job))
     stop = threading.Event()
     failure: list[BaseException] = []
