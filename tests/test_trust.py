@@ -11,9 +11,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from dataclasses import astuple
 from pathlib import Path
 
+import numpy as np
 import pytest
 from harness import run_vsrpp
 from media import encode_video, moving_scene
@@ -24,6 +27,7 @@ from vsrpp_cli.run.coordination import Board
 from vsrpp_cli.run.folder import RunFolder
 from vsrpp_cli.run.intake import fetch_job
 from vsrpp_cli.run.writer import Writer
+from vsrpp_cli.video.shots import CutPass
 
 SECRET = "0123456789abcdef0123"
 TIMES = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608]  # 8 frames: 2 segments of 2 windows of 2 frames
@@ -354,3 +358,42 @@ def test_a_taken_port_on_the_first_machine_is_one_line_at_once(tmp_path, monkeyp
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"port {held} is taken here" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_a_segment_whose_shots_the_writer_has_not_found_yet_is_refused(tmp_path):
+    """While a shared run's pass for cuts reads on, a segment is taken only once the cuts that
+    lay out its windows are known (the workers wait for them): one sent sooner is refused. At the
+    pass's end the cuts are in the store for the workers and in run.json for a resume."""
+    store = RunFolder.open(tmp_path / ".out.mp4.vsrpp-partial", {}, dict, resume=False, overwrite=False)
+    board = Board.in_memory()
+    board.publish_job({})
+    gate = threading.Event()
+
+    def frames():
+        for index in range(len(TIMES)):
+            if index == 2:
+                gate.wait()  # the pass, slow on a stalled disk, has seen 2 frames
+            yield np.full((16, 16), 100, np.uint8)
+
+    cut_pass = CutPass(frames())
+    pending = {**job(), "segments": None, "cuts_pending": True, "options": {"chunk_overlap": 1}, "committed": []}
+    writer = Writer(store, pending, 0, 8, lambda done, total: None, cut_pass=cut_pass)
+    board.claim(0, 0, 1)
+    arrived = writer.intake.folder / "0-1-0"
+    arrived.mkdir()
+    for name, data in video_segment(TIMES[:4]).items():
+        (arrived / name).write_bytes(data)
+    board.ship(0, 1, 0)
+    while cut_pass.progress()[0] < 1:  # (frame 0 decided: the pass waits at the gate)
+        time.sleep(0.001)
+    with pytest.raises(WorkerError, match="worker 1 sent segment 0 whose shots are not known yet"):
+        writer.poll(board, 2)
+    assert board.cuts() == (1, [], None) and store.closed_segments() == set()
+    gate.set()
+    while not cut_pass.progress()[2]:
+        time.sleep(0.001)
+    writer.poll(board, 2)
+    assert board.cuts() == (8, [], 2) and writer.complete() is False
+    assert json.loads((store.folder / "run.json").read_text())["plan"]["cuts"] == []
+    cut_pass.close()
+    store.unlock()
