@@ -6,8 +6,10 @@ real TCPStore and a real TCP connection to the intake."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -25,7 +27,7 @@ import vsrpp_cli
 from vsrpp_cli.errors import WorkerError
 from vsrpp_cli.run.coordination import Board
 from vsrpp_cli.run.folder import RunFolder
-from vsrpp_cli.run.intake import fetch_job
+from vsrpp_cli.run.intake import Intake, fetch_job, upload
 from vsrpp_cli.run.writer import Writer
 from vsrpp_cli.video.shots import CutPass
 
@@ -397,3 +399,48 @@ def test_a_segment_whose_shots_the_writer_has_not_found_yet_is_refused(tmp_path)
     assert json.loads((store.folder / "run.json").read_text())["plan"]["cuts"] == []
     cut_pass.close()
     store.unlock()
+
+
+def test_strangers_that_never_prove_themselves_hold_the_intake_for_a_while_only(tmp_path, monkeypatch):
+    """Connections that never send the run's signed header, trickling a byte at a time (so that
+    no single read times out), are dropped HEADER_SECONDS after they came, and only
+    UNPROVED_AT_ONCE are served at once: a worker's transfer waits meanwhile, then goes through."""
+    monkeypatch.setattr("vsrpp_cli.run.intake.UNPROVED_AT_ONCE", 2)
+    monkeypatch.setattr("vsrpp_cli.run.intake.HEADER_SECONDS", 1.0)
+    (tmp_path / "run").mkdir()
+    intake = Intake(tmp_path / "run", SECRET)
+    intake.serve(0)
+    port = intake.address["port"]
+    strangers = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(2)]
+    for stranger in strangers:
+        stranger.recv(32)  # its nonce: it holds a slot
+        stranger.sendall(struct.pack("<I", 1000))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.05):
+            for stranger in strangers:
+                with contextlib.suppress(OSError):
+                    stranger.sendall(b"x")
+
+    trickling = threading.Thread(target=trickle)
+    trickling.start()
+    began = time.monotonic()
+    built = tmp_path / "built"
+    built.mkdir()
+    for name, data in video_segment(TIMES[:4]).items():
+        (built / name).write_bytes(data)
+    try:
+        upload("127.0.0.1", port, SECRET, 0, 1, 0, built)
+        waited = time.monotonic() - began
+        for stranger in strangers:
+            with contextlib.suppress(ConnectionResetError):
+                assert stranger.recv(1) == b""  # dropped by the intake, though it never fell silent
+    finally:
+        stop.set()
+        trickling.join()
+        for stranger in strangers:
+            stranger.close()
+        intake.close()
+    assert waited >= 1.0  # (served only once a stranger's slot was free)
+    assert intake.arrived(0, 1, 0) is not None

@@ -37,7 +37,8 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,11 @@ SEGMENT_FILE = re.compile(r"\d{8}\.png|packets|index\.json")  # what a segment m
 CHUNK = 1 << 20  # bytes read or written at a time
 HEADER_BYTES = 16 << 20  # a transfer's list of files: 100,000 frames' names fit many times over
 IO_SECONDS = 120.0  # a peer silent this long in the middle of a transfer is dropped
+# A connection not yet proved to be the run's (its signed header) holds one of a few slots for at
+# most HEADER_SECONDS in all, however it trickles: strangers can neither pile up threads and header
+# buffers nor keep the run's workers out for long (they wait in the listen backlog meanwhile).
+UNPROVED_AT_ONCE = 16
+HEADER_SECONDS = 30.0
 MARKER = ".run-{token}"
 JOB = "job.json"
 JOB_BYTES = 1 << 30  # the most a job may weigh (hours of frame times are megabytes)
@@ -79,6 +85,8 @@ class Intake:
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
+        self.unproved = threading.BoundedSemaphore(UNPROVED_AT_ONCE)
+        self.closing = threading.Event()
         self.job = b""
 
     def publish(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -111,35 +119,49 @@ class Intake:
 
     def _accept(self) -> None:
         assert self.listener is not None
-        while True:
+        while not self.closing.is_set():
+            if not self.unproved.acquire(timeout=0.1):
+                continue  # every slot taken by a connection still to prove itself
             try:
                 connection, _ = self.listener.accept()
             except OSError:  # closed: the run is ending
+                self.unproved.release()
                 return
-            connection.settimeout(IO_SECONDS)
             with self.lock:
                 self.connections.add(connection)
             self._start(self._receive, connection)
 
     def _receive(self, connection: socket.socket) -> None:
+        slot = [self.unproved]  # given back once, when the peer has proved itself or is gone
+
+        def proved() -> None:
+            if slot:
+                slot.pop().release()
+
         try:
             with connection:
-                self._transfer(connection)
+                self._transfer(connection, proved)
         except (OSError, ValueError):  # a peer that went away, or one without the secret: nothing is kept
             pass
         finally:
+            proved()
             with self.lock:
                 self.connections.discard(connection)
 
-    def _transfer(self, connection: socket.socket) -> None:
+    def _transfer(self, connection: socket.socket, proved: Callable[[], None]) -> None:
         nonce = secrets.token_bytes(32)
+        deadline = time.monotonic() + HEADER_SECONDS
+        connection.settimeout(HEADER_SECONDS)
         connection.sendall(nonce)
-        (length,) = struct.unpack("<I", receive_exactly(connection, 4))
+        (length,) = struct.unpack("<I", receive_exactly(connection, 4, deadline))
         if length > HEADER_BYTES:
             return
-        header = receive_exactly(connection, length)
-        if not hmac.compare_digest(receive_exactly(connection, 32), sign(self.secret, b"head", nonce, header)):
+        header = receive_exactly(connection, length, deadline)
+        if not hmac.compare_digest(receive_exactly(connection, 32, deadline), sign(self.secret, b"head", nonce,
+                                                                                  header)):  # fmt: skip
             return  # not from this run: said to no one (a stranger must not be able to stop the run)
+        proved()
+        connection.settimeout(IO_SECONDS)
         try:
             facts = json.loads(header)
             if isinstance(facts, dict) and facts.get("want") == "job":
@@ -193,6 +215,7 @@ class Intake:
 
     def close(self) -> None:
         """The server stops and every transfer in flight is cut; its threads are joined."""
+        self.closing.set()
         if self.listener is not None:
             with contextlib.suppress(OSError):
                 self.listener.shutdown(socket.SHUT_RDWR)
@@ -297,13 +320,19 @@ def sign(key: bytes, kind: bytes, nonce: bytes, header: bytes) -> bytes:
     return hmac.new(key, kind + nonce + header, hashlib.sha256).digest()
 
 
-def receive_exactly(connection: socket.socket, size: int) -> bytes:
-    return b"".join(receive_stream(connection, size))
+def receive_exactly(connection: socket.socket, size: int, deadline: float | None = None) -> bytes:
+    return b"".join(receive_stream(connection, size, deadline))
 
 
-def receive_stream(connection: socket.socket, size: int) -> Iterator[bytes]:
+def receive_stream(connection: socket.socket, size: int, deadline: float | None = None) -> Iterator[bytes]:
+    """`size` bytes as they come; by `deadline` (time.monotonic) in all, where one is given."""
     left = size
     while left:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the peer took too long")
+            connection.settimeout(remaining)
         chunk = connection.recv(min(left, CHUNK))
         if not chunk:
             raise ConnectionError("the peer closed the connection mid-transfer")
