@@ -10,8 +10,6 @@ import contextlib
 import json
 import socket
 import struct
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import run_vsrpp
+from harness import Result, run_vsrpp
 from media import encode_video, moving_scene
 
 import vsrpp_cli
@@ -35,10 +33,12 @@ SECRET = "0123456789abcdef0123"
 TIMES = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608]  # 8 frames: 2 segments of 2 windows of 2 frames
 
 
-def peer(port: int, secret: str, script: str, intake: int = 0) -> subprocess.CompletedProcess:
-    """`script` in a process of its own, with `board` connected to the writer's store and
+def peer(port: int, secret: str, script: str, intake: int = 0) -> Result:
+    """`script` run as a peer: with `board`, a connection of its own to the writer's store, and
     `send(segment, files, rank, round_)`, which streams files to the writer's intake at port
-    `intake` as a worker without the run's folder does, signed with `secret`, then ships them."""
+    `intake` as a worker without the run's folder does, signed with `secret`, then ships them.
+    It runs in this process (what is tested crosses the sockets, not a process boundary: a
+    process of its own cost a torch import each); what it prints is its stdout."""
     code = textwrap.dedent(f"""
         import hashlib, hmac, json, socket
         from vsrpp_cli.run.coordination import Board
@@ -64,9 +64,9 @@ def peer(port: int, secret: str, script: str, intake: int = 0) -> subprocess.Com
             if answer == b"OK":
                 board.ship(segment, rank, round_)
     """) + textwrap.dedent(script)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return result
+    printed: list[str] = []
+    exec(code, {"print": lambda *parts: printed.append(" ".join(map(str, parts)))})
+    return Result(0, "".join(f"{line}\n" for line in printed), "")
 
 
 def video_segment(times: list[int], sizes: int = 5) -> dict[str, bytes]:
