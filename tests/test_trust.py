@@ -1,8 +1,8 @@
 """A shared run trusts no one: its store listens on loopback alone on one machine, a client
 without the run's secret reads and changes nothing (in the store or the writer's intake), and the
 writer stores only the segments the plan holds, from the worker that claimed them, with exactly
-the files, frame count and times that segment must have. Every peer here is a real process on a
-real TCPStore and a real TCP connection to the intake."""
+the files, frame count and times that segment must have. Every peer here has its own real
+connections to a real TCPStore and to the intake over TCP."""
 
 from __future__ import annotations
 
