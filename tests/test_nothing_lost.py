@@ -33,7 +33,7 @@ def weights(official_checkpoint) -> Path:
 def clip(tmp_path_factory) -> Path:
     """18 frames with stereo audio: 3 segments of 2 windows of 3 frames with the options below."""
     folder = tmp_path_factory.mktemp("clip")
-    return encode_video(folder / "clip.mp4", moving_scene(FRAMES, 48, 64), audio_channels=2)
+    return encode_video(folder / "clip.mp4", moving_scene(FRAMES, 32, 48), audio_channels=2)
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +240,12 @@ def test_output_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, weights,
 
 
 def test_a_store_that_cannot_grow_cleans_its_partial_window(tmp_path, weights, clip):
-    """Files may not grow past 64 KiB (ulimit -f; the kernel then refuses writes with EFBIG, as
+    """Files may not grow past 32 KiB (ulimit -f; the kernel then refuses writes with EFBIG, as
     FAT32 does at 4 GB): storing the first lossless window fails."""
 
     def limit_file_size() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024))
 
     output = tmp_path / "out.mp4"
     args = [sys.executable, "-m", "vsrpp_cli", "upscale", clip, output, "--weights", weights, *SEGMENTED]
@@ -558,10 +558,10 @@ def test_a_read_only_file_system_is_one_line(tmp_path, weights, clip, tmpfs):
 
 
 def test_a_full_disk_stops_cleanly_and_resumes_once_there_is_room(tmp_path, weights, clip, reference, tmpfs):
-    """A 144 KiB tmpfs fills during the run (after a segment is committed, before the end; 112 and
-    160 KiB miss that): one line, no partial file, the committed segments kept; with room made
-    (the tmpfs grown), --resume gives the uninterrupted frames."""
-    folder = tmpfs("small", "size=144k")
+    """An 88 KiB tmpfs fills during the run (after a segment is committed, before the end; 80 to
+    96 KiB do, 72 and 104 miss that): one line, no partial file, the committed segments kept; with
+    room made (the tmpfs grown), --resume gives the uninterrupted frames."""
+    folder = tmpfs("small", "size=88k")
     output = folder / "out.mp4"
     full = run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED)
     assert full.returncode == 1
