@@ -27,7 +27,7 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", moving_scene(12, 48, 64))
+    return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", moving_scene(12, 32, 48))
 
 
 def upscaled_frames(source: Path, folder: Path, weights: Path, strength: float = 1.0) -> list[np.ndarray]:
@@ -49,7 +49,7 @@ def test_preview_shows_exactly_what_upscale_gives(tmp_path, weights, clip):
     }
     for moment in facts["moments"]:
         image = read_frames(Path(moment["image"]))[0]
-        assert image.shape == (24 + 192 + 4 + 192, 3 * 256 + 2 * 4, 3)  # label band, panels, zooms
+        assert image.shape == (24 + 128 + 4 + 128, 3 * 192 + 2 * 4, 3)  # label band, panels, zooms
         bicubic, full, half = moment["panels"]
         assert [p["label"] for p in moment["panels"]] == ["bicubic", "small.pth", "small.pth strength 0.5"]
         for panel, strength in ((full, 1.0), (half, 0.5)):
