@@ -94,7 +94,7 @@ def downsample(gt: np.ndarray) -> np.ndarray:
 
 
 def make_clip(lq_dir: Path, gt_dir: Path, frames: int, seed: int, names=None) -> None:
-    scene = moving_scene(frames, 256, 256, seed=seed)
+    scene = moving_scene(frames, 128, 128, seed=seed)
     for i, gt in enumerate(scene):
         name = names[i] if names else f"{i:08d}.png"
         write_png(gt_dir / name, gt)
@@ -171,7 +171,7 @@ def test_windows_and_tiles_cost_is_measurable(tmp_path, weights):
     make_clip(tmp_path / "lq" / "a", tmp_path / "gt" / "a", 3, 5)
     pair = ["--lq", tmp_path / "lq", "--gt", tmp_path / "gt", "--weights", weights, "--json", "-q"]
     whole = vsrpp("eval", *pair)
-    tiled = vsrpp("eval", *pair, "--tile", "40", "--tile-overlap", "8", "--chunk-frames", "1")
+    tiled = vsrpp("eval", *pair, "--tile", "16", "--tile-overlap", "4", "--chunk-frames", "1")
     assert whole.returncode == tiled.returncode == 0, whole.stderr + tiled.stderr
     assert json.loads(tiled.stdout)["psnr"] != json.loads(whole.stdout)["psnr"]
 
@@ -180,7 +180,7 @@ def test_vimeo_scores_the_mirrored_centre_frame(tmp_path, weights):
     root = tmp_path / "vimeo90k"
     names = [f"im{i}.png" for i in range(1, 8)]
     make_clip(root / "BIx4" / "00001" / "0001", root / "GT" / "00001" / "0001", 7, 3, names)
-    (root / "meta_info_Vimeo90K_test_GT.txt").write_text("00001/0001 (256,448,3)\n")
+    (root / "meta_info_Vimeo90K_test_GT.txt").write_text("00001/0001 (128,128,3)\n")
     result = vsrpp(
         "eval", "--dataset", "Vimeo-90K-T-BI", "--data-root", str(root), "--weights", str(weights), "--json", "-q"
     )
