@@ -13,8 +13,9 @@ interface, as the others must reach it.
 
 Keys:
   job                      where the run's job is (the writer's intake, intake.py) and its SHA-256
-  cuts/found, cuts/decided the scene cuts the writer's pass has found ("frame " each), and the
-  cuts/segments            frames before which all are known; at the pass's end the segment count
+  cuts/found               a shared run's scene cuts as the writer's pass finds them ("frame " each)
+  cuts/decided             the frame before which every cut is found
+  cuts/segments            the segment count, once the pass has ended
   claim/<round>/<segment>  the worker that took the segment in this round (compare_set: one wins)
   shipped                  the segments whole in the writer's intake, in the order they came:
                            "segment:rank:round" each (their bytes go beside the store: intake.py)
