@@ -89,7 +89,7 @@ def test_webm_transcodes_audio_it_cannot_hold(tmp_path, weights, vfr_video):
 
 
 def test_subtitles_are_copied_or_left_out_with_a_notice(tmp_path, weights):
-    video = encode_video(tmp_path / "video.mp4", moving_scene(6, 48, 64))
+    video = encode_video(tmp_path / "video.mp4", moving_scene(6, 32, 48))
     source = with_subtitles(video, [(0, 100, "Hello"), (120, 200, "World")], tmp_path / "subtitled.mkv")
     upscale(source, tmp_path / "out.mkv", Options(weights, chunk_frames=6))
     with av.open(str(tmp_path / "out.mkv")) as container:
@@ -105,7 +105,7 @@ def test_subtitles_are_copied_or_left_out_with_a_notice(tmp_path, weights):
 
 
 def test_ten_bit_in_ten_bit_out(tmp_path, weights):
-    scene = moving_scene(6, 48, 64).astype(np.uint16) * 257
+    scene = moving_scene(6, 32, 48).astype(np.uint16) * 257
     source = encode_video(tmp_path / "deep.mkv", scene, pix_fmt="yuv420p10le")
     upscale(source, tmp_path / "out.mkv", Options(weights, chunk_frames=6))
     assert probe(tmp_path / "out.mkv")["pix_fmt"] == "yuv420p10le"
@@ -225,11 +225,11 @@ def test_tiles_come_closer_to_whole_frames_with_overlap(tmp_path, weights):
 def test_frame_folder_in_natural_order(tmp_path, weights):
     folder = tmp_path / "frames"
     folder.mkdir()
-    scene = moving_scene(11, 48, 64)
+    scene = moving_scene(11, 32, 48)
     for i, rgb in enumerate(scene):  # frame2.png must come before frame10.png
         with av.open(str(folder / f"frame{i}.png"), "w", format="image2") as container:
             stream = container.add_stream("png", rate=1)
-            stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+            stream.width, stream.height, stream.pix_fmt = 48, 32, "rgb24"
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
             container.mux(stream.encode())
     upscale(folder, tmp_path / "out", Options(weights, chunk_frames=11))
@@ -245,7 +245,7 @@ def test_frame_folder_in_natural_order(tmp_path, weights):
 
 # ----------------------------------------------------------------------------- resume
 def test_resume_refuses_other_settings(tmp_path, weights):
-    source = encode_video(tmp_path / "in.mp4", moving_scene(4, 48, 64))
+    source = encode_video(tmp_path / "in.mp4", moving_scene(4, 32, 48))
     partial = tmp_path / ".out.mp4.vsrpp-partial"
     partial.mkdir()
     (partial / "run.json").write_text(json.dumps({"fingerprint": {"chunk_frames": 99}, "plan": {}}))
@@ -264,7 +264,7 @@ def assert_clean_failure(result, message: str, folder: Path, before: set, status
 
 
 def test_bad_inputs(tmp_path, weights):
-    good = encode_video(tmp_path / "good.mp4", moving_scene(3, 48, 64))
+    good = encode_video(tmp_path / "good.mp4", moving_scene(3, 32, 48))
     text = tmp_path / "notes.mp4"
     text.write_text("hello")
     audio_only = tmp_path / "audio.m4a"
@@ -319,7 +319,7 @@ def test_truncated_video_is_decoded_as_far_as_it_goes(tmp_path, weights):
     with av.open(str(source), "w", options={"movflags": "faststart"}) as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for rgb in moving_scene(20, 48, 64):
+        for rgb in moving_scene(20, 32, 48):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
     source.write_bytes(source.read_bytes()[: int(source.stat().st_size * 0.6)])
@@ -370,9 +370,9 @@ def test_a_corrupt_packet_in_the_middle_is_said_once(tmp_path, weights):
 def test_several_inputs_into_a_folder(tmp_path, weights):
     videos = tmp_path / "videos"
     videos.mkdir()
-    encode_video(videos / "a.mp4", moving_scene(3, 48, 64))
-    encode_video(videos / "b.mkv", moving_scene(4, 48, 64, seed=1))
-    extra = encode_video(tmp_path / "c.mov", moving_scene(2, 48, 64, seed=2))
+    encode_video(videos / "a.mp4", moving_scene(3, 32, 48))
+    encode_video(videos / "b.mkv", moving_scene(4, 32, 48, seed=1))
+    extra = encode_video(tmp_path / "c.mov", moving_scene(2, 32, 48, seed=2))
     broken = tmp_path / "d.mp4"
     broken.write_text("not a video")
     out = tmp_path / "out"
@@ -386,7 +386,7 @@ def test_several_inputs_into_a_folder(tmp_path, weights):
 
 
 def test_several_inputs_need_a_folder(tmp_path, weights):
-    a = encode_video(tmp_path / "a.mp4", moving_scene(2, 48, 64))
+    a = encode_video(tmp_path / "a.mp4", moving_scene(2, 32, 48))
     result = vsrpp("upscale", str(a), str(a), str(tmp_path / "out.mp4"), "--weights", str(weights))
     assert result.returncode == 2 and "need an output folder" in result.stderr
 
@@ -400,7 +400,7 @@ def test_fp16_overflow_is_recomputed_in_fp32(tmp_path):
     weights = tmp_path / "overflow.pth"
     torch.save(checkpoint, weights)
     # One frame: PyTorch has no fast fp16 convolution on the CPU (14 s a frame here).
-    source = encode_video(tmp_path / "one.mp4", moving_scene(1, 48, 64))
+    source = encode_video(tmp_path / "one.mp4", moving_scene(1, 32, 48))
     notices = []
     options = Options(weights, precision="fp16", chunk_frames=1, chunk_overlap=0)
     summary = upscale(source, tmp_path / "fp16", options, notice=notices.append)
@@ -414,7 +414,7 @@ def test_rotation_is_carried(tmp_path, weights):
     """A phone video stores its frames sideways with a display matrix; the output must too."""
     import struct
 
-    source = encode_video(tmp_path / "in.mp4", moving_scene(3, 48, 64))
+    source = encode_video(tmp_path / "in.mp4", moving_scene(3, 32, 48))
     data = bytearray(source.read_bytes())
     matrix_at = data.index(b"tkhd") + 4 + 4 + 4 * 5 + 8 + 8  # ISO/IEC 14496-12 TrackHeaderBox, version 0
     data[matrix_at : matrix_at + 36] = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30)  # 90 degrees
@@ -427,8 +427,8 @@ def test_rotation_is_carried(tmp_path, weights):
 
 
 def test_overwrite_replaces_a_file_or_a_folder(tmp_path, weights):
-    source = encode_video(tmp_path / "in.mp4", moving_scene(2, 48, 64))
-    existing = encode_video(tmp_path / "out.mp4", moving_scene(5, 48, 64))  # an older output
+    source = encode_video(tmp_path / "in.mp4", moving_scene(2, 32, 48))
+    existing = encode_video(tmp_path / "out.mp4", moving_scene(5, 32, 48))  # an older output
     upscale(source, existing, Options(weights, overwrite=True))
     assert len(probe(existing)["times"]) == 2
     folder = tmp_path / "frames"
