@@ -22,6 +22,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -237,7 +238,7 @@ def shared_start(args: argparse.Namespace) -> None:
                         planned = False
                     cuts_known = now if planned else None
                 time.sleep(0.01)
-            os.killpg(process.pid, 9)
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             print(json.dumps({"size": f"{args.width}x{args.height}", "frames": len(frames) * args.loops,
                               "attempt": attempt, "seconds_to_first_segment": round(first_segment, 2),
