@@ -111,9 +111,9 @@ def run_in_segments(run: Run, on_progress: Progress) -> Summary:
         made = temporary  # from here this run owns the temporary output (clean_up removes only that)
         muxer = open_output(run, temporary)
         job = make_job(run, folder, identity, target)
-        summary.chunk_frames, summary.cuts = folder.plan["chunk_frames"], folder.plan.get("cuts") or []
+        summary.chunk_frames = folder.plan["chunk_frames"]
         writer, reports = work(run, folder, job, on_progress)
-        summary.cuts = writer.cuts if job["cuts_pending"] else summary.cuts
+        summary.cuts = writer.cuts  # planned, or found by a shared run's pass (one process: summarise)
         join(run, folder, muxer, temporary, writer)
     except OSError as error:
         clean_up(muxer, made, folder, run.tell)

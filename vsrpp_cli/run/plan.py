@@ -138,7 +138,7 @@ def make_job(run: Run, folder: RunFolder, identity: dict[str, Any], target: YuvT
     if run.times and not pending:
         table = WindowTable(folder.plan["chunk_frames"], run.options.chunk_overlap, folder.plan["cuts"] or [],
                             len(run.times))  # fmt: skip
-        segments = -(-len(table) // folder.plan["windows_per_segment"])
+        segments = table.segment_count(folder.plan["windows_per_segment"])
     kept = replace(run.options, deterministic=folder.plan.get("deterministic", bool(run.options.deterministic)))
     return {
         "run_id": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],

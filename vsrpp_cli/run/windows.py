@@ -143,6 +143,10 @@ class WindowTable:
             raise ValueError("the number of windows is known only with the number of frames")
         return len(self.head) + -(-max(0, self.total - self.last_cut) // self.chunk)
 
+    def segment_count(self, windows_per_segment: int) -> int:
+        """Segments of `windows_per_segment` windows each (the last may hold fewer); total known."""
+        return -(-len(self) // windows_per_segment)
+
     def span(self, index: int) -> Span | None:
         """Window `index`, or None past the video's end (where that is known)."""
         if index < len(self.head):

@@ -35,7 +35,7 @@ from .coordination import POLL, AbortError, Board
 from .engine import build_engine, worker_device
 from .failpoints import failpoint
 from .folder import PARTIAL, Spool, remove
-from .intake import INCOMING, deliver, fetch_job, sees_folder
+from .intake import INCOMING, arrival_name, deliver, fetch_job, sees_folder
 from .options import Options
 from .reading import FrameReader
 from .segments import SegmentWriter, SpoolWriter, segment_maker, spool_folder
@@ -209,7 +209,7 @@ class Worker:
     def building(self, segment: int) -> Path:
         """An empty folder for the segment's files: in the run's intake where this machine sees
         it (delivered by a rename), else in the worker's own spool (streamed from there)."""
-        name = f"{segment}-{self.rank}-{self.round}{PARTIAL}"
+        name = arrival_name(segment, self.rank, self.round) + PARTIAL
         folder = self.spool.folder / INCOMING / name if self.sees_folder else self.spool.folder / name
         remove(folder)
         folder.mkdir()

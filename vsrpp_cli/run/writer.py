@@ -69,7 +69,7 @@ class Writer:
             self.table = self.layout(0)
         if done:
             self.store.keep_cuts(self.cuts)
-            self.segments = -(-len(self.table) // self.job["plan"]["windows_per_segment"])
+            self.segments = self.table.segment_count(self.job["plan"]["windows_per_segment"])
             if self.cuts:
                 self.notice(cuts_notice(self.cuts))
         if found or done or decided != self.decided:
