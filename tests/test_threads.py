@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vsrpp_cli.run.engine import Engine
+from vsrpp_cli.run.engine import Engine, slow_on_this_cpu, slow_precision_advice
 from vsrpp_cli.run.threads import available_cores, flushing_denormals, threads_per_process, use_threads
 from vsrpp_cli.weights.checkpoint import load_model
 
@@ -36,6 +36,30 @@ def test_the_users_setting_wins(monkeypatch):
     assert threads_per_process(8) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "0")  # meaningless: ignored
     assert threads_per_process(1) == available_cores()
+
+
+def convolution_kernels(dtype: torch.dtype) -> set[str]:
+    """The operators a 3x3 convolution in `dtype` runs on this CPU, as the profiler names them."""
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1).to(dtype)
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        conv(torch.rand(1, 4, 8, 8).to(dtype))
+    return {event.key for event in profile.key_averages() if "conv" in event.key}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_slow_precision_rule_is_what_pytorch_runs(dtype):
+    """vsrpp warns of a half precision on a CPU exactly where PyTorch convolves it with its
+    reference kernel (_slow_conv2d, 40-90x slower than fp32 in a half type without oneDNN): the
+    rule is checked against the kernel PyTorch really dispatches to on this machine (a 2-core
+    EPYC without AVX-512 runs bf16 through it, a Xeon with AVX-512 through oneDNN), so a
+    PyTorch that changes its choice shows here. fp32 is never warned of (small fp32 convolutions take the
+    same reference path, with a fast fp32 matrix product)."""
+    kernels = convolution_kernels(dtype)
+    assert ("aten::_slow_conv2d_forward" in kernels) is slow_on_this_cpu(dtype), kernels
+    assert slow_on_this_cpu(torch.float32) is False
+    name = "bf16" if dtype == torch.bfloat16 else "fp16"
+    advice = slow_precision_advice(dtype)
+    assert advice.startswith(f"{name} on this CPU is 40-90x slower than fp32") and "--precision fp32" in advice
 
 
 def test_use_threads_sizes_torch(monkeypatch):

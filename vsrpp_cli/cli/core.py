@@ -309,6 +309,7 @@ def bench(args: Namespace) -> None:
             tuple(args.batch or [1]),
             args.stages,
             (False, True) if args.compiled else (False,),
+            warn=output.notice_printer(False),
         )
         if args.encoders:
             rows += time_encoders([(720, 1280), (2160, 3840)], min(args.frames, 30), tuple(args.encoders))

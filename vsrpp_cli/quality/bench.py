@@ -24,7 +24,14 @@ from ..network import BasicVSRPlusPlus
 from ..network.basicvsrpp import BRANCHES, AlignmentPlan
 from ..network.deform_conv import modulated_deform_conv2d, resolve_backend
 from ..network.plain import PlainBasicVSRPlusPlus
-from ..run.engine import PRECISIONS, compile_alignment, pick_device, place_model
+from ..run.engine import (
+    PRECISIONS,
+    compile_alignment,
+    pick_device,
+    place_model,
+    slow_on_this_cpu,
+    slow_precision_advice,
+)
 from ..run.threads import network_thread, use_threads
 from ..video.tensors import frames_to_tensor
 from ..weights.checkpoint import load_model
@@ -145,10 +152,14 @@ def bench(
     batches: tuple[int, ...] = (1,),
     stages: bool = False,
     compiled: tuple[bool, ...] = (False,),
+    warn: Callable[[str], None] = lambda message: None,
 ) -> list[Row]:
     device = pick_device(device_name)
     if device.type == "cpu":
         use_threads()
+        for precision in precisions:  # said before the minutes it costs, not after
+            if slow_on_this_cpu(PRECISIONS[precision]):
+                warn(slow_precision_advice(PRECISIONS[precision]))
     graph_modes = graphs if device.type == "cuda" else (False,)  # graphs exist on CUDA only
     h, w = size
     frames_u8 = scene(frames, h, w)

@@ -59,6 +59,34 @@ def check_backend(name: str, device: torch.device, dtype: torch.dtype) -> None:
         )
 
 
+def slow_on_this_cpu(dtype: torch.dtype) -> bool:
+    """Whether PyTorch convolves `dtype` on this CPU with its reference kernel (_slow_conv2d),
+    40-90x slower than fp32. It takes oneDNN for a half type only where oneDNN computes that type
+    on this CPU (aten/src/ATen/native/ConvUtils.h, ConvParams::use_mkldnn, through
+    mkldnn_bf16_device_check and mkldnn_fp16_device_check): bf16 needs AVX-512, fp16 AVX-512 FP16
+    or AMX. fp32 always has oneDNN's kernels."""
+    checks = {
+        torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
+        torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported,
+    }
+    if dtype not in checks:
+        return False
+    return not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and checks[dtype]())
+
+
+def slow_precision_advice(dtype: torch.dtype) -> str:
+    """The warning for a precision this CPU has no fast convolution for, naming what is faster."""
+    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    other, other_name = (torch.bfloat16, "bf16") if dtype == torch.float16 else (torch.float16, "fp16")
+    faster = "--precision fp32" + ("" if slow_on_this_cpu(other) else f" or {other_name}")
+    # Measured: fp16 90x on a 2-core Xeon with AVX-512 (engine tests' C8/N1 network, one
+    # thread), bf16 47x on a 2-core EPYC with AVX2 only (C16/N2, 2 threads; benchmarks/RESULTS.md).
+    return (
+        f"{name} on this CPU is 40-90x slower than fp32 (PyTorch has no fast {name} convolution for it: "
+        f"bf16 needs AVX-512, fp16 AVX-512 FP16 or AMX); {faster} is faster"
+    )
+
+
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -108,15 +136,8 @@ class Engine:
         self.model.on_step = self._on_step
         if device.type == "cpu":
             use_threads()  # all of this process's cores, unless OMP_NUM_THREADS says otherwise
-            # fp16 convolutions fall back to PyTorch's slow reference kernel on the CPU. 90x: the
-            # tests' C8/N1 network, one thread (14.3 s against 0.16 s a 64x64 frame); the official
-            # size is worse: `vsrpp bench --size 64x64 --frames 2 --precision fp32 --precision fp16
-            # --device cpu --no-pipeline --no-baseline` gave 381 ms and 93.9 s a frame on 2 cores.
-            if dtype == torch.float16:
-                warn(
-                    "fp16 on the CPU is about 90x slower than fp32 (PyTorch has no fast fp16 convolution "
-                    "there); --precision fp32 or bf16 is faster"
-                )
+            if slow_on_this_cpu(dtype):
+                warn(slow_precision_advice(dtype))
 
     @property
     def scale(self) -> int:

@@ -102,9 +102,11 @@ def window_bytes(
     4x RGB output twice (the network's and the converted one). Once per forward: the
     reconstruction's working set, RECONSTRUCT_ELEMENTS_PER_PIXEL values a frame, over as many
     frames as `reconstruction_batch` bytes hold (basicvsrpp.reconstruct batches them on a GPU; the
-    CPU runs one frame at a time: 0). Checked against the allocations of CPU runs in bf16
-    (tests/test_windows.py): 10.25 bytes a channel and 182 bytes besides per frame and input
-    pixel, against this formula's 12 and 208; 5,980 bytes per input pixel once, against 6,144."""
+    CPU runs one frame at a time: 0). Checked against the allocations of CPU runs
+    (tests/test_windows.py): in bf16, 10.25 bytes a channel and 182 bytes besides per frame and
+    input pixel, against this formula's 12 and 208, and 5,980 bytes per input pixel once, against
+    6,144; in fp32 (on a CPU without a fast bf16), 20.3 and 305 against 24 and 400, and 12,041
+    once against 12,288."""
     pixels = width * height
     per_frame = pixels * (6 * mid_channels * element_bytes + 16 + 2 * 48 * element_bytes)
     one_reconstruction = pixels * RECONSTRUCT_ELEMENTS_PER_PIXEL * element_bytes

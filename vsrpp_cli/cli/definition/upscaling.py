@@ -128,7 +128,7 @@ def upscale(
         bool,
         flag(
             "torch.compile the alignment modules: about 45 s of compilation, then 1.28x faster in bf16 on the "
-            "CPU (measured at 180x320); for long videos with --precision bf16 --device cpu.",
+            "CPU (measured at 180x320 with AVX-512); for long videos with --precision bf16 --device cpu.",
             "--compile",
             panel=MODEL,
         ),
