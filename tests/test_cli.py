@@ -177,6 +177,10 @@ def test_info_says_which_backends_work_here():
     assert {"torch", "plain"} <= set(table["works"]["cpu fp32"]) and table["auto"]["cpu fp32"] in table["works"][
         "cpu fp32"
     ]
+    assert table["convolution"]["cpu fp32"] == "fast"
+    assert table["convolution"]["cpu bf16"] == ("slow" if slow_on_this_cpu(torch.bfloat16) else "fast")
+    printed = run_vsrpp("info", "--backends")
+    assert ("40-90x slower" in printed.stdout) is slow_on_this_cpu(torch.bfloat16)
     assert run_vsrpp("info").returncode == 2  # neither a checkpoint nor --backends
 
 

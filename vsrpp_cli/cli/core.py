@@ -79,8 +79,13 @@ def info(args: Namespace) -> None:
     """`vsrpp info`: what a checkpoint holds: architecture, parameter count, task, layout and metadata."""
     if args.backends:
         from ..network.deform_conv import backend_table
+        from ..run.engine import PRECISIONS, slow_on_this_cpu
 
         table = backend_table()
+        table["convolution"] = {  # a half precision is fast on a CPU only with oneDNN's kernels for it
+            column: "slow" if column.startswith("cpu ") and slow_on_this_cpu(PRECISIONS[column[4:]]) else "fast"
+            for column in table["works"]
+        }
         if args.as_json:
             print(json.dumps(table, indent=2))
         else:

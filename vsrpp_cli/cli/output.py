@@ -232,4 +232,7 @@ def backends_table(table: dict[str, Any]) -> None:
     for name in table["backends"]:
         out.add_row(name, *("yes" if name in table["works"][c] else "-" for c in columns))
     out.add_row("auto picks", *(table["auto"][c] for c in columns), style="italic")
+    out.add_row("convolutions", *(table["convolution"][c] for c in columns), style="italic")
     stdout.print(out)
+    if "slow" in table["convolution"].values():
+        stdout.print("slow: PyTorch's reference convolution here, 40-90x slower than fp32")
