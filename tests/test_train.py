@@ -14,6 +14,7 @@ from test_eval import downsample, write_png
 
 from vsrpp_cli import read_checkpoint
 from vsrpp_cli.network import SPyNet
+from vsrpp_cli.run.engine import slow_on_this_cpu
 from vsrpp_cli.run.threads import threads_per_process
 from vsrpp_cli.train.config import TrainConfig
 
@@ -150,6 +151,18 @@ def test_broken_data_root_fails_clearly(tmp_path, reds, spynet):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "train_sharp" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_slow_mixed_precision_on_this_cpu_is_said_first(tmp_path, spynet):
+    """--amp bf16 on a CPU without a fast bf16 convolution: every step would take PyTorch's
+    reference kernel (47x fp32 on a 2-core EPYC), so that is said before anything else; the
+    data's error follows as its one line. Where the CPU has the kernels, nothing is said."""
+    result = train(tmp_path / "nothing", spynet, tmp_path / "run", "--iters", "1", "--amp", "bf16")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "train_sharp" in lines[-1]
+    slow = slow_on_this_cpu(torch.bfloat16)
+    assert len(lines) == (2 if slow else 1)
+    assert not slow or ("bf16 on this CPU is 40-90x slower than fp32" in lines[0] and "--amp off" in lines[0])
 
 
 def test_config_file_values_hold_unless_a_flag_is_given(tmp_path):

@@ -251,7 +251,7 @@ def train(args: Namespace) -> None:
     )
     settings = TrainConfig.from_sources(args.config, flags)
     processes = args.nproc_per_node or default_nproc(settings.device)
-    launch(settings, launch_options(args, processes), args.resume)
+    launch(settings, launch_options(args, processes), args.resume, notice=output.notice_printer(False))
 
 
 def finetune(args: Namespace) -> None:
@@ -284,7 +284,8 @@ def finetune(args: Namespace) -> None:
     settings = TrainConfig.finetune(
         weights, frames_from_videos(args.data, args.work_dir), args.work_dir, arch, **recipe
     )
-    launch(settings, Launch(nproc=args.nproc_per_node or default_nproc(args.device)), resume=args.resume)
+    where = Launch(nproc=args.nproc_per_node or default_nproc(args.device))
+    launch(settings, where, resume=args.resume, notice=output.notice_printer(False))
 
 
 def bench(args: Namespace) -> None:

@@ -74,11 +74,12 @@ def slow_on_this_cpu(dtype: torch.dtype) -> bool:
     return not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and checks[dtype]())
 
 
-def slow_precision_advice(dtype: torch.dtype) -> str:
-    """The warning for a precision this CPU has no fast convolution for, naming what is faster."""
+def slow_precision_advice(dtype: torch.dtype, flag: str = "--precision", full: str = "fp32") -> str:
+    """The warning for a precision this CPU has no fast convolution for, naming what is faster
+    (`flag full`: the option that runs in fp32, or the other half type where it is fast here)."""
     name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     other, other_name = (torch.bfloat16, "bf16") if dtype == torch.float16 else (torch.float16, "fp16")
-    faster = "--precision fp32" + ("" if slow_on_this_cpu(other) else f" or {other_name}")
+    faster = f"{flag} {full}" + ("" if slow_on_this_cpu(other) else f" or {other_name}")
     # Measured: fp16 90x on a 2-core Xeon with AVX-512 (engine tests' C8/N1 network, one
     # thread), bf16 47x on a 2-core EPYC with AVX2 only (C16/N2, 2 threads; benchmarks/RESULTS.md).
     return (

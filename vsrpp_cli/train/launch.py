@@ -3,21 +3,30 @@ machinery behind `torchrun`), on one machine or several, under SLURM too."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..errors import DataError, ResumeError
+from ..run.engine import slow_on_this_cpu, slow_precision_advice
 from ..run.launch import Launch, run_workers
 from ..weights import zoo
 from .config import TrainConfig
 from .data import folder_clips, reds_clips
+from .worker import AMP
 from .worker import main as worker_main
 
 
-def launch(config: TrainConfig, where: Launch, resume: bool = False) -> None:
+def launch(
+    config: TrainConfig, where: Launch, resume: bool = False, notice: Callable[[str], None] = lambda message: None
+) -> None:
     """Check the data, write the resolved configuration into the work dir, run the workers."""
     where = where.resolved()
+    amp = AMP.get(config.amp)
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    if amp is not None and on_cpu and slow_on_this_cpu(amp):  # said first: every step pays it
+        notice(slow_precision_advice(amp, "--amp", "off"))
     if config.dataset == "reds":
         reds_clips(config)  # fail here, clearly, rather than in N workers
     else:
