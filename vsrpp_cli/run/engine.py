@@ -64,7 +64,7 @@ def slow_on_this_cpu(dtype: torch.dtype) -> bool:
     40-90x slower than fp32. It takes oneDNN for a half type only where oneDNN computes that type
     on this CPU (aten/src/ATen/native/ConvUtils.h, ConvParams::use_mkldnn, through
     mkldnn_bf16_device_check and mkldnn_fp16_device_check): bf16 needs AVX-512, fp16 AVX-512 FP16
-    or AMX. fp32 always has oneDNN's kernels."""
+    or AMX. fp32 is fast everywhere (oneDNN, or im2col and BLAS for small convolutions)."""
     checks = {
         torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
         torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported,
@@ -80,8 +80,10 @@ def slow_precision_advice(dtype: torch.dtype, flag: str = "--precision", full: s
     name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     other, other_name = (torch.bfloat16, "bf16") if dtype == torch.float16 else (torch.float16, "fp16")
     faster = f"{flag} {full}" + ("" if slow_on_this_cpu(other) else f" or {other_name}")
-    # Measured: fp16 90x on a 2-core Xeon with AVX-512 (engine tests' C8/N1 network, one
-    # thread), bf16 47x on a 2-core EPYC with AVX2 only (C16/N2, 2 threads; benchmarks/RESULTS.md).
+    # Measured: fp16 90x on a 2-core Xeon with AVX-512 (the tests' C8/N1 network, one thread:
+    # 14.3 s against 0.16 s a 64x64 frame; the official C64/N7 at 64x64 in `vsrpp bench`: 93.9 s
+    # against 381 ms a frame), bf16 47x on a 2-core EPYC with AVX2 only (C16/N2, 2 threads:
+    # 19.7 s against 0.42 s for 2 frames; benchmarks/RESULTS.md, 2026-12-06 eleventh).
     return (
         f"{name} on this CPU is 40-90x slower than fp32 (PyTorch has no fast {name} convolution for it: "
         f"bf16 needs AVX-512, fp16 AVX-512 FP16 or AMX); {faster} is faster"
