@@ -65,13 +65,12 @@ def slow_on_this_cpu(dtype: torch.dtype) -> bool:
     on this CPU (aten/src/ATen/native/ConvUtils.h, ConvParams::use_mkldnn, through
     mkldnn_bf16_device_check and mkldnn_fp16_device_check): bf16 needs AVX-512, fp16 AVX-512 FP16
     or AMX. fp32 is fast everywhere (oneDNN, or im2col and BLAS for small convolutions)."""
-    checks = {
-        torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
-        torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported,
-    }
+    checks = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
     if dtype not in checks:
         return False
-    return not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and checks[dtype]())
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return True  # a build without oneDNN (whose ops are then not registered), or oneDNN turned off
+    return not getattr(torch.ops.mkldnn, checks[dtype])()
 
 
 def slow_precision_advice(dtype: torch.dtype, flag: str = "--precision", full: str = "fp32") -> str:
