@@ -46,17 +46,19 @@ def convolution_kernels(dtype: torch.dtype) -> set[str]:
     return {event.key for event in profile.key_averages() if "conv" in event.key}
 
 
+@pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_the_slow_precision_rule_is_what_pytorch_runs(dtype):
+def test_the_slow_precision_rule_is_what_pytorch_runs(dtype, onednn):
     """vsrpp warns of a half precision on a CPU exactly where PyTorch convolves it with its
     reference kernel (_slow_conv2d, 40-90x slower than fp32 in a half type without oneDNN): the
     rule is checked against the kernel PyTorch really dispatches to on this machine (a 2-core
     EPYC without AVX-512 runs bf16 through it, a Xeon with AVX-512 through oneDNN), so a
-    PyTorch that changes its choice shows here. fp32 is never warned of (small fp32 convolutions take the
-    same reference path, with a fast fp32 matrix product)."""
-    kernels = convolution_kernels(dtype)
-    assert ("aten::_slow_conv2d_forward" in kernels) is slow_on_this_cpu(dtype), kernels
-    assert slow_on_this_cpu(torch.float32) is False
+    PyTorch that changes its choice shows here; with oneDNN turned off too. fp32 is never warned of
+    (small fp32 convolutions take the same reference path, with a fast fp32 matrix product)."""
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        kernels = convolution_kernels(dtype)
+        assert ("aten::_slow_conv2d_forward" in kernels) is slow_on_this_cpu(dtype), kernels
+        assert slow_on_this_cpu(torch.float32) is False
     name = "bf16" if dtype == torch.bfloat16 else "fp16"
     advice = slow_precision_advice(dtype)
     assert advice.startswith(f"{name} on this CPU is 40-90x slower than fp32") and "--precision fp32" in advice
