@@ -55,10 +55,14 @@ def test_the_slow_precision_rule_is_what_pytorch_runs(dtype, onednn):
     EPYC without AVX-512 runs bf16 through it, a Xeon with AVX-512 through oneDNN), so a
     PyTorch that changes its choice shows here; with oneDNN turned off too. fp32 is never warned of
     (small fp32 convolutions take the same reference path, with a fast fp32 matrix product)."""
-    with torch.backends.mkldnn.flags(enabled=onednn):
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = onednn
+    try:
         kernels = convolution_kernels(dtype)
         assert ("aten::_slow_conv2d_forward" in kernels) is slow_on_this_cpu(dtype), kernels
         assert slow_on_this_cpu(torch.float32) is False
+    finally:
+        torch.backends.mkldnn.enabled = before
     name = "bf16" if dtype == torch.bfloat16 else "fp16"
     advice = slow_precision_advice(dtype)
     assert advice.startswith(f"{name} on this CPU is 40-90x slower than fp32") and "--precision fp32" in advice
