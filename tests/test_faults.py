@@ -34,6 +34,25 @@ def test_one_process_raising_at_each_point(tmp_path, monkeypatch, fault_weights,
     assert facts["windows_resumed"] >= (2 if point in ("send", "save", "join", "rename") else 1)
 
 
+def test_a_spool_write_that_never_ends_stops_the_run_and_resume_finishes_it(
+    tmp_path, monkeypatch, fault_weights, fault_clip, fault_reference
+):
+    """The spool's second window write blocks for ever (a disk or network file system that stopped
+    answering): a one-process run has no other watch over its disk, so the spool's own deadline
+    stops it with one line (were a legitimate write slower than the deadline, the run would stop
+    sooner, as it should: the same line); --resume then gives the uninterrupted output."""
+    monkeypatch.setenv("VSRPP_FAILPOINTS", "spool@2=hang")
+    monkeypatch.setenv("VSRPP_SPOOL_SECONDS", "2")
+    output = tmp_path / "out.mp4"
+    failed = run_vsrpp("upscale", fault_clip, output, "--weights", fault_weights, *WINDOWS)
+    assert failed.returncode == 1
+    line = one_line(failed.stderr)
+    assert "has not finished in 2 s" in line and "--resume" in line, line
+    monkeypatch.delenv("VSRPP_FAILPOINTS")
+    monkeypatch.delenv("VSRPP_SPOOL_SECONDS")
+    resumes_exactly(output, fault_reference, fault_weights, fault_clip)
+
+
 @pytest.mark.parametrize("point", ["rename"])
 def test_one_process_killed_at_a_point(tmp_path, fault_weights, fault_clip, fault_reference, point):
     """kill -9 (SIGKILL to itself) while the joined output is moved into place: nothing runs to

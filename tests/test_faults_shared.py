@@ -15,7 +15,8 @@ from faults import WINDOWS, one_line, resumes_exactly
 from harness import run_vsrpp
 from media import probe, read_frames
 
-WORKER_POINTS = ("decode", "network", "encode", "send")
+WORKER_POINTS = ("decode", "network", "spool", "encode", "send")
+CHAOS_POINTS = ("decode", "network", "encode", "send")  # the seeds below were chosen with these
 WRITER_POINTS = ("cuts", "save", "join", "rename")  # cuts: its pass, beside the workers
 TWO = ["--nproc-per-node", "2", "--device", "cpu"]
 
@@ -85,7 +86,7 @@ def chaos(seed: int) -> tuple[str, dict[str, str]]:
     hit = rng.choice([1, 2])
     if kind == "disk":
         return kind, {"VSRPP_FAILPOINTS": f"save@{hit}=full"}
-    rank, point = rng.choice([0, 1]), rng.choice(WORKER_POINTS)
+    rank, point = rng.choice([0, 1]), rng.choice(CHAOS_POINTS)
     return kind, {"VSRPP_FAILPOINTS": f"{point}/{rank}@{hit}={kind}", "VSRPP_STALL_SECONDS": "10",
                   "VSRPP_SILENT_SECONDS": "6"}  # fmt: skip
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import queue
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 
+from ..errors import OutputError
 from ..video.colour import Planes
 from ..video.encode import EncoderSettings, VideoEncoder
 from ..video.images import png_bytes
@@ -100,16 +103,27 @@ class SegmentWriter:
             self.segment = None
 
 
+def spool_seconds() -> float:
+    """How long the spool may go without finishing a window before its disk counts as stuck (a
+    network file system that stopped answering): a window of 4K frames takes seconds."""
+    return float(os.environ.get("VSRPP_SPOOL_SECONDS", 600))
+
+
 class SpoolWriter:
     """The spool's windows written in a thread of their own: the network's thread hands a window
     over and goes on to its next forward (FFV1-encoding and fsyncing a window of 4K frames takes
     seconds of CPU). One window waits at most; a write's error is raised at the next `save` or
-    `flush`."""
+    `flush`, and so is a write that has not finished in `spool_seconds()` (a one-process run has
+    no other watch over its disk; a shared run's writer would see the worker stall too).
+    `reached` is called in the spool's thread before each write (failpoint spool)."""
 
-    def __init__(self, spool: Spool) -> None:
-        self.spool = spool
+    def __init__(self, spool: Spool, reached: Callable[[], None] = lambda: None) -> None:
+        self.spool, self.reached = spool, reached
         self.channel: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
+        self.handed = self.finished = 0  # windows handed over, windows written (or failed)
+        self.progress = threading.Condition()
+        self.stuck = False
         self.seconds_waiting = 0.0  # the network's thread blocked on a window still being written
         self.thread = threading.Thread(target=self._consume, daemon=True, name="vsrpp-spool")
         self.thread.start()
@@ -118,31 +132,55 @@ class SpoolWriter:
         while (item := self.channel.get()) is not _DONE:
             try:
                 if self.error is None:
+                    self.reached()
                     self.spool.save_window(*item)
             except BaseException as error:
                 self.error = error
             finally:
-                self.channel.task_done()
+                with self.progress:
+                    self.finished += 1
+                    self.progress.notify_all()
 
     def save(self, index: int, frames: list) -> None:
         if self.error:
             raise self.error
         began = time.perf_counter()
-        self.channel.put((index, frames))
+        try:
+            self.channel.put((index, frames), timeout=spool_seconds())
+        except queue.Full:
+            raise self._stuck_error() from None
+        self.handed += 1
         self.seconds_waiting += time.perf_counter() - began
 
     def flush(self) -> None:
         """Every window handed over is on disk (before its segment's windows are dropped)."""
-        self.channel.join()
+        with self.progress:
+            while self.finished < self.handed:  # each window has its own time: a stuck one is seen
+                if not self.progress.wait_for(partial(self._moved, self.finished), timeout=spool_seconds()):
+                    raise self._stuck_error()
         if self.error:
             raise self.error
 
+    def _moved(self, finished: int) -> bool:
+        return self.finished != finished
+
+    def _stuck_error(self) -> OutputError:
+        self.stuck = True
+        return OutputError(
+            f"writing a window to {self.spool.folder} has not finished in {spool_seconds():.0f} s (a disk or network "
+            "file system that stopped answering?); the windows on disk are kept: run the same command with "
+            "--resume once it answers"
+        )
+
     def close(self) -> None:
         """The windows handed over are written (what was computed is kept for --resume), then the
-        thread ends; a write's error is not raised here (it is the run's, or after another)."""
-        if self.thread.is_alive():
-            self.channel.put(_DONE)
-            self.thread.join()
+        thread ends; a write's error is not raised here (it is the run's, or after another), and a
+        stuck write is left to its daemon thread."""
+        if self.stuck or not self.thread.is_alive():
+            return
+        with contextlib.suppress(queue.Full):
+            self.channel.put(_DONE, timeout=spool_seconds())
+            self.thread.join(spool_seconds())
 
 
 _DONE = object()

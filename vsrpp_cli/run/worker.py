@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ class Worker:
         self.own_spool = not self.sees_folder
         self.spool = Spool(spool_folder(job["run_id"], rank) if self.own_spool else Path(local.spool))
         self.reader = FrameReader(self.source, options.colour == "device", job["times"], 2 * self.overlap)
-        self.spooling = SpoolWriter(self.spool)  # (its thread started last: nothing after it can fail)
+        # (its thread started last: nothing after it can fail)
+        self.spooling = SpoolWriter(self.spool, partial(self.failpoint, "spool"))
         self.stats: dict[str, Any] = {
             "rank": rank, "device": str(self.device), "batch": self.engine.batch, "segments": 0, "windows": 0,
             "windows_resumed": 0, "frames": 0, "seconds": 0.0, "seconds_sending": 0.0, "bytes_sent": 0,
