@@ -285,6 +285,33 @@ def test_the_spool_is_written_off_the_networks_thread_and_keeps_what_it_was_give
     failing.close()  # (never raises over the failure)
 
 
+def test_a_writing_thread_that_stops_answering_is_one_line_and_not_waited_on(tmp_path, monkeypatch):
+    """A segment's encoder whose write never returns (its disk stopped answering): the network's
+    thread is not held for ever. Its hand-over gives up after VSRPP_SPOOL_SECONDS without progress
+    with the line that names the folder and --resume, and abort leaves the stuck thread alone.
+    (The spool's writes: tests/test_faults.py hangs one inside a whole run.)"""
+    from vsrpp_cli.errors import OutputError
+    from vsrpp_cli.run.segments import SegmentWriter
+
+    monkeypatch.setenv("VSRPP_SPOOL_SECONDS", "1")
+    answering = threading.Event()
+
+    class QuietDisk:
+        def write(self, image, pts) -> None:
+            answering.wait()
+
+        def abort(self) -> None:
+            raise AssertionError("a segment whose write is stuck is not touched")
+
+    writer = SegmentWriter(QuietDisk, tmp_path, maxsize=1)
+    with pytest.raises(OutputError, match=r"a write to .* has not finished in 1 s .*--resume once it answers"):
+        for pts in range(4):  # the first blocks the thread, the second fills the queue, the third waits
+            writer.put(None, pts)
+    writer.abort()
+    assert writer.stuck and writer.thread.is_alive()
+    answering.set()  # (the daemon thread then waits for items that never come)
+
+
 # ----------------------------------------------------------------------------- wrong values
 @pytest.mark.parametrize(
     "args, message",

@@ -58,82 +58,38 @@ def segment_maker(
 
 
 # ----------------------------------------------------------------------------- threads
-class SegmentWriter:
-    """Encodes one segment in a thread; an encoder error is raised at the next put or finish."""
-
-    def __init__(self, new_segment: Callable[[], Any], maxsize: int = QUEUE_FRAMES) -> None:
-        self.new_segment = new_segment
-        self.segment: Any = None
-        self.channel: queue.Queue = queue.Queue(maxsize)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._consume, daemon=True, name="vsrpp-encode")
-        self.thread.start()
-
-    def _consume(self) -> None:
-        while (item := self.channel.get()) is not _DONE:
-            if self.error is None:
-                try:
-                    if self.segment is None:
-                        self.segment = self.new_segment()
-                    self.segment.write(*item)
-                except BaseException as error:
-                    self.error = error
-
-    def put(self, image: Any, pts: int | None) -> None:
-        if self.error:
-            raise self.error
-        self.channel.put((image, pts))
-
-    def finish(self) -> None:
-        """Once every frame is encoded and the segment's files are closed."""
-        self.channel.put(_DONE)
-        self.thread.join()
-        if self.error:
-            raise self.error
-        self.segment.close()
-        self.segment = None
-
-    def abort(self) -> None:
-        if self.thread.is_alive():
-            self.channel.put(_DONE)
-            self.thread.join()
-        if self.segment is not None:
-            with contextlib.suppress(Exception):  # after another failure: that one is reported
-                self.segment.abort()
-            self.segment = None
-
-
 def spool_seconds() -> float:
-    """How long the spool may go without finishing a window before its disk counts as stuck (a
-    network file system that stopped answering): a window of 4K frames takes seconds."""
+    """How long a writing thread (the spool's, a segment's encoder) may go without finishing an
+    item before its disk counts as stuck (a network file system that stopped answering): a window
+    of 4K frames takes seconds."""
     return float(os.environ.get("VSRPP_SPOOL_SECONDS", 600))
 
 
-class SpoolWriter:
-    """The spool's windows written in a thread of their own: the network's thread hands a window
-    over and goes on to its next forward (FFV1-encoding and fsyncing a window of 4K frames takes
-    seconds of CPU). One window waits at most; a write's error is raised at the next `save` or
-    `flush`, and so is a write that has not finished in `spool_seconds()` (a one-process run has
-    no other watch over its disk; a shared run's writer would see the worker stall too).
-    `reached` is called in the spool's thread before each write (failpoint spool)."""
+class WriterThread:
+    """Items handed to a thread of their own that writes them: a bounded queue, the first error
+    kept and raised at the next hand-over or wait, and no wait longer than `spool_seconds()`
+    without an item finished, so a disk that stopped answering ends the run with one line (a
+    one-process run has no other watch over its disk; a shared run's writer would see the worker
+    stall too). A stuck thread is left behind (a daemon), never waited on again."""
 
-    def __init__(self, spool: Spool, reached: Callable[[], None] = lambda: None) -> None:
-        self.spool, self.reached = spool, reached
-        self.channel: queue.Queue = queue.Queue(maxsize=1)
+    def __init__(self, folder: Path, maxsize: int, name: str) -> None:
+        self.folder = folder  # where the thread writes, for the error's line
+        self.channel: queue.Queue = queue.Queue(maxsize)
         self.error: BaseException | None = None
-        self.handed = self.finished = 0  # windows handed over, windows written (or failed)
+        self.handed = self.finished = 0  # items handed over, items written (or failed)
         self.progress = threading.Condition()
         self.stuck = False
-        self.seconds_waiting = 0.0  # the network's thread blocked on a window still being written
-        self.thread = threading.Thread(target=self._consume, daemon=True, name="vsrpp-spool")
+        self.thread = threading.Thread(target=self._consume, daemon=True, name=name)
         self.thread.start()
+
+    def write(self, item: Any) -> None:
+        raise NotImplementedError
 
     def _consume(self) -> None:
         while (item := self.channel.get()) is not _DONE:
             try:
                 if self.error is None:
-                    self.reached()
-                    self.spool.save_window(*item)
+                    self.write(item)
             except BaseException as error:
                 self.error = error
             finally:
@@ -141,25 +97,32 @@ class SpoolWriter:
                     self.finished += 1
                     self.progress.notify_all()
 
-    def save(self, index: int, frames: list) -> None:
+    def hand_over(self, item: Any) -> None:
         if self.error:
             raise self.error
-        began = time.perf_counter()
         try:
-            self.channel.put((index, frames), timeout=spool_seconds())
+            self.channel.put(item, timeout=spool_seconds())
         except queue.Full:
             raise self._stuck_error() from None
         self.handed += 1
-        self.seconds_waiting += time.perf_counter() - began
 
-    def flush(self) -> None:
-        """Every window handed over is on disk (before its segment's windows are dropped)."""
+    def wait_written(self) -> None:
+        """Every item handed over is written, or the error of one is raised; each item has its
+        own time, so a slow disk that moves is not cut off."""
         with self.progress:
-            while self.finished < self.handed:  # each window has its own time: a stuck one is seen
+            while self.finished < self.handed:
                 if not self.progress.wait_for(partial(self._moved, self.finished), timeout=spool_seconds()):
                     raise self._stuck_error()
         if self.error:
             raise self.error
+
+    def end_thread(self) -> None:
+        """The thread ends once what was handed over is written; a stuck one is left."""
+        if self.stuck or not self.thread.is_alive():
+            return
+        with contextlib.suppress(queue.Full):
+            self.channel.put(_DONE, timeout=spool_seconds())
+            self.thread.join(spool_seconds())
 
     def _moved(self, finished: int) -> bool:
         return self.finished != finished
@@ -167,20 +130,69 @@ class SpoolWriter:
     def _stuck_error(self) -> OutputError:
         self.stuck = True
         return OutputError(
-            f"writing a window to {self.spool.folder} has not finished in {spool_seconds():.0f} s (a disk or network "
-            "file system that stopped answering?); the windows on disk are kept: run the same command with "
-            "--resume once it answers"
+            f"a write to {self.folder} has not finished in {spool_seconds():.0f} s (a disk or network file system "
+            "that stopped answering?); what is on disk is kept: run the same command with --resume once it answers"
         )
+
+
+class SegmentWriter(WriterThread):
+    """Encodes one segment in a thread; an encoder error is raised at the next put or finish."""
+
+    def __init__(self, new_segment: Callable[[], Any], folder: Path, maxsize: int = QUEUE_FRAMES) -> None:
+        self.new_segment = new_segment
+        self.segment: Any = None
+        super().__init__(folder, maxsize, "vsrpp-encode")
+
+    def write(self, item: tuple[Any, int | None]) -> None:
+        if self.segment is None:
+            self.segment = self.new_segment()
+        self.segment.write(*item)
+
+    def put(self, image: Any, pts: int | None) -> None:
+        self.hand_over((image, pts))
+
+    def finish(self) -> None:
+        """Once every frame is encoded and the segment's files are closed."""
+        self.wait_written()
+        self.end_thread()
+        self.segment.close()
+        self.segment = None
+
+    def abort(self) -> None:
+        self.end_thread()
+        if self.segment is not None and not self.stuck:
+            with contextlib.suppress(Exception):  # after another failure: that one is reported
+                self.segment.abort()
+
+
+class SpoolWriter(WriterThread):
+    """The spool's windows written in a thread of their own: the network's thread hands a window
+    over and goes on to its next forward (FFV1-encoding and fsyncing a window of 4K frames takes
+    seconds of CPU). One window waits at most. `reached` is called in the spool's thread before
+    each write (failpoint spool)."""
+
+    def __init__(self, spool: Spool, reached: Callable[[], None] = lambda: None) -> None:
+        self.spool, self.reached = spool, reached
+        self.seconds_waiting = 0.0  # the network's thread blocked on a window still being written
+        super().__init__(spool.folder, 1, "vsrpp-spool")
+
+    def write(self, item: tuple[int, list]) -> None:
+        self.reached()
+        self.spool.save_window(*item)
+
+    def save(self, index: int, frames: list) -> None:
+        began = time.perf_counter()
+        self.hand_over((index, frames))
+        self.seconds_waiting += time.perf_counter() - began
+
+    def flush(self) -> None:
+        """Every window handed over is on disk (before its segment's windows are dropped)."""
+        self.wait_written()
 
     def close(self) -> None:
         """The windows handed over are written (what was computed is kept for --resume), then the
-        thread ends; a write's error is not raised here (it is the run's, or after another), and a
-        stuck write is left to its daemon thread."""
-        if self.stuck or not self.thread.is_alive():
-            return
-        with contextlib.suppress(queue.Full):
-            self.channel.put(_DONE, timeout=spool_seconds())
-            self.thread.join(spool_seconds())
+        thread ends; a write's error is not raised here (it is the run's, or after another)."""
+        self.end_thread()
 
 
 _DONE = object()

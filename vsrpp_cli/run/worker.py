@@ -219,7 +219,7 @@ class Worker:
 
     def encode_segment(self, indices: range, folder: Path) -> int:
         """The segment's windows upscaled and encoded into `folder`: its frame count."""
-        writer = SegmentWriter(lambda: self.new_segment(folder))
+        writer = SegmentWriter(lambda: self.new_segment(folder), folder)
         try:
             self.segment_frames = 0
             for window, upscaled in self.upscaled_windows(indices):
