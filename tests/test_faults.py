@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from faults import WINDOWS, one_line, resumes_exactly
-from harness import run_vsrpp
+from harness import run_vsrpp, vsrpp_process
 
 from vsrpp_cli.run.failpoints import POINTS, parse
 
@@ -35,21 +35,19 @@ def test_one_process_raising_at_each_point(tmp_path, monkeypatch, fault_weights,
 
 
 def test_a_spool_write_that_never_ends_stops_the_run_and_resume_finishes_it(
-    tmp_path, monkeypatch, fault_weights, fault_clip, fault_reference
+    tmp_path, fault_weights, fault_clip, fault_reference
 ):
     """The spool's second window write blocks for ever (a disk or network file system that stopped
     answering): a one-process run has no other watch over its disk, so the spool's own deadline
     stops it with one line (were a legitimate write slower than the deadline, the run would stop
-    sooner, as it should: the same line); --resume then gives the uninterrupted output."""
-    monkeypatch.setenv("VSRPP_FAILPOINTS", "spool@2=hang")
-    monkeypatch.setenv("VSRPP_SPOOL_SECONDS", "2")
+    sooner, as it should: the same line); --resume then gives the uninterrupted output. A process
+    of its own: the stuck thread ends with it, as it would for a user."""
+    env = {**os.environ, "VSRPP_FAILPOINTS": "spool@2=hang", "VSRPP_SPOOL_SECONDS": "2"}
     output = tmp_path / "out.mp4"
-    failed = run_vsrpp("upscale", fault_clip, output, "--weights", fault_weights, *WINDOWS)
+    failed = vsrpp_process("upscale", fault_clip, output, "--weights", fault_weights, *WINDOWS, env=env)
     assert failed.returncode == 1
     line = one_line(failed.stderr)
     assert "has not finished in 2 s" in line and "--resume" in line, line
-    monkeypatch.delenv("VSRPP_FAILPOINTS")
-    monkeypatch.delenv("VSRPP_SPOOL_SECONDS")
     resumes_exactly(output, fault_reference, fault_weights, fault_clip)
 
 

@@ -309,7 +309,10 @@ def test_a_writing_thread_that_stops_answering_is_one_line_and_not_waited_on(tmp
             writer.put(None, pts)
     writer.abort()
     assert writer.stuck and writer.thread.is_alive()
-    answering.set()  # (the daemon thread then waits for items that never come)
+    answering.set()  # the disk answers again: the thread ends (other tests count vsrpp's threads)
+    writer.stuck = False
+    writer.end_thread()
+    assert not writer.thread.is_alive()
 
 
 # ----------------------------------------------------------------------------- wrong values
