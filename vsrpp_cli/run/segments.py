@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +110,8 @@ class WriterThread:
         own time, so a slow disk that moves is not cut off."""
         with self.progress:
             while self.finished < self.handed:
-                if not self.progress.wait_for(partial(self._moved, self.finished), timeout=spool_seconds()):
+                seen = self.finished
+                if not self.progress.wait_for(lambda seen=seen: self.finished != seen, timeout=spool_seconds()):
                     raise self._stuck_error()
         if self.error:
             raise self.error
@@ -123,9 +123,6 @@ class WriterThread:
         with contextlib.suppress(queue.Full):
             self.channel.put(_DONE, timeout=spool_seconds())
             self.thread.join(spool_seconds())
-
-    def _moved(self, finished: int) -> bool:
-        return self.finished != finished
 
     def _stuck_error(self) -> OutputError:
         self.stuck = True
@@ -163,6 +160,7 @@ class SegmentWriter(WriterThread):
         if self.segment is not None and not self.stuck:
             with contextlib.suppress(Exception):  # after another failure: that one is reported
                 self.segment.abort()
+            self.segment = None
 
 
 class SpoolWriter(WriterThread):

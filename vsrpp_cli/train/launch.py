@@ -14,7 +14,7 @@ from ..run.launch import Launch, run_workers
 from ..weights import zoo
 from .config import TrainConfig
 from .data import folder_clips, reds_clips
-from .worker import AMP
+from .worker import AMP, trains_on_cuda
 from .worker import main as worker_main
 
 
@@ -24,8 +24,7 @@ def launch(
     """Check the data, write the resolved configuration into the work dir, run the workers."""
     where = where.resolved()
     amp = AMP.get(config.amp)
-    on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-    if amp is not None and on_cpu and slow_on_this_cpu(amp):  # said first: every step pays it
+    if amp is not None and not trains_on_cuda(config.device) and slow_on_this_cpu(amp):  # said first: each step pays
         notice(slow_precision_advice(amp, "--amp", "off"))
     if config.dataset == "reds":
         reds_clips(config)  # fail here, clearly, rather than in N workers

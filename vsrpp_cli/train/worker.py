@@ -34,6 +34,11 @@ def charbonnier(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) 
     return torch.sqrt((output - target) ** 2 + eps).mean()
 
 
+def trains_on_cuda(device: str) -> bool:
+    """--device cuda, or auto where CUDA is here: the one place training decides its device."""
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
 def main(config_dict: dict) -> None:
     config = TrainConfig().updated(config_dict)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -43,7 +48,7 @@ def main(config_dict: dict) -> None:
     # into them.
     torch.set_flush_denormal(True)
     use_threads(processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))  # the machine's cores, shared
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    use_cuda = trains_on_cuda(config.device)
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
