@@ -315,6 +315,40 @@ def test_a_writing_thread_that_stops_answering_is_one_line_and_not_waited_on(tmp
     assert not writer.thread.is_alive()
 
 
+def test_a_segment_whose_close_never_returns_is_one_line(tmp_path, monkeypatch):
+    """The encoder's flush at a segment's end encodes and writes every frame it held back: it runs
+    in the encoder's thread, under the same deadline, so a disk that stops answering then is one
+    line too, not a run that waits for ever. Frames written before it are written in order."""
+    from vsrpp_cli.errors import OutputError
+    from vsrpp_cli.run.segments import SegmentWriter
+
+    monkeypatch.setenv("VSRPP_SPOOL_SECONDS", "1")
+    answering = threading.Event()
+    written: list[int] = []
+
+    class FlushOnAQuietDisk:
+        def write(self, image, pts) -> None:
+            written.append(pts)
+
+        def close(self) -> None:
+            answering.wait(60)  # (bounded: a close run outside the deadline fails the test, not hangs it)
+
+        def abort(self) -> None:
+            raise AssertionError("a segment whose close is stuck is not touched")
+
+    writer = SegmentWriter(FlushOnAQuietDisk, tmp_path)
+    for pts in range(3):
+        writer.put(None, pts)
+    with pytest.raises(OutputError, match=r"a write to .* has not finished in 1 s .*--resume once it answers"):
+        writer.finish()
+    writer.abort()
+    assert written == [0, 1, 2] and writer.stuck and writer.thread.is_alive()
+    answering.set()  # the disk answers again: the thread ends (other tests count vsrpp's threads)
+    writer.stuck = False
+    writer.end_thread()
+    assert not writer.thread.is_alive()
+
+
 # ----------------------------------------------------------------------------- wrong values
 @pytest.mark.parametrize(
     "args, message",

@@ -140,7 +140,11 @@ class SegmentWriter(WriterThread):
         self.segment: Any = None
         super().__init__(folder, maxsize, "vsrpp-encode")
 
-    def write(self, item: tuple[Any, int | None]) -> None:
+    def write(self, item: tuple[Any, int | None] | object) -> None:
+        if item is _CLOSE:
+            self.segment.close()
+            self.segment = None
+            return
         if self.segment is None:
             self.segment = self.new_segment()
         self.segment.write(*item)
@@ -149,11 +153,12 @@ class SegmentWriter(WriterThread):
         self.hand_over((image, pts))
 
     def finish(self) -> None:
-        """Once every frame is encoded and the segment's files are closed."""
+        """Once every frame is encoded and the segment's files are closed. The close runs in the
+        thread too, under the same deadline: the encoder's flush encodes and writes every frame
+        it held back (x264's lookahead: dozens)."""
+        self.hand_over(_CLOSE)
         self.wait_written()
         self.end_thread()
-        self.segment.close()
-        self.segment = None
 
     def abort(self) -> None:
         self.end_thread()
@@ -193,7 +198,8 @@ class SpoolWriter(WriterThread):
         self.end_thread()
 
 
-_DONE = object()
+_DONE = object()  # ends a writing thread
+_CLOSE = object()  # closes a segment in its encoder's thread
 
 
 class VideoSegment:
