@@ -20,7 +20,8 @@ def one_thread_each(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same arithmetic in every process (test_shared.py)
 
 
-@pytest.mark.parametrize("point", [point for point in POINTS if point != "cuts"])  # (a shared run's only)
+# cuts: a shared run's only; stream: a machine's without the run's folder (test_shared.py)
+@pytest.mark.parametrize("point", [point for point in POINTS if point not in ("cuts", "stream")])
 def test_one_process_raising_at_each_point(tmp_path, monkeypatch, fault_weights, fault_clip, fault_reference, point):
     """The second time the point is reached (the first for the writer's last steps)."""
     hit = 1 if point in ("join", "rename") else 2

@@ -22,6 +22,7 @@ from media import encode_video, moving_scene, probe, read_frames
 
 from vsrpp_cli.errors import WorkerError
 from vsrpp_cli.run.coordination import Board, Watch
+from vsrpp_cli.run.folder import PARTIAL
 from vsrpp_cli.run.intake import Intake, upload
 from vsrpp_cli.run.launch import Launch, first_host, free_port, run_workers, worker_environment
 
@@ -392,3 +393,36 @@ def test_workers_without_the_runs_folder_spool_apart():
     assert Spool(second).stored_windows() == [3]
     Spool(second).drop_windows([3])
     second.rmdir()
+
+
+def test_a_worker_killed_mid_transfer_leaves_nothing_of_it_and_resume_finishes_the_run(
+    tmp_path, monkeypatch, weights, clip, single
+):
+    """The second machine's worker is killed with its first segment's first file sent to the
+    writer's intake (failpoint stream): nothing of that segment is kept, the run stops with one
+    line on each machine, and both launched again with --resume give the frames of one process."""
+    monkeypatch.setenv("VSRPP_RUN_SECRET", "a secret for this test")
+    monkeypatch.setenv("VSRPP_SILENT_SECONDS", "5")  # (the writer's clock on a worker gone without a word)
+    output, partial = tmp_path / "out.mp4", tmp_path / ".out.mp4.vsrpp-partial"
+    elsewhere = tmp_path / "not-on-this-machine" / "out.mp4"
+
+    def both_machines(*flags: str, second_env: dict[str, str]) -> tuple:
+        where = ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", free_port(), "--nproc-per-node", "1"]
+        args = ["--weights", weights, *WINDOWS, "--device", "cpu", *where, *flags]
+        second = subprocess.Popen([sys.executable, "-m", "vsrpp_cli", "upscale", clip, elsewhere, *map(str, args),
+                                   "--node-rank", "1"], stderr=subprocess.PIPE, text=True, env=second_env)  # fmt: skip
+        first = run_vsrpp("upscale", clip, output, *args, "--node-rank", "0", "--json")
+        _, second_stderr = second.communicate()
+        return first, second.returncode, second_stderr
+
+    killed = {**os.environ, "VSRPP_FAILPOINTS": "stream/1@1=crash"}
+    first, second_code, second_stderr = both_machines(second_env=killed)
+    assert first.returncode == 1 and "--resume" in first.stderr and len(first.stderr.strip().splitlines()) == 1
+    assert second_code == 1 and "worker 1" in second_stderr and "signal 9" in second_stderr, second_stderr
+    assert not output.exists()
+    assert [p.name for p in partial.rglob("*") if p.name.endswith(PARTIAL) or "-1-" in p.name] == []
+    resumed, second_code, second_stderr = both_machines("--resume", second_env=dict(os.environ))
+    assert resumed.returncode == 0 and second_code == 0, (resumed.stderr, second_stderr)
+    assert np.array_equal(read_frames(output), read_frames(single))
+    assert probe(output) == probe(single)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]

@@ -237,6 +237,21 @@ class Board:
         """A worker done with its claims: its silence from now on is no failure."""
         self.store.set(f"left/{rank}", str(self.store.add(f"beat/{rank}", 0)))
 
+    def finish(self) -> None:
+        """The writer has every segment: workers waiting for the run's end (wait_end) may go."""
+        self.store.set("done", "1")
+
+    def wait_end(self, world: int) -> None:
+        """A worker done with its claims waits until the writer has every segment or every worker
+        has left; AbortError once the run is stopped (the store gone: its error). On a machine
+        among several: a worker that ended at once would leave its machine's elastic agent in
+        torch's exit barrier, waiting up to 300 s for another machine's agent whose worker failed
+        (torch/distributed/elastic/agent/server/api.py, _exit_barrier), while the writer had
+        stopped the run long before."""
+        while not self.store.check(["done"]) and not self.everyone_left(world):
+            self.check_abort()
+            time.sleep(POLL)
+
     def fail(self, message: str) -> None:
         """The first failure is the one reported; those it causes are not."""
         self.store.compare_set("error", "", message.encode())

@@ -5,7 +5,9 @@ VSRPP_FAILPOINTS lists them, comma-separated: `NAME[/RANK][@HIT]=ACTION`.
 - NAME: cuts (a frame seen by a shared run's scene-cut pass, in the writer's process), decode (a
   window's frames read), network (a window upscaled), spool (a window about to be written to the
   worker's spool, in the spool's own thread), encode (a segment's
-  encoder flushed, the segment about to be sent), send (sent, not yet acknowledged),
+  encoder flushed, the segment about to be sent), stream (a segment part-way through its transfer
+  to the writer's intake: its first file sent, from a machine without the run's folder), send
+  (sent, not yet acknowledged),
   save (the writer about to store a received segment), join (the segments being joined), rename
   (the joined file about to be moved into place).
 - RANK: only in that worker (RANK of torch.distributed; the in-process worker is 0).
@@ -35,7 +37,7 @@ from collections.abc import Callable
 
 from ..errors import VsrppError
 
-POINTS = ("cuts", "decode", "network", "spool", "encode", "send", "save", "join", "rename")
+POINTS = ("cuts", "decode", "network", "spool", "encode", "stream", "send", "save", "join", "rename")
 ACTIONS = ("crash", "raise", "stall", "hang", "full", "forge")
 SPEC = re.compile(r"(?P<name>\w+)(?:/(?P<rank>\d+))?(?:@(?P<hit>\d+))?=(?P<action>\w+)")
 

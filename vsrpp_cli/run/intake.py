@@ -278,31 +278,35 @@ def download_job(host: str, port: int, secret: str) -> bytes:
 
 
 def deliver(built: Path, segment: int, rank: int, round_: int, intake: dict[str, Any], host: str, secret: str,
-            shared: bool) -> None:  # fmt: skip
+            shared: bool, midway: Callable[[], None] = lambda: None) -> None:  # fmt: skip
     """A whole segment built in `built` to the writer: renamed into the run's `incoming/` where
     this machine sees it (`built` is there already), else streamed to the intake and removed."""
     if shared:
         built.replace(built.parent / arrival_name(segment, rank, round_))
         return
     try:  # (fetch_job has refused a worker that neither sees the folder nor has an intake to reach)
-        upload(host, intake["port"], secret, segment, rank, round_, built)
+        upload(host, intake["port"], secret, segment, rank, round_, built, midway)
     finally:
         shutil.rmtree(built, ignore_errors=True)
 
 
-def upload(host: str, port: int, secret: str, segment: int, rank: int, round_: int, folder: Path) -> None:
-    """The segment's files, signed with the run's secret, to the writer's intake."""
+def upload(host: str, port: int, secret: str, segment: int, rank: int, round_: int, folder: Path,
+           midway: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    """The segment's files, signed with the run's secret, to the writer's intake. `midway` is
+    called once its first file is sent, the rest not (failpoint stream)."""
     files = sorted((path.name, path.stat().st_size) for path in folder.iterdir())
     header = json.dumps({"segment": segment, "rank": rank, "round": round_, "files": files}).encode()
     key = secret.encode()
     with socket.create_connection((host, port), timeout=IO_SECONDS) as connection:
         nonce = send_header(connection, key, header)
         body = hmac.new(key, b"body" + nonce + header, hashlib.sha256)
-        for name, _ in files:
+        for number, (name, _) in enumerate(files):
             with open(folder / name, "rb") as file:
                 while chunk := file.read(CHUNK):
                     body.update(chunk)
                     connection.sendall(chunk)
+            if number == 0:
+                midway()
         connection.sendall(body.digest())
         answer = receive_exactly(connection, 2)
     if answer != b"OK":

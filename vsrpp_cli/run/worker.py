@@ -195,7 +195,7 @@ class Worker:
             began = time.perf_counter()
             size = sum(path.stat().st_size for path in built.iterdir())
             deliver(built, segment, self.rank, self.round, self.job["intake"], self.board.host, self.board.secret,
-                    self.sees_folder)  # fmt: skip
+                    self.sees_folder, partial(self.failpoint, "stream"))  # fmt: skip
         finally:
             remove(built)  # (delivered: gone from here already)
         self.board.ship(segment, self.rank, self.round)

@@ -83,6 +83,11 @@ def elastic_main(host: str, port: int, local: Local, secret: str) -> dict[str, A
     if failed:
         sys.exit(1)
     board.leave(rank)  # after its last beat: the count it leaves at is the last one the writer sees
+    if int(os.environ.get("LOCAL_WORLD_SIZE", world)) < world:  # workers on other machines: Board.wait_end
+        try:
+            board.wait_end(world)
+        except Exception:  # stopped, or the writer is gone: the writer's machine says why
+            sys.exit(1)
     return stats  # to this machine's agent (its launcher need not reach the store to know it)
 
 
@@ -151,6 +156,8 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
         try:
             while not stop.is_set():
                 writer.poll(board, launch.processes, watch)
+                if writer.complete():
+                    board.finish()
                 stop.wait(POLL)
         except BaseException as error:  # every worker stops; the launcher then reports this
             failure.append(error)
@@ -164,9 +171,10 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     remove(rendezvous)  # one a killed run left
     try:
         run_workers(launch, elastic_main, host, port, local, launch.secret, rendezvous_file=rendezvous)
-        # The agent's return ends this machine's part, not the run: workers of other machines may
-        # work on for hours (torch's exit barrier gives up on them after 300 s without a word).
-        # The run ends when the writer has every segment, or a failure (which the watch sees).
+        # The agent's return ends this machine's part, not the run: on several machines it comes
+        # when the writer has every segment or has stopped the run (Board.wait_end), on one when
+        # this machine's workers are done. The run ends when the writer has every segment, or a
+        # failure (which the watch sees).
         while not failure and not writer.complete() and not board.everyone_left(launch.processes):
             stop.wait(POLL)
     except SignalException as signal_:
