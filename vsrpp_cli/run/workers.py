@@ -143,7 +143,6 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     if not one_machine:
         check_port_free(launch.port)
     board = Board.serve(0 if one_machine else launch.port + 1, launch.secret, loopback=one_machine)
-    port = board.port
     if not one_machine:
         writer.serve_intake(launch.port + 2)  # for machines that do not see the run's folder
     board.publish_job(writer.intake.publish(job))
@@ -157,7 +156,7 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
             while not stop.is_set():
                 writer.poll(board, launch.processes, watch)
                 if writer.complete():
-                    board.finish()
+                    board.finish()  # workers waiting for the run's end may go (Board.wait_end)
                 stop.wait(POLL)
         except BaseException as error:  # every worker stops; the launcher then reports this
             failure.append(error)
@@ -170,11 +169,9 @@ def run_shared(job: dict, local: Local, writer: Writer, launch: Launch) -> list[
     rendezvous = writer.store.folder / RENDEZVOUS_FILE
     remove(rendezvous)  # one a killed run left
     try:
-        run_workers(launch, elastic_main, host, port, local, launch.secret, rendezvous_file=rendezvous)
-        # The agent's return ends this machine's part, not the run: on several machines it comes
-        # when the writer has every segment or has stopped the run (Board.wait_end), on one when
-        # this machine's workers are done. The run ends when the writer has every segment, or a
-        # failure (which the watch sees).
+        run_workers(launch, elastic_main, host, board.port, local, launch.secret, rendezvous_file=rendezvous)
+        # The agent's return ends this machine's part, not the run (several machines: Board.wait_end).
+        # The run ends when the writer has every segment, or a failure (which the watch sees).
         while not failure and not writer.complete() and not board.everyone_left(launch.processes):
             stop.wait(POLL)
     except SignalException as signal_:
