@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +22,7 @@ from harness import run_vsrpp
 from media import encode_video, moving_scene, probe, read_frames
 
 from vsrpp_cli.errors import WorkerError
-from vsrpp_cli.run.coordination import Board, Watch
+from vsrpp_cli.run.coordination import AbortError, Board, Watch
 from vsrpp_cli.run.folder import PARTIAL
 from vsrpp_cli.run.intake import Intake, upload
 from vsrpp_cli.run.launch import Launch, first_host, free_port, run_workers, worker_environment
@@ -352,6 +353,36 @@ def test_a_worker_whose_main_thread_hangs_stops_the_run_and_resume_finishes_it(t
     monkeypatch.delenv("VSRPP_FAILPOINTS")
     assert run_vsrpp(*args, "--resume").returncode == 0
     assert output.read_bytes() == single.read_bytes()
+
+
+def test_a_worker_done_on_one_of_several_machines_waits_for_the_runs_end():
+    """It goes once the writer has every segment (finish) or every worker has left, and is
+    stopped by the writer's abort: never left to its own machine's agent's exit barrier."""
+
+    def wait_end(board: Board, outcome: list[str]) -> None:
+        try:
+            board.wait_end(2)
+            outcome.append("went")
+        except AbortError:
+            outcome.append("stopped")
+
+    for end in ("finish", "everyone left", "abort"):
+        board, outcome = Board.in_memory(), []
+        for rank in (0, 1):
+            board.beat(rank)
+        board.leave(0)
+        waiting = threading.Thread(target=wait_end, args=(board, outcome), daemon=True)
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive(), end  # worker 1 works on, the segments are not all stored
+        if end == "finish":
+            board.finish()
+        elif end == "everyone left":
+            board.leave(1)
+        else:
+            board.abort("worker 1 has not been heard from")
+        waiting.join(60)  # (bounded: a wait that never ends fails the test, not hangs it)
+        assert outcome == ["stopped" if end == "abort" else "went"], end
 
 
 def test_a_worker_that_left_is_not_watched_and_one_that_stalls_is_stopped(monkeypatch):
