@@ -132,7 +132,7 @@ def main() -> None:
     frames, height, width = 960, 144, 256
     source = encode_video(work / "clip.mp4", moving_scene(frames, height, width), audio_channels=2)
     weights = work / "c8n1.pth"
-    torch.save(random_official_checkpoint(8, 1, True, 0), weights)
+    torch.save(random_official_checkpoint(8, 1, True, 0, hr=64), weights)
     rows = []
     runs = [("1 process", [])] + [(f"{n} workers", ["--nproc-per-node", str(n), "--device", "cpu"]) for n in (2, 4)]
     for name, extra in runs:

@@ -48,7 +48,7 @@ def main(frames: int, height: int, width: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="vsrpp-disk-"))
     source = encode_video(work / "long.mp4", moving_scene(frames, height, width), audio_channels=2)
     weights = work / "c16n2.pth"
-    torch.save(random_official_checkpoint(16, 2, True, 0), weights)
+    torch.save(random_official_checkpoint(16, 2, True, 0, hr=64), weights)
     peak = {"bytes": 0, "windows": 0, "window_bytes": 0}
     stop = threading.Event()
     watcher = threading.Thread(target=watch, args=(work / ".out.mp4.vsrpp-partial", stop, peak))

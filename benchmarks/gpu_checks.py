@@ -44,7 +44,7 @@ def main() -> int:
     clip = encode_video(work / "clip.mp4", scene, audio_channels=2)
     weights = work / "c64n7.pth"
     small = args.device == "cpu"
-    torch.save(random_official_checkpoint(8 if small else 64, 1 if small else 7, True, 0), weights)
+    torch.save(random_official_checkpoint(8 if small else 64, 1 if small else 7, True, 0, hr=64), weights)
     precision = "bf16" if small else "fp16"
     devices = [args.device] if small else [f"cuda:{i}" for i in range(min(2, torch.cuda.device_count()))]
     results = []

@@ -24,7 +24,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vsrpp-shared-"))
     source = encode_video(work / "clip64.mp4", moving_scene(64, 72, 128), audio_channels=2)
     weights = work / "c16n2.pth"
-    torch.save(random_official_checkpoint(16, 2, True, 0), weights)
+    torch.save(random_official_checkpoint(16, 2, True, 0, hr=64), weights)
     common = ["--weights", str(weights), "--chunk-frames", "8", "--chunk-overlap", "4", "--json", "-q"]
     for name, extra in (("one", []), ("two", ["--nproc-per-node", "2", "--device", "cpu"])):
         began = time.perf_counter()

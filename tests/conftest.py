@@ -55,13 +55,14 @@ def video_clip(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def official_checkpoint(tmp_path_factory):
-    """Write a random-weight checkpoint in the exact official layout (legacy torch format)."""
+    """Write a random-weight checkpoint in the exact official layout (legacy torch format); hr as
+    random_official_checkpoint's."""
     cache = {}
 
-    def make(mid=64, blocks=7, x4=True, seed=0) -> tuple[Path, dict]:
-        key = (mid, blocks, x4, seed)
+    def make(mid=64, blocks=7, x4=True, seed=0, hr=None) -> tuple[Path, dict]:
+        key = (mid, blocks, x4, seed, hr)
         if key not in cache:
-            checkpoint = random_official_checkpoint(mid, blocks, x4, seed)
+            checkpoint = random_official_checkpoint(mid, blocks, x4, seed, hr)
             path = tmp_path_factory.mktemp("ckpt") / f"basicvsr_plusplus_c{mid}n{blocks}_test.pth"
             torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
             cache[key] = (path, checkpoint)

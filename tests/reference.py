@@ -50,7 +50,7 @@ def dcn_reference(x, offset, mask, weight, bias, padding=1) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the state_dict
-def official_shapes(mid: int = 64, blocks: int = 7, x4: bool = True) -> dict[str, tuple[int, ...]]:
+def official_shapes(mid: int = 64, blocks: int = 7, x4: bool = True, hr: int = 64) -> dict[str, tuple[int, ...]]:
     """Every key of the official network (without `generator.`) and its shape, from the table."""
     shapes: dict[str, tuple[int, ...]] = {"spynet.mean": (1, 3, 1, 1), "spynet.std": (1, 3, 1, 1)}
 
@@ -85,21 +85,25 @@ def official_shapes(mid: int = 64, blocks: int = 7, x4: bool = True) -> dict[str
         res_blocks(f"backbone.{name}", (2 + i) * mid, mid, blocks)
     res_blocks("reconstruction", 5 * mid, mid, 5)
     conv("upsample1.upsample_conv", mid, mid * 4)
-    conv("upsample2.upsample_conv", mid, 64 * 4)
-    conv("conv_hr", 64, 64)
-    conv("conv_last", 64, 3)
+    conv("upsample2.upsample_conv", mid, hr * 4)
+    conv("conv_hr", hr, hr)
+    conv("conv_last", hr, 3)
     return shapes
 
 
-def random_official_checkpoint(mid=64, blocks=7, x4=True, seed=0) -> dict:
+def random_official_checkpoint(mid=64, blocks=7, x4=True, seed=0, hr=None) -> dict:
     """A checkpoint in the official layout with random weights, offset heads included.
+
+    hr: the full-size convs' width, 64 in every published network; by default C for the tests'
+    small networks (C < 64), where 64 would make those two convs half of a forward's time.
 
     Scales keep activations O(1) through the recurrence; SPyNet gives flows of a few pixels and
     the offset heads give residues that reach outside the image.
     """
     gen = torch.Generator().manual_seed(seed)
+    hr = hr or min(mid, 64)
     state = {}
-    for key, shape in official_shapes(mid, blocks, x4).items():
+    for key, shape in official_shapes(mid, blocks, x4, hr).items():
         if key == "spynet.mean":
             value = torch.tensor([0.485, 0.456, 0.406]).view(shape)
         elif key == "spynet.std":

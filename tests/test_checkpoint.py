@@ -35,7 +35,7 @@ def test_official_layout(tmp_path, legacy):
     assert read.layout == "official"
     assert read.extras == ["step_counter"]
     assert read.meta["iter"] == 600000 and read.meta["best_psnr"] == pytest.approx(32.38)
-    assert read.architecture == {"mid_channels": 16, "num_blocks": 2, "is_low_res_input": True}
+    assert read.architecture == {"mid_channels": 16, "num_blocks": 2, "is_low_res_input": True, "hr_channels": 16}
 
 
 def test_architecture_is_inferred(tmp_path):

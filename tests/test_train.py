@@ -38,10 +38,17 @@ def reds(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def spynet(tmp_path_factory) -> Path:
+    """SPyNet's weights, and beside them the small network trained here (NETWORK)."""
     path = tmp_path_factory.mktemp("spynet") / "spynet.pth"
     torch.manual_seed(0)
     torch.save({"state_dict": SPyNet().state_dict()}, path)
+    path.with_name(NETWORK).write_text(json.dumps({"mid_channels": 8, "num_blocks": 1, "hr_channels": 8}))
     return path
+
+
+# C8/N1 with its full-size convs 8 wide (64 upstream: half of a small network's time), from a
+# config file as a user gives settings without a flag.
+NETWORK = "network.json"
 
 
 def train_args(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> list[str]:
@@ -57,10 +64,8 @@ def train_args(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> list[st
         "2",
         "--num-frames",
         "3",
-        "--mid-channels",
-        "8",
-        "--num-blocks",
-        "1",
+        "--config",
+        str(spynet.with_name(NETWORK)),
         "--workers",
         "0",
         "--log-interval",

@@ -117,7 +117,7 @@ def measured_window_memory(official_checkpoint) -> dict:
     from vsrpp_cli.weights.checkpoint import load_model
 
     def window(mid: int, frames: int, height: int, width: int) -> int:
-        model = load_model(official_checkpoint(mid, 1, True, seed=4)[0])
+        model = load_model(official_checkpoint(mid, 1, True, seed=4, hr=64)[0])  # as the official
         engine = Engine(model, torch.device("cpu"), MEASURED_DTYPE)
         clip = [np.random.default_rng(i).integers(0, 256, (height, width, 3), dtype=np.uint8) for i in range(frames)]
         # The profiler records the thread it runs in, and the network runs in a thread of its own.

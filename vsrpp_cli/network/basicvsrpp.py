@@ -93,10 +93,15 @@ class BasicVSRPlusPlus(nn.Module):
         max_residue_magnitude: float = 10,
         is_low_res_input: bool = True,
         deform_backend: str = "auto",
+        hr_channels: int = 64,
     ) -> None:
         super().__init__()
         self.mid_channels = mid_channels
         self.num_blocks = num_blocks
+        # The width of the full-size convolutions: 64 in upstream's network and every published
+        # checkpoint (fixed there, whatever C). Smaller only for small networks (the tests'), where
+        # these two convs at 4x size are ~40% of a C8 forward (RESULTS 2026-12-07, thirteenth).
+        self.hr_channels = hr_channels
         self.is_low_res_input = is_low_res_input
         self.deform_backend = deform_backend  # as asked: "auto" or a name
         C = mid_channels
@@ -120,9 +125,9 @@ class BasicVSRPlusPlus(nn.Module):
             self.backbone[name] = ResidualBlocksWithInputConv((2 + i) * C, C, num_blocks)
         self.reconstruction = ResidualBlocksWithInputConv(5 * C, C, 5)
         self.upsample1 = PixelShufflePack(C, C, 2, 3)
-        self.upsample2 = PixelShufflePack(C, 64, 2, 3)
-        self.conv_hr = nn.Conv2d(64, 64, 3, 1, 1)
-        self.conv_last = nn.Conv2d(64, 3, 3, 1, 1)
+        self.upsample2 = PixelShufflePack(C, hr_channels, 2, 3)
+        self.conv_hr = nn.Conv2d(hr_channels, hr_channels, 3, 1, 1)
+        self.conv_last = nn.Conv2d(hr_channels, 3, 3, 1, 1)
         self.step_runners: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] | None = None
         # Called after every propagation step (len(BRANCHES) * t per forward), for progress
         # bars; it is handed nothing from the device, so it never waits for the GPU.

@@ -35,6 +35,7 @@ class TrainConfig:
     mid_channels: int = 64
     num_blocks: int = 7
     is_low_res_input: bool = True
+    hr_channels: int = 64  # the full-size convs' width (network/basicvsrpp.py); 64 upstream
     val_interval: int = 5000
     val_clips: tuple[str, ...] = REDS4_CLIPS
     save_interval: int = 5000

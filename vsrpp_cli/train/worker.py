@@ -69,7 +69,10 @@ class Trainer:
             self.train_clips, self.val_clips = folder_clips(config), []
         torch.manual_seed(config.seed)  # the same initial weights on every process
         self.model = BasicVSRPlusPlus(
-            config.mid_channels, config.num_blocks, is_low_res_input=config.is_low_res_input
+            config.mid_channels,
+            config.num_blocks,
+            is_low_res_input=config.is_low_res_input,
+            hr_channels=config.hr_channels,
         ).to(device)
         self._initial_weights()
         spynet = list(self.model.spynet.parameters())

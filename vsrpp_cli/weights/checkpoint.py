@@ -89,7 +89,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def infer_architecture(state: dict[str, Tensor]) -> dict[str, Any]:
-    """mid_channels, num_blocks and is_low_res_input, read off the tensors."""
+    """mid_channels, num_blocks, is_low_res_input and hr_channels, read off the tensors."""
     if "feat_extract.main.0.weight" in state:
         is_low_res_input, first_conv = True, "feat_extract.main.0.weight"
     elif "feat_extract.0.weight" in state:
@@ -107,6 +107,7 @@ def infer_architecture(state: dict[str, Tensor]) -> dict[str, Any]:
         "mid_channels": state[first_conv].shape[0],
         "num_blocks": max(block_ids) + 1,
         "is_low_res_input": is_low_res_input,
+        "hr_channels": state["conv_last.weight"].shape[1] if "conv_last.weight" in state else 64,
     }
 
 
@@ -210,10 +211,13 @@ def describe(path: Path) -> dict[str, Any]:
         "size_bytes": path.stat().st_size,
         "sha256": sha256,
         "zoo_model": known.name if known else None,
-        "architecture": f"BasicVSR++ C{arch['mid_channels']}/N{arch['num_blocks']}, "
+        "architecture": f"BasicVSR++ C{arch['mid_channels']}/N{arch['num_blocks']}"
+        + ("" if arch["hr_channels"] == 64 else f" (full-size convs {arch['hr_channels']} wide)")
+        + ", "
         + ("4x upscaling" if x4 else "same-size output"),
         "mid_channels": arch["mid_channels"],
         "num_blocks": arch["num_blocks"],
+        "hr_channels": arch["hr_channels"],
         "scale": 4 if x4 else 1,
         "parameters": sum(p.numel() for p in model.parameters()),
         "task": known.task if known else generic_task,
