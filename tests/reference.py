@@ -158,7 +158,14 @@ class Reference:
         return F.grid_sample(x, torch.stack([vx, vy], 3), "bilinear", padding_mode, align_corners=True)
 
     def spynet(self, ref, supp):
+        """SPyNet's flow; frames under 64x64 are padded to it (replicate, bottom and right) and
+        the flow cropped back: the rest of the network sees them as they are."""
         self.spynet_calls += 1
+        h, w = ref.shape[2:]
+        pad = (0, max(64 - w, 0), 0, max(64 - h, 0))
+        return self.pyramid_flow(F.pad(ref, pad, mode="replicate"), F.pad(supp, pad, mode="replicate"))[..., :h, :w]
+
+    def pyramid_flow(self, ref, supp):
         h, w = ref.shape[2:]
         h_up, w_up = (h + 31) // 32 * 32, (w + 31) // 32 * 32
         mean, std = self.p("spynet.mean"), self.p("spynet.std")

@@ -99,56 +99,58 @@ def test_same_size_variant_matches_reference(official_checkpoint, video_clip):
     assert (ours.double() - want).abs().max() <= TOLERANCE
 
 
-@pytest.mark.parametrize(
-    "x4, height, width",
-    [(True, 20, 36), (True, 67, 45), (True, 64, 1), (False, 130, 97), (False, 258, 263)],
-)
-def test_small_and_odd_frames_are_padded_then_cropped(official_checkpoint, video_clip, x4, height, width):
-    """Padding is replicate, bottom and right, to the network's minimum; the output is cropped:
-    bit for bit what the network gives on the clip padded by hand (the network itself is held to
-    the reference by the tests above)."""
-    path, _ = official_checkpoint(16, 2, x4)
+@pytest.mark.parametrize("height, width", [(20, 36), (67, 45), (64, 2)])
+def test_small_and_odd_frames_run_at_their_own_size(official_checkpoint, video_clip, height, width):
+    """A 4x model runs at the frames' own size: only SPyNet's input is padded to its 64x64
+    minimum (replicate, bottom and right) and the flows cropped back, as the float64 reference
+    does it. Nothing else sees padding: a 32x48 frame no longer costs a 64x64 one."""
+    path, checkpoint = official_checkpoint(16, 2, True)
     model = load_model(path)
+    features = []
+    model.upsample1.register_forward_pre_hook(lambda module, args: features.append(tuple(args[0].shape[-2:])))
     clip = video_clip(3, max(height, 2), max(width, 2))[..., :height, :width]
     ours = run(model, clip)
-    scale = 4 if x4 else 1
-    assert ours.shape == (1, 3, 3, height * scale, width * scale)
+    assert ours.shape == (1, 3, 3, 4 * height, 4 * width)
+    assert set(features) == {(height, width)}
+    assert (ours.double() - Reference(checkpoint)(clip)).abs().max() <= TOLERANCE
 
-    need = 64 if x4 else 256
-    pad_h = max(need, -(-height // (1 if x4 else 4)) * (1 if x4 else 4)) - height
-    pad_w = max(need, -(-width // (1 if x4 else 4)) * (1 if x4 else 4)) - width
-    padded = F.pad(clip[0], (0, pad_w, 0, pad_h), mode="replicate")[None]
+
+@pytest.mark.parametrize("height, width", [(130, 97), (258, 263)])
+def test_same_size_frames_are_padded_to_a_multiple_of_4_then_cropped(official_checkpoint, video_clip, height, width):
+    """A same-size model's features are a quarter of the frame (two stride-2 convs): frames are
+    padded to a multiple of 4 (replicate, bottom and right) and the output cropped: bit for bit
+    the network on the clip padded by hand, and the float64 reference's on it."""
+    path, checkpoint = official_checkpoint(16, 2, False)
+    model = load_model(path)
+    clip = video_clip(3, height, width)
+    ours = run(model, clip)
+    assert ours.shape == (1, 3, 3, height, width)
+    pad_h, pad_w = -(-height // 4) * 4 - height, -(-width // 4) * 4 - width
     assert model.padding_for(height, width) == (pad_h, pad_w)
-    assert torch.equal(ours, run(model, padded)[..., : height * scale, : width * scale])
+    padded = F.pad(clip[0], (0, pad_w, 0, pad_h), mode="replicate")[None]
+    assert torch.equal(ours, run(model, padded)[..., :height, :width])
+    assert (ours.double() - Reference(checkpoint)(padded)[..., :height, :width]).abs().max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("x4, height, width", [(True, 20, 36), (False, 130, 97)])
-def test_the_padding_is_not_upsampled(official_checkpoint, video_clip, x4, height, width):
-    """The upsampling's convs see the wanted output plus the rows and columns their 3x3 kernels
-    reach, not the padding: what made a 32x48 frame cost as much as a 64x64 one (the test above
-    holds the output to the padded run's, bit for bit)."""
-    model = load_model(official_checkpoint(16, 2, x4)[0])
-    seen = {}
-
-    def record(module, args):
-        seen.setdefault(module, args[0].shape)
-
-    for name in ("upsample1", "upsample2", "conv_hr"):
-        getattr(model, name).register_forward_pre_hook(record)
-    run(model, video_clip(2, height, width))
-    out_h, out_w = height * model.scale, width * model.scale
-    assert seen[model.conv_hr][-2:] == (out_h + 2, out_w + 2)
-    assert seen[model.upsample2][-2:] == (-(-(out_h + 2) // 2) + 1, -(-(out_w + 2) // 2) + 1)
-    pad_h, pad_w = model.padding_for(height, width)
-    feat_size = (height + pad_h, width + pad_w) if x4 else ((height + pad_h) // 4, (width + pad_w) // 4)
-    assert seen[model.upsample1][-2:] == feat_size  # under oneDNN's size for 16 channels: left whole
+def test_a_one_pixel_wide_clip_is_padded_to_two_then_cropped(official_checkpoint, video_clip):
+    """grid_sample cannot place a sample inside a one-pixel-wide image (all land on its pixel),
+    so the network pads such frames to 2 pixels: bit for bit the clip padded by hand."""
+    model = load_model(official_checkpoint(16, 2, True)[0])
+    clip = video_clip(3, 64, 2)[..., :1]
+    assert model.padding_for(64, 1) == (0, 1)
+    ours = run(model, clip)
+    assert ours.shape == (1, 3, 3, 256, 4)
+    padded = F.pad(clip[0], (0, 1, 0, 0), mode="replicate")[None]
+    assert torch.equal(ours, run(model, padded)[..., :4])
 
 
 def test_valid_sizes_are_not_padded():
     assert BasicVSRPlusPlus(16, 1).padding_for(64, 64) == (0, 0)
-    assert BasicVSRPlusPlus(16, 1).padding_for(63, 100) == (1, 0)
+    assert BasicVSRPlusPlus(16, 1).padding_for(20, 37) == (0, 0)
     assert BasicVSRPlusPlus(16, 1, is_low_res_input=False).padding_for(256, 260) == (0, 0)
     assert BasicVSRPlusPlus(16, 1, is_low_res_input=False).padding_for(257, 300) == (3, 0)
+    assert BasicVSRPlusPlus(16, 1, is_low_res_input=False).padding_for(64, 65) == (0, 3)
+    assert BasicVSRPlusPlus(16, 1, is_low_res_input=False).padding_for(4, 9) == (4, 3)
 
 
 def test_single_frame_and_batches(official_checkpoint, video_clip):

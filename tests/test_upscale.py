@@ -207,8 +207,8 @@ def test_short_overlap_is_close_and_more_overlap_is_closer(tmp_path, weights, vf
 def test_tiles_come_closer_to_whole_frames_with_overlap(tmp_path, weights):
     """The random test network reaches far (offsets up to 10 px), so tiles never match it
     exactly; blending wider overlaps must still bring them closer. test_windows.py pins the
-    blending itself. (Four frames: every 32-pixel tile costs a whole 64x64 frame, the
-    network's smallest input.)"""
+    blending itself. (Four frames: every 32-pixel tile's flows cost a whole 64x64 frame's,
+    SPyNet's smallest input.)"""
     source = encode_video(tmp_path / "four.mkv", moving_scene(4, 48, 64), codec="ffv1", pix_fmt="yuv444p")
     upscale(source, tmp_path / "whole", Options(weights, chunk_frames=4))
     whole = read_frames(tmp_path / "whole")

@@ -22,7 +22,12 @@ from .layers import PixelShufflePack, ResidualBlocksWithInputConv, flow_warp, sa
 from .spynet import SPyNet
 
 BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
-MIN_FLOW_SIZE = 64  # upstream asserts the SPyNet input is at least 64x64; we pad instead
+# Upstream asserts the input is at least 64x64, for SPyNet's six-level pyramid. We pad only
+# SPyNet's input to it (replicate, bottom and right) and crop the flows back: the rest of the
+# network runs at the frames' own size, as its convolutions run at any frame's edges (a 32x48
+# frame costs 0.4 of a 64x64 one there, instead of all of it).
+MIN_FLOW_SIZE = 64
+MIN_FEATURE_SIZE = 2  # see padding_for
 DEFORM_GROUPS = 16
 # Progress: a propagation step is one unit of work and a reconstructed frame this many, so that the
 # bar moves through the reconstruction rather than sitting full over it. On the CPU a frame's
@@ -35,7 +40,6 @@ RECONSTRUCTION_UNITS = 2
 # pixel of a frame at the peak (upsample2's input, its conv output and the shuffled result).
 RECONSTRUCT_ELEMENTS_PER_PIXEL = 3072
 RECONSTRUCT_BYTES = 2**31
-MKLDNN_MIN_CONV_INPUT = 20480  # see crop_for_conv
 
 
 class SecondOrderDeformableAlignment(nn.Module):
@@ -156,7 +160,7 @@ class BasicVSRPlusPlus(nn.Module):
         self.step_runners = graphed_steps(self) if enabled else None
 
     def forward(self, lqs: Tensor, mirrored: bool = False) -> Tensor:
-        """Pads frames the network cannot take as they are, then crops the output back.
+        """Pads frames the network cannot take as they are (padding_for), then crops the output back.
 
         `mirrored`: the caller built the clip so that its second half is the first reversed
         (Vimeo-90K-T's extension); the forward flows are then the backward ones reversed. The
@@ -167,17 +171,20 @@ class BasicVSRPlusPlus(nn.Module):
         if pad_h or pad_w:
             padded = F.pad(lqs.reshape(n * t, c, h, w), (0, pad_w, 0, pad_h), mode="replicate")
             lqs = padded.view(n, t, c, h + pad_h, w + pad_w)
-        return self._forward(lqs, mirrored, (h * self.scale, w * self.scale))
+            return self._forward(lqs, mirrored)[..., : h * self.scale, : w * self.scale]
+        return self._forward(lqs, mirrored)
 
     def padding_for(self, h: int, w: int) -> tuple[int, int]:
-        """Rows and columns to add at the bottom and right so that (h, w) is a valid input."""
-        if self.is_low_res_input:  # SPyNet sees the frames themselves
-            return max(MIN_FLOW_SIZE - h, 0), max(MIN_FLOW_SIZE - w, 0)
-        # Same-size models see features and flows at a quarter of the frame size.
-        min_size = 4 * MIN_FLOW_SIZE
-        return max(min_size, -(-h // 4) * 4) - h, max(min_size, -(-w // 4) * 4) - w
+        """Rows and columns to add at the bottom and right so that (h, w) is a valid input:
+        features at least 2x2 (grid_sample, which warps and the plain deformable conv use,
+        cannot place a sample between the pixels of a one-pixel-wide image: it takes all at
+        that pixel), and for same-size models a multiple of 4, their features being a quarter
+        of the frame (two stride-2 convs). SPyNet's minimum is compute_flows' to meet."""
+        if self.is_low_res_input:
+            return max(MIN_FEATURE_SIZE - h, 0), max(MIN_FEATURE_SIZE - w, 0)
+        return max(4 * MIN_FEATURE_SIZE, -(-h // 4) * 4) - h, max(4 * MIN_FEATURE_SIZE, -(-w // 4) * 4) - w
 
-    def _forward(self, lqs: Tensor, mirrored: bool, out_size: tuple[int, int]) -> Tensor:
+    def _forward(self, lqs: Tensor, mirrored: bool) -> Tensor:
         # Everything that does not depend on the recurrence runs batched over frames, before
         # (features, flows, grids) or after (reconstruction) the strictly sequential loop.
         n, t, c, h, w = lqs.shape
@@ -204,12 +211,18 @@ class BasicVSRPlusPlus(nn.Module):
             }
         for name in BRANCHES:
             feats[name] = self.propagate(feats, plans[name.split("_")[0]], name)
-        return self.reconstruct(lqs, feats, out_size)
+        return self.reconstruct(lqs, feats)
 
     def compute_flows(self, frames: Tensor, mirrored: bool) -> tuple[Tensor, Tensor]:
         """frames (n, t, 3, h, w) -> backward flows (frame i to i+1) and forward flows (i+1 to i),
-        each (n, t-1, 2, h, w). One SPyNet pass computes both directions."""
+        each (n, t-1, 2, h, w). One SPyNet pass computes both directions, on frames padded to
+        MIN_FLOW_SIZE where smaller; the flows are cropped back."""
         n, t, c, h, w = frames.shape
+        pad_h, pad_w = max(MIN_FLOW_SIZE - h, 0), max(MIN_FLOW_SIZE - w, 0)
+        if pad_h or pad_w:
+            padded = F.pad(frames.reshape(n * t, c, h, w), (0, pad_w, 0, pad_h), mode="replicate")
+            backward, forward = self.compute_flows(padded.view(n, t, c, h + pad_h, w + pad_w), mirrored)
+            return backward[..., :h, :w], forward[..., :h, :w]
         current = frames[:, :-1].reshape(-1, c, h, w)
         following = frames[:, 1:].reshape(-1, c, h, w)
         if mirrored:  # the second half is the first reversed: its flows are ours reversed
@@ -282,55 +295,31 @@ class BasicVSRPlusPlus(nn.Module):
         enlarged = F.interpolate(frames.reshape(-1, c, h, w), scale_factor=4, mode="bilinear", align_corners=False)
         return enlarged.view(*lead, c, 4 * h, 4 * w)
 
-    def reconstruct(
-        self, lqs: Tensor, feats: dict[str, list[Tensor]], out_size: tuple[int, int] | None = None
-    ) -> Tensor:
+    def reconstruct(self, lqs: Tensor, feats: dict[str, list[Tensor]]) -> Tensor:
         """All frames from the spatial and four branch features (5C channels) plus the skip, in
-        batches of frames as large as RECONSTRUCT_BYTES allows on a GPU, one by one on the CPU.
-
-        `out_size`: the output's top-left rows and columns wanted (default: all). Padding's share
-        of the upsampling is cut off before each conv, keeping the margin the wanted pixels see:
-        on the CPU they equal the whole output's bit for bit (crop_for_conv; on a GPU cuDNN may
-        pick another algorithm for the smaller size), at a fraction of the cost for inputs padded
-        to MIN_FLOW_SIZE (the 64-channel convs at 4x size were half a C8 forward at 32x48)."""
+        batches of frames as large as RECONSTRUCT_BYTES allows on a GPU, one by one on the CPU."""
         n, t, c, h, w = lqs.shape
         feat_h, feat_w = feats["spatial"][0].shape[-2:]
-        out_h, out_w = out_size or (4 * feat_h, 4 * feat_w)
         per_frame = RECONSTRUCT_ELEMENTS_PER_PIXEL * n * feat_h * feat_w * lqs.element_size()
         batch = max(1, min(t, RECONSTRUCT_BYTES // per_frame))
         if lqs.device.type == "cpu":
             # oneDNN ran these convs up to 2x slower per frame on batches of frames than one frame
             # at a time (180x320, 2 cores: the batch outgrows the cache); launches cost little here.
             batch = 1
-        # Rows (columns) each stage's input keeps: a 3x3 conv's last output row reads one row
-        # further, and a x2 shuffle halves the rows its conv must give.
-        hr_rows, hr_cols = out_h + 2, out_w + 2  # conv_hr's input; conv_last's then has out + 1
-        mid_rows, mid_cols = -(-hr_rows // 2) + 1, -(-hr_cols // 2) + 1  # upsample2's input
-        low_rows, low_cols = -(-mid_rows // 2) + 1, -(-mid_cols // 2) + 1  # upsample1's input
         outputs = []
         for start in range(0, t, batch):
             stop = min(t, start + batch)
             # One cat, frame-major in channels: (n, B * 5C, h, w) is (n * B, 5C, h, w).
             parts = [feats[k][i] for i in range(start, stop) for k in ("spatial", *BRANCHES)]
             hr = self.reconstruction(torch.cat(parts, dim=1).view(n * (stop - start), -1, feat_h, feat_w))
-            hr = F.leaky_relu(self.upsample1(crop_for_conv(hr, low_rows, low_cols)), 0.1)
-            hr = F.leaky_relu(self.upsample2(crop_for_conv(hr, mid_rows, mid_cols)), 0.1)
-            hr = F.leaky_relu(self.conv_hr(crop_for_conv(hr, hr_rows, hr_cols)), 0.1)
-            hr = self.conv_last(hr)[..., :out_h, :out_w]
-            hr = hr + self.skip(lqs[:, start:stop].reshape(-1, c, h, w))[..., :out_h, :out_w]
+            hr = F.leaky_relu(self.upsample1(hr), 0.1)
+            hr = F.leaky_relu(self.upsample2(hr), 0.1)
+            hr = F.leaky_relu(self.conv_hr(hr), 0.1)
+            hr = self.conv_last(hr) + self.skip(lqs[:, start:stop].reshape(-1, c, h, w))
             outputs.append(hr.view(n, stop - start, *hr.shape[1:]))
             if self.on_step is not None:
                 self.on_step(RECONSTRUCTION_UNITS * (stop - start))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-
-
-def crop_for_conv(x: Tensor, rows: int, cols: int) -> Tensor:
-    """x's top-left (rows, cols), unless the crop would change how PyTorch runs a conv on it: on
-    the CPU a 3x3 conv of one image goes to oneDNN only above 20,480 input values (use_mkldnn in
-    aten/src/ATen/native/Convolution.cpp), else to im2col and a matmul, and the two round
-    differently. A crop that stays above the line gives the same values as the whole."""
-    part = x[..., :rows, :cols]
-    return part if part.numel() > MKLDNN_MIN_CONV_INPUT else x
 
 
 @dataclass

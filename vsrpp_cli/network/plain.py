@@ -53,8 +53,12 @@ class PlainBasicVSRPlusPlus:
         return F.grid_sample(x, torch.stack([grid_x, grid_y], 3), "bilinear", padding_mode, align_corners=True)
 
     def spynet(self, ref: Tensor, supp: Tensor) -> Tensor:
-        """Flow from ref to supp: a six-level pyramid on frames padded up to multiples of 32."""
+        """Flow from ref to supp: a six-level pyramid on frames resized up to multiples of 32, and
+        padded to 64x64 first where smaller (replicate; the flow is cropped back)."""
         h, w = ref.shape[2:]
+        if h < 64 or w < 64:
+            pad = (0, max(64 - w, 0), 0, max(64 - h, 0))
+            return self.spynet(F.pad(ref, pad, mode="replicate"), F.pad(supp, pad, mode="replicate"))[..., :h, :w]
         h_up, w_up = (h + 31) // 32 * 32, (w + 31) // 32 * 32
         mean, std = self.sd["spynet.mean"], self.sd["spynet.std"]
         refs = [(F.interpolate(ref, (h_up, w_up), mode="bilinear", align_corners=False) - mean) / std]
@@ -113,13 +117,14 @@ class PlainBasicVSRPlusPlus:
 
     @torch.no_grad()
     def __call__(self, lqs: Tensor) -> Tensor:
-        """Frames smaller than the network takes (mmagic refuses them) are padded by repeating the
-        last row and column, as ours pads them, and the output cropped back."""
+        """Frames are padded by repeating the last row and column, as ours pads them, and the
+        output cropped back: to 2x2 features at least, and for same-size models to a multiple
+        of 4; SPyNet's input to 64x64 (mmagic refuses smaller frames)."""
         n, t, c, h, w = lqs.shape
         if self.x4:
-            pad_h, pad_w = max(64 - h, 0), max(64 - w, 0)
+            pad_h, pad_w = max(2 - h, 0), max(2 - w, 0)
         else:
-            pad_h, pad_w = max(256, -(-h // 4) * 4) - h, max(256, -(-w // 4) * 4) - w
+            pad_h, pad_w = max(8, -(-h // 4) * 4) - h, max(8, -(-w // 4) * 4) - w
         if pad_h or pad_w:
             padded = F.pad(lqs.reshape(n * t, c, h, w).float(), (0, pad_w, 0, pad_h), mode="replicate")
             out = self._forward(padded.view(n, t, c, h + pad_h, w + pad_w))

@@ -41,7 +41,7 @@ class Model:
     base_url: str | None = OPENMMLAB  # None: not on a host we can fetch from automatically
     published_at: str = ""  # where to get it by hand when base_url is None
     scores: dict[str, str] = field(default_factory=dict)  # test set -> "PSNR/SSIM"
-    input: str = "RGB video of any size (frames under 64x64 are padded)"
+    input: str = "RGB video of any size"
 
     @property
     def sha256_prefix(self) -> str:
