@@ -38,10 +38,12 @@ def run(model, clip):
 
 def test_x4_matches_reference_on_real_frames(official_checkpoint, video_clip):
     path, checkpoint = official_checkpoint(64, 7, True)
-    clip = video_clip(3, 64, 64)  # the third frame of each direction takes the second-order path
+    # The third frame of each direction takes the second-order path. 32x48: SPyNet on its padding
+    # (the narrow networks below hold 64x64 frames, unpadded, to the reference), 15.5 s -> 5.8 s.
+    clip = video_clip(3, 32, 48)
     ours = run(load_model(path), clip)
     want = Reference(checkpoint)(clip)
-    assert ours.shape == (1, 3, 3, 256, 256)
+    assert ours.shape == (1, 3, 3, 128, 192)
     assert (ours.double() - want).abs().max() <= TOLERANCE
 
 
