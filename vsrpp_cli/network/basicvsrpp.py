@@ -103,8 +103,8 @@ class BasicVSRPlusPlus(nn.Module):
         self.mid_channels = mid_channels
         self.num_blocks = num_blocks
         # The width of the full-size convolutions: 64 in upstream's network and every published
-        # checkpoint (fixed there, whatever C). Smaller only for small networks (the tests'), where
-        # these two convs at 4x size are ~40% of a C8 forward (RESULTS 2026-12-07, thirteenth).
+        # checkpoint (fixed there, whatever C). Smaller only in small networks (the tests'), where
+        # these convs at 2x and 4x size are ~40% of a C8 forward (RESULTS 2026-12-07, thirteenth).
         self.hr_channels = hr_channels
         self.is_low_res_input = is_low_res_input
         self.deform_backend = deform_backend  # as asked: "auto" or a name
