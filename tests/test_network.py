@@ -39,7 +39,7 @@ def run(model, clip):
 def test_x4_matches_reference_on_real_frames(official_checkpoint, video_clip):
     path, checkpoint = official_checkpoint(64, 7, True)
     # The third frame of each direction takes the second-order path. 32x48: SPyNet on its padding
-    # (the narrow networks below hold 64x64 frames, unpadded, to the reference), 15.5 s -> 5.8 s.
+    # (the narrow networks below hold 64x64 frames, unpadded, to the reference).
     clip = video_clip(3, 32, 48)
     ours = run(load_model(path), clip)
     want = Reference(checkpoint)(clip)

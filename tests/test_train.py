@@ -18,6 +18,10 @@ from vsrpp_cli.run.engine import slow_on_this_cpu
 from vsrpp_cli.run.threads import threads_per_process
 from vsrpp_cli.train.config import TrainConfig
 
+# C8/N1 with its full-size convs 8 wide (64 upstream: half of a small network's time), from a
+# config file as a user gives settings without a flag.
+NETWORK = "network.json"
+
 
 @pytest.fixture(scope="module")
 def reds(tmp_path_factory) -> Path:
@@ -45,10 +49,6 @@ def spynet(tmp_path_factory) -> Path:
     path.with_name(NETWORK).write_text(json.dumps({"mid_channels": 8, "num_blocks": 1, "hr_channels": 8}))
     return path
 
-
-# C8/N1 with its full-size convs 8 wide (64 upstream: half of a small network's time), from a
-# config file as a user gives settings without a flag.
-NETWORK = "network.json"
 
 
 def train_args(reds: Path, spynet: Path, work_dir: Path, *extra: str) -> list[str]:

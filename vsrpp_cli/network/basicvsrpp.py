@@ -25,7 +25,7 @@ BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
 # Upstream asserts the input is at least 64x64, for SPyNet's six-level pyramid. We pad only
 # SPyNet's input to it (replicate, bottom and right) and crop the flows back: the rest of the
 # network runs at the frames' own size, as its convolutions run at any frame's edges (a 32x48
-# frame costs 0.4 of a 64x64 one there, instead of all of it).
+# frame has 0.375 of a 64x64 one's pixels, which it used to be padded to).
 MIN_FLOW_SIZE = 64
 MIN_FEATURE_SIZE = 2  # see padding_for
 DEFORM_GROUPS = 16
