@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from fractions import Fraction
+from multiprocessing import forkserver
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from vsrpp_cli.errors import WorkerError
 from vsrpp_cli.run.coordination import AbortError, Board, Watch
 from vsrpp_cli.run.folder import PARTIAL
 from vsrpp_cli.run.intake import Intake, upload
-from vsrpp_cli.run.launch import Launch, first_host, free_port, run_workers, worker_environment
+from vsrpp_cli.run.launch import WORKER_MODULES, Launch, first_host, free_port, run_workers, worker_environment
 
 VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192, 9216, 9728, 10240, 11264]
 # 4 segments of one window each, so that each of 2 workers takes at least one
@@ -78,31 +79,37 @@ def test_two_workers_give_the_frames_of_one(tmp_path, weights, clip, single):
 
 
 def test_two_machines_without_a_shared_folder(tmp_path, monkeypatch, weights, clip, single):
-    """Two launches with --nnodes 2 (two machines, here on one): the second is given an output
-    folder that does not exist there, so it cannot have touched one: segments travel to the first
-    over the store; the frames of one process. Each machine is given the run's secret."""
+    """Two launches with --nnodes 2 (two machines, here on one): the helper (this process, node
+    rank 1) is given an output folder that does not exist there, so it cannot have touched one:
+    its segments travel to the writer (a process, node rank 0) over the store; the frames of one
+    process. Each machine is given the run's secret. The helper's fork server is warm, as on a
+    machine that has run before, and the writer's cold (a torch import behind): the helper's
+    worker asks first for a segment whatever the machine's speed."""
     monkeypatch.setenv("VSRPP_RUN_SECRET", "a secret for this test")
+    multiprocessing.set_forkserver_preload(WORKER_MODULES)
+    forkserver.ensure_running()
     output = tmp_path / "out.mp4"
     port = free_port()
     where = ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", port, "--nproc-per-node", "1"]
     args = ["--weights", weights, *WINDOWS, "--device", "cpu", *where]
     elsewhere = tmp_path / "not-on-this-machine" / "out.mp4"
-    second = subprocess.Popen(
-        [sys.executable, "-m", "vsrpp_cli", "upscale", clip, elsewhere, *map(str, args), "--node-rank", "1", "--json"],
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "vsrpp_cli", "upscale", clip, output, *map(str, args), "--node-rank", "0", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    first = run_vsrpp("upscale", clip, output, *args, "--node-rank", "0", "--json")
-    helped, stderr = second.communicate()
-    assert first.returncode == 0, first.stderr
-    assert second.returncode == 0, stderr
-    helped = json.loads(helped)  # what this machine's workers did, and who writes the output
+    helper = run_vsrpp("upscale", clip, elsewhere, *args, "--node-rank", "1", "--json")
+    written, stderr = writer.communicate()
+    assert writer.returncode == 0, stderr
+    assert helper.returncode == 0, helper.stderr
+    helped = json.loads(helper.stdout)  # what this machine's workers did, and who writes the output
     assert helped["written_by"] == "127.0.0.1" and helped["frames"] >= 4 and helped["workers"] == []
     assert np.array_equal(read_frames(output), read_frames(single))
     assert probe(output) == probe(single)
-    workers = json.loads(first.stdout)["workers"]
-    assert [w["rank"] for w in workers] == [0, 1] and all(w["segments"] >= 1 for w in workers)
+    facts = json.loads(written)
+    assert [w["rank"] for w in facts["workers"]] == [0, 1] and facts["frames"] == 16
+    assert {w["rank"]: w["frames"] for w in facts["workers"]}[1] == helped["frames"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 
 
