@@ -4,6 +4,7 @@ folder; a silent worker; the coordination's pieces on a real store."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import multiprocessing
 import os
@@ -26,7 +27,15 @@ from vsrpp_cli.errors import WorkerError
 from vsrpp_cli.run.coordination import AbortError, Board, Watch
 from vsrpp_cli.run.folder import PARTIAL
 from vsrpp_cli.run.intake import Intake, upload
-from vsrpp_cli.run.launch import WORKER_MODULES, Launch, first_host, free_port, run_workers, worker_environment
+from vsrpp_cli.run.launch import (
+    WORKER_MODULES,
+    Launch,
+    caller_name,
+    first_host,
+    free_port,
+    run_workers,
+    worker_environment,
+)
 
 VFR_PTS = [0, 512, 1024, 2048, 2560, 3584, 4096, 4608, 6144, 6656, 7168, 8192, 9216, 9728, 10240, 11264]
 # 4 segments of one window each, so that each of 2 workers takes at least one
@@ -231,6 +240,33 @@ def test_workers_are_forked_and_see_the_launchers_environment_of_now(tmp_path, m
     assert len(set(parents.values())) == 1 and parents[0] != os.getpid()  # both forked by one fork server
     ranks = run_workers(Launch(nproc=2).resolved(), os.getenv, "RANK", rendezvous_file=tmp_path / "e")
     assert ranks == {0: "0", 1: "1"}  # what the agent sets is kept over the launcher's
+
+
+def test_a_launch_names_its_rendezvous_events_as_torch_does_without_reading_the_stack(tmp_path, monkeypatch):
+    """torch's c10d rendezvous names each event by inspect.stack() (the source of every frame);
+    a launch names them from the frames themselves: the same names, no stack read, and torch's
+    function back in place afterwards."""
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+
+    torchs = dynamic_rendezvous.get_method_name
+
+    def recording(how, depth):
+        return how(depth)
+
+    def event(how, depth):
+        return recording(how, depth)
+
+    for depth in (1, 2, 3, 10_000):
+        assert event(caller_name, depth) == event(torchs, depth)
+    reads = []
+    stack = inspect.stack
+    monkeypatch.setattr(inspect, "stack", lambda *args: reads.append(args) or stack(*args))
+    event(torchs, 2)
+    assert len(reads) == 2  # the counter sees torch's reads
+    reads.clear()
+    ranks = run_workers(Launch(nproc=2).resolved(), os.getenv, "RANK", rendezvous_file=tmp_path / "a")
+    assert ranks == {0: "0", 1: "1"} and reads == []
+    assert dynamic_rendezvous.get_method_name is torchs
 
 
 def test_where_the_first_machine_is(monkeypatch):

@@ -22,8 +22,10 @@ import re
 import secrets
 import signal
 import socket
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
 from pathlib import Path
@@ -145,7 +147,8 @@ def run_workers(
     multiprocessing.set_forkserver_preload(WORKER_MODULES)
     try:
         config = launch_config(launch, rendezvous_file if by_file else None)
-        return elastic_launch(config, as_worker)(entry, os.getpid(), dict(os.environ), *args)
+        with rendezvous_events_named_by_frame():
+            return elastic_launch(config, as_worker)(entry, os.getpid(), dict(os.environ), *args)
     finally:
         if by_file:
             if shared_store is None:
@@ -157,6 +160,37 @@ def run_workers(
                 signal.signal(number, handler)
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
+
+
+@contextmanager
+def rendezvous_events_named_by_frame() -> Iterator[None]:
+    """For the launch's length, torch's c10d rendezvous names the events it records by
+    `caller_name`. Its own get_method_name (torch/distributed/elastic/rendezvous/
+    dynamic_rendezvous.py) calls inspect.stack() twice an event, which reads the source of every
+    frame on the stack, for names that torch's default event handler drops: nine names a launch,
+    20-30 ms from a shallow caller (`vsrpp` itself) and 0.2-0.25 s from a deep one (a test under
+    pytest), on the launch's critical path (RESULTS 2026-12-07, fourteenth). The same names, from
+    the frame itself; a torch without the function is left as it is."""
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+
+    original = getattr(dynamic_rendezvous, "get_method_name", None)
+    if original is None or original is caller_name:  # absent, or a launch in another thread has it
+        yield
+        return
+    dynamic_rendezvous.get_method_name = caller_name
+    try:
+        yield
+    finally:
+        dynamic_rendezvous.get_method_name = original
+
+
+def caller_name(depth: int = 2) -> str:
+    """The name of the function `depth` frames above this one: what inspect.stack()[depth].function
+    names, without reading any source."""
+    try:
+        return sys._getframe(depth).f_code.co_name
+    except ValueError:  # the stack is not that deep (torch's answer then)
+        return "no_method_name"
 
 
 def launch_config(launch: Launch, rendezvous_file: Path | None) -> Any:
