@@ -98,9 +98,9 @@ def checked(command: str, options: dict[str, Any]) -> dict[str, Any]:
     what the command refuses, with a VsrppError that names the option."""
     import typer
 
-    from .cli.definition import app
+    from .cli.definition import click_group
 
-    declaration = typer.main.get_command(app).commands[command]
+    declaration = click_group().commands[command]
     declared = {param.name: param for param in declaration.params}
     context = typer.Context(declaration)
     out = {}

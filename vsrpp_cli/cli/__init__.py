@@ -10,7 +10,7 @@ from types import FrameType
 
 from ..errors import ExitStatus, Interrupted, VsrppError
 from .core import state
-from .definition import app
+from .definition import app, click_group
 from .output import error_line, stderr
 
 
@@ -27,7 +27,7 @@ def run(args: list[str] | None = None) -> int:
     caused is one line on stderr (a traceback only with --debug)."""
     state.debug, state.on_interrupt = False, ""
     try:
-        result = app(args=args, prog_name="vsrpp", standalone_mode=False)
+        result = click_group()(args=args, prog_name="vsrpp", standalone_mode=False)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else ExitStatus.OK if done.code is None else 1
     except VsrppError as error:
