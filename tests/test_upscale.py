@@ -195,6 +195,17 @@ def test_batched_windows_equal_one_at_a_time(tmp_path, weights, vfr_video):
     assert three.frames == one.frames == len(read_frames(tmp_path / "one"))
 
 
+def test_a_run_in_one_process_reads_its_checkpoint_once(tmp_path, weights, monkeypatch):
+    """The run loads the network to check it and read its scale and width; its worker, a thread
+    of the same process, runs that network rather than loading the file again."""
+    reads = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(args[0]) or load(*args, **kwargs))
+    source = encode_video(tmp_path / "in.mp4", moving_scene(2, 16, 16))
+    summary = upscale(source, tmp_path / "out.mp4", Options(weights, chunk_frames=1))
+    assert summary.frames == 2 and reads == [weights]
+
+
 def test_short_overlap_is_close_and_more_overlap_is_closer(tmp_path, weights, vfr_video, whole_sequence):
     scores = []
     for overlap in (0, 2, 4):

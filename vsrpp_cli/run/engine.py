@@ -330,14 +330,15 @@ def worker_device(name: str, world: int) -> torch.device:
 
 def build_engine(
     options: Options, weights: Path, info: VideoInfo | None, device: torch.device, tile: int, window_frames: int,
-    tell: Callable[[str], None], batch: int | None = None,
+    tell: Callable[[str], None], batch: int | None = None, model: BasicVSRPlusPlus | None = None,
 ) -> Engine:  # fmt: skip
     """The engine as every run sets it up from its options: the checkpoint at `weights` (this
     machine's path) with the asked deformable-conv backend, the run's precision and tiles, and
     `batch` windows per forward (None: --batch, else as many windows of `info`'s frames as fit the
-    device's free memory)."""
+    device's free memory). `model`: that checkpoint, already loaded in this process (open_run)."""
     dtype = pick_dtype(options.precision, device)
-    model = load_model(weights, deform_backend=options.deform_backend)
+    if model is None:
+        model = load_model(weights, deform_backend=options.deform_backend)
     if batch is None:
         width, height = (min(side, tile + 2 * options.tile_overlap) if tile else side
                          for side in (info.width, info.height))  # fmt: skip

@@ -70,7 +70,7 @@ def run_one_pass(run: Run, on_progress: Callable[[float, int | None], None]) -> 
     options, info, summary = run.options, run.info, run.summary
     # One window at a time unless asked: each window more in a batch is a chunk more of latency.
     engine = build_engine(options, options.weights, info, run.device, run.tile, run.chunk + 2 * options.chunk_overlap,
-                          run.tell, batch=options.batch or 1)  # fmt: skip
+                          run.tell, batch=options.batch or 1, model=run.model)  # fmt: skip
     summary.chunk_frames, summary.batch = run.chunk, engine.batch
     with contextlib.ExitStack() as stack:
         stack.callback(run.source.close)

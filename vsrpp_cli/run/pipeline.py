@@ -155,7 +155,7 @@ def work(run: Run, folder: RunFolder, job: dict, on_progress: Progress) -> tuple
         if run.shared:
             reports = run_shared(job, local, writer, run.launch)
         else:
-            reports = run_workers_here(job, local, writer, run.tell)
+            reports = run_workers_here(job, local, writer, run.tell, run.model)
     finally:
         if cut_pass is not None:
             cut_pass.close()

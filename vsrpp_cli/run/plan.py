@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..network import BasicVSRPlusPlus
 from ..video.colour import YuvTarget
 from ..video.decode import Source
 from ..video.encode import EncoderSettings, container_for
@@ -49,6 +50,9 @@ class Run:
     tile: int  # 0: whole frames
     container_format: str | None  # None: a folder of PNG frames
     times: list[int] | None  # every frame's time, where workers seek by them (a shared run)
+    # The network, loaded once to check the checkpoint and read its scale and width, for the
+    # worker in this process to run (None where workers are processes: each loads its own).
+    model: BasicVSRPlusPlus | None
 
     @property
     def info(self) -> VideoInfo:
@@ -93,7 +97,7 @@ def open_run(source_path: Path, output: Path, options: Options, launch: Launch, 
         dtype = pick_dtype(options.precision, device)
         summary.device, summary.precision = str(device), next(n for n, v in PRECISIONS.items() if v == dtype)
         check_backend(options.deform_backend, device, dtype)
-        model = load_model(options.weights)
+        model = load_model(options.weights, deform_backend=options.deform_backend)
         info = source.info
         chunk, tile = window_shape(device, info.width, info.height, model.mid_channels, dtype.itemsize, options)
         if tile != options.tile:
@@ -103,7 +107,7 @@ def open_run(source_path: Path, output: Path, options: Options, launch: Launch, 
         source.close()  # (a stream read once holds its container open)
         raise
     return Run(source_path, output, options, launch, summary, tell, source, device, model.scale, chunk, tile,
-               container_format, times)  # fmt: skip
+               container_format, times, None if shared else model)  # fmt: skip
 
 
 def new_plan(run: Run) -> dict[str, Any]:

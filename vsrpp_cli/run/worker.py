@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UsageError, WorkerError
+from ..network import BasicVSRPlusPlus
 from ..video.colour import YuvTarget
 from ..video.decode import Source
 from ..video.encode import EncoderSettings
@@ -57,6 +58,7 @@ class Worker:
         stop: threading.Event | None = None,
         notice: Callable[[str], None] | None = None,
         moved: Callable[[], None] = lambda: None,
+        model: BasicVSRPlusPlus | None = None,  # the run's checkpoint, loaded already in this process
     ) -> None:
         self.board, self.rank, self.world, self.round = board, rank, world, round_
         self.stop = stop or threading.Event()
@@ -82,7 +84,7 @@ class Worker:
         self.held: Window[Frame] | None = None  # read past the segment asked for: the next one's
         tile = plan.get("tile", options.tile)  # the writer's choice, the same for every worker
         self.engine = build_engine(options, Path(local.weights), self.info, self.device, tile,
-                                   self.chunk + 2 * self.overlap, self.tell)  # fmt: skip
+                                   self.chunk + 2 * self.overlap, self.tell, model=model)  # fmt: skip
         self.target = YuvTarget(**job["target"]) if job["target"] else None
         settings = EncoderSettings(job["container_format"], options.codec, options.crf, options.preset, options.pix_fmt)
         self.new_segment = segment_maker(settings, self.info, tuple(job["size"]))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ExitStatus, InputError, Interrupted, UsageError, VsrppError, WorkerError
+from ..network import BasicVSRPlusPlus
 from .coordination import HEARTBEAT, POLL, AbortError, Board, Watch
 from .engine import pick_device
 from .folder import remove
@@ -30,16 +31,22 @@ class InProcess:
     what it failed with: an Event, since a Thread.join interrupted by a signal can leave the
     thread reported as ended while it runs on (CPython's _wait_for_tstate_lock)."""
 
-    def __init__(self, board: Board, local: Local, notice: Callable[[str], None], moved: Callable[[], None]) -> None:
+    def __init__(
+        self, board: Board, local: Local, notice: Callable[[str], None], moved: Callable[[], None],
+        model: BasicVSRPlusPlus | None = None,
+    ) -> None:  # fmt: skip
         self.stop, self.done = threading.Event(), threading.Event()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, args=(board, local, notice, moved), daemon=True,
+        self.thread = threading.Thread(target=self._main, args=(board, local, notice, moved, model), daemon=True,
                                        name="vsrpp-worker")  # fmt: skip
         self.thread.start()
 
-    def _main(self, board: Board, local: Local, notice: Callable[[str], None], moved: Callable[[], None]) -> None:
+    def _main(
+        self, board: Board, local: Local, notice: Callable[[str], None], moved: Callable[[], None],
+        model: BasicVSRPlusPlus | None,
+    ) -> None:  # fmt: skip
         try:
-            Worker(board, local, 0, 1, 0, stop=self.stop, notice=notice, moved=moved).run()
+            Worker(board, local, 0, 1, 0, stop=self.stop, notice=notice, moved=moved, model=model).run()
         except AbortError:
             pass
         except BaseException as error:  # the writer raises it as it was
@@ -114,11 +121,14 @@ RENDEZVOUS_FILE = "rendezvous.partial"  # one machine's elastic rendezvous (a Fi
 ABORT_GRACE = 5.0  # seconds a stopped run's workers have to end (they look every HEARTBEAT) before they are killed
 
 
-def run_workers_here(job: dict, local: Local, writer: Writer, tell: Callable[[str], None]) -> list[dict]:
-    """One process: the worker in a thread, the writer in this one."""
+def run_workers_here(
+    job: dict, local: Local, writer: Writer, tell: Callable[[str], None], model: BasicVSRPlusPlus | None = None
+) -> list[dict]:
+    """One process: the worker in a thread (running `model`, the run's checkpoint already
+    loaded, where given), the writer in this one."""
     board = Board.in_memory()
     board.publish_job(writer.intake.publish(job))
-    worker = InProcess(board, local, tell, lambda: writer.show_progress(board, 1))
+    worker = InProcess(board, local, tell, lambda: writer.show_progress(board, 1), model)
     try:
         while not worker.done.wait(POLL):
             writer.poll(board, 1)
