@@ -65,11 +65,21 @@ def vsrpp(*args: str):
     return run_vsrpp(*args)
 
 
+# Where a test is about the file around the frames (times, audio, subtitles, containers, what a
+# damaged input loses), the network is left out, as test_corpus.py leaves it: `--strength 0` gives
+# the source enlarged as the network's skip connection does, every other step of the run the same.
+NO_NETWORK = ["--strength", "0"]
+
+
+def around_the_frames(weights: Path, **options) -> Options:
+    return Options(weights, strength=0.0, **options)
+
+
 # ----------------------------------------------------------------------------- nothing lost
 @pytest.mark.parametrize("extension", [".mp4", ".mkv", ".mov"])
 def test_every_frame_timestamp_and_audio_kept(tmp_path, weights, vfr_video, extension):
     output = tmp_path / f"out{extension}"
-    summary = upscale(vfr_video, output, Options(weights, chunk_frames=5, chunk_overlap=2))
+    summary = upscale(vfr_video, output, around_the_frames(weights, chunk_frames=5, chunk_overlap=2))
     before, after = probe(vfr_video), probe(output)
     assert summary.frames == 12
     assert after["times"] == before["times"]  # variable frame rate kept, to the tick
@@ -82,7 +92,7 @@ def test_every_frame_timestamp_and_audio_kept(tmp_path, weights, vfr_video, exte
 
 def test_webm_transcodes_audio_it_cannot_hold(tmp_path, weights, vfr_video):
     notices = []
-    upscale(vfr_video, tmp_path / "out.webm", Options(weights, chunk_frames=12), notice=notices.append)
+    upscale(vfr_video, tmp_path / "out.webm", around_the_frames(weights, chunk_frames=12), notice=notices.append)
     after = probe(tmp_path / "out.webm")
     assert after["times"] == probe(vfr_video)["times"]
     assert after["audio"] == [("opus", 6, 48000)]
@@ -92,14 +102,14 @@ def test_webm_transcodes_audio_it_cannot_hold(tmp_path, weights, vfr_video):
 def test_subtitles_are_copied_or_left_out_with_a_notice(tmp_path, weights):
     video = encode_video(tmp_path / "video.mp4", moving_scene(6, 32, 48))
     source = with_subtitles(video, [(0, 100, "Hello"), (120, 200, "World")], tmp_path / "subtitled.mkv")
-    upscale(source, tmp_path / "out.mkv", Options(weights, chunk_frames=6))
+    upscale(source, tmp_path / "out.mkv", around_the_frames(weights, chunk_frames=6))
     with av.open(str(tmp_path / "out.mkv")) as container:
         assert [s.type for s in container.streams] == ["video", "subtitle"]
         cues = [(p.pts, bytes(p)) for p in container.demux(container.streams.subtitles[0]) if p.size]
     assert cues == [(0, b"Hello"), (120, b"World")]
 
     notices: list[str] = []
-    upscale(source, tmp_path / "out.mp4", Options(weights, chunk_frames=6), notice=notices.append)
+    upscale(source, tmp_path / "out.mp4", around_the_frames(weights, chunk_frames=6), notice=notices.append)
     with av.open(str(tmp_path / "out.mp4")) as container:
         assert [s.type for s in container.streams] == ["video"]
     assert any("subtitle stream 1" in n and "left out" in n for n in notices), notices
@@ -108,9 +118,9 @@ def test_subtitles_are_copied_or_left_out_with_a_notice(tmp_path, weights):
 def test_ten_bit_in_ten_bit_out(tmp_path, weights):
     scene = moving_scene(6, 32, 48).astype(np.uint16) * 257
     source = encode_video(tmp_path / "deep.mkv", scene, pix_fmt="yuv420p10le")
-    upscale(source, tmp_path / "out.mkv", Options(weights, chunk_frames=6))
+    upscale(source, tmp_path / "out.mkv", around_the_frames(weights, chunk_frames=6))
     assert probe(tmp_path / "out.mkv")["pix_fmt"] == "yuv420p10le"
-    upscale(source, tmp_path / "frames", Options(weights, chunk_frames=6))
+    upscale(source, tmp_path / "frames", around_the_frames(weights, chunk_frames=6))
     with av.open(str(tmp_path / "frames" / "00000000.png")) as png:
         assert png.streams.video[0].codec_context.pix_fmt == "rgb48be"  # 16-bit PNG
 
@@ -335,7 +345,7 @@ def test_truncated_video_is_decoded_as_far_as_it_goes(tmp_path, weights):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
     source.write_bytes(source.read_bytes()[: int(source.stat().st_size * 0.6)])
-    result = vsrpp("upscale", str(source), str(tmp_path / "out.mp4"), "--weights", str(weights), "--json")
+    result = vsrpp("upscale", str(source), str(tmp_path / "out.mp4"), "--weights", str(weights), "--json", *NO_NETWORK)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert 0 < summary["frames"] < 20
@@ -350,7 +360,7 @@ def test_a_truncated_matroska_file_says_what_it_lost(tmp_path, weights):
     source = encode_video(tmp_path / "full.mkv", moving_scene(40, 32, 32), container_format="matroska")
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(source.read_bytes()[: int(source.stat().st_size * 0.6)])
-    result = vsrpp("upscale", str(cut), str(tmp_path / "out.mp4"), "--weights", str(weights), "--json")
+    result = vsrpp("upscale", str(cut), str(tmp_path / "out.mp4"), "--weights", str(weights), "--json", *NO_NETWORK)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["lost"] == [
@@ -371,7 +381,7 @@ def test_a_corrupt_packet_in_the_middle_is_said_once(tmp_path, weights):
     data = bytearray(source.read_bytes())
     data[position : position + size] = b"\xff" * size
     source.write_bytes(bytes(data))
-    result = vsrpp("upscale", str(source), str(tmp_path / "out.mp4"), "--weights", str(weights), "--json")
+    result = vsrpp("upscale", str(source), str(tmp_path / "out.mp4"), "--weights", str(weights), "--json", *NO_NETWORK)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["lost"] == [f"the packet at {when:.3f}s could not be decoded"]
@@ -388,7 +398,8 @@ def test_several_inputs_into_a_folder(tmp_path, weights):
     broken = tmp_path / "d.mp4"
     broken.write_text("not a video")
     out = tmp_path / "out"
-    result = vsrpp("upscale", str(videos), str(extra), str(broken), str(out), "--weights", str(weights), "--json")
+    result = vsrpp("upscale", str(videos), str(extra), str(broken), str(out), "--weights", str(weights), "--json",
+                   *NO_NETWORK)  # fmt: skip
     assert result.returncode == 1  # one file failed; the others are done
     assert "d.mp4" in result.stderr and "not a video FFmpeg can read" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mkv", "c.mov"]
