@@ -224,7 +224,7 @@ def operators_per_frame(dtype, device, frames, height, width, size=(64, 7, 64)):
     model = BasicVSRPlusPlus(mid, blocks, hr_channels=hr).to(device, dtype).eval()
     clip = torch.rand(1, frames, 3, height, width, device=device).to(dtype)
     with torch.no_grad():
-        model(clip)  # caches (grids of each size) filled, backend resolved
+        model(clip[:, :3])  # caches (grids of each size) filled, backend resolved: 3 frames reach them all
         with OperatorCounter() as counter:
             model(clip)
     return sum(counter.counts.values()) / frames, counter.counts
