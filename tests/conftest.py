@@ -85,7 +85,8 @@ def fault_clip(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fault_reference(tmp_path_factory, fault_weights, fault_clip) -> Path:
-    """The clip upscaled uninterrupted, in one process with one thread (as every worker runs)."""
+    """The clip upscaled uninterrupted, in one process with one thread (as every worker runs), with
+    faults.WINDOWS (the network left out)."""
     from faults import WINDOWS
     from harness import run_vsrpp
 
