@@ -8,17 +8,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-from harness import run_vsrpp
+from harness import NO_NETWORK, run_vsrpp
 from media import probe, read_frames
 
-# 3 segments of 2 windows, each with a frame of context on either side. `--strength 0`: the
-# source enlarged, without the network (as test_corpus.py runs): the matrix is about where a run
-# stops and what --resume makes of what it kept (frames, times, audio, the run's folder), and the
-# network was two thirds of its CPU time. What the network makes of a resumed window's context
-# frames is held to an uninterrupted run with the network on by test_nothing_lost.py (one
-# process killed, or stopped by a signal), test_shared.py (a worker killed mid-transfer, a hung
-# main thread) and test_shots.py (a resumed run's shots).
-WINDOWS = ["--chunk-frames", "2", "--chunk-overlap", "1", "--segment-frames", "4", "-q", "--strength", "0"]
+# 3 segments of 2 windows, each with a frame of context on either side; without the network
+# (harness.NO_NETWORK): the matrix is about where a run stops and what --resume makes of what it
+# kept (frames, times, audio, the run's folder), and the network was two thirds of its CPU time.
+# What the network makes of a resumed window's context frames is held to an uninterrupted run with
+# the network on by test_nothing_lost.py (one process killed, or stopped by a signal),
+# test_shared.py (a worker killed mid-transfer, a hung main thread) and test_shots.py (a resumed
+# run's shots).
+WINDOWS = ["--chunk-frames", "2", "--chunk-overlap", "1", "--segment-frames", "4", "-q", *NO_NETWORK]
 
 
 def resumes_exactly(output: Path, reference: Path, weights: Path, clip: Path, *launch: str) -> dict:

@@ -15,6 +15,13 @@ import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from pathlib import Path
+
+# Where a test is about the file around the frames (times, audio, subtitles, containers, a damaged
+# input, where a run stops and what --resume keeps) and not what the network makes of them, the
+# network is left out: `--strength 0` gives the source enlarged as the network's skip connection
+# does, every other step of the run the same.
+NO_NETWORK = ["--strength", "0"]
 
 
 @dataclass
@@ -31,6 +38,13 @@ def run_vsrpp(*args: str) -> Result:
     with redirect_stdout(out), redirect_stderr(err):
         code = run([str(arg) for arg in args])
     return Result(int(code), out.getvalue(), err.getvalue())
+
+
+def options_without_network(weights: Path, **options: object):
+    """pipeline.Options for a run in this process, NO_NETWORK's strength."""
+    from vsrpp_cli.run.pipeline import Options
+
+    return Options(weights, strength=0.0, **options)
 
 
 def vsrpp_process(*args: str, env: dict[str, str] | None = None, **popen: object) -> subprocess.CompletedProcess:

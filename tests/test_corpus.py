@@ -13,11 +13,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from harness import run_vsrpp
+from harness import NO_NETWORK, run_vsrpp
 from media import encode_video, moving_scene, with_subtitles
 
 FRAMES = 12
-FAST = ["--strength", "0", "--chunk-frames", "4", "--chunk-overlap", "1", "--segment-frames", "4", "-q"]
+FAST = [*NO_NETWORK, "--chunk-frames", "4", "--chunk-overlap", "1", "--segment-frames", "4", "-q"]
 
 
 # ----------------------------------------------------------------------------- the corpus

@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from harness import run_vsrpp
+from harness import NO_NETWORK, options_without_network, run_vsrpp
 from media import encode_video, moving_scene, probe, read_frames
 
 from vsrpp_cli.errors import VsrppError
@@ -46,11 +46,6 @@ def reference(tmp_path_factory, weights, clip) -> Path:
 
 FRAMES, SEGMENTS, WINDOWS = 18, 3, 6
 SEGMENTED = ["--chunk-frames", "3", "--chunk-overlap", "1", "--segment-frames", "6", "-q"]
-# Where a test is about the files (what is replaced, times, fields) and not what the network makes
-# of the frames, the network is left out as test_corpus.py leaves it: the source enlarged as its
-# skip connection does, every other step of the run the same.
-NO_NETWORK = ["--strength", "0"]
-
 
 def one_line(result) -> str:
     lines = result.stderr.strip().splitlines()
@@ -465,13 +460,13 @@ def test_interlaced_input_is_deinterlaced_with_a_notice(tmp_path, weights):
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     notices = []
-    summary = upscale(source, tmp_path / "auto.mkv", Options(weights, chunk_frames=6, strength=0.0),
+    summary = upscale(source, tmp_path / "auto.mkv", options_without_network(weights, chunk_frames=6),
                       notice=notices.append)  # fmt: skip
     assert summary.frames == 6
     assert any("interlaced: deinterlaced with FFmpeg's bwdif" in n for n in notices)
     assert probe(tmp_path / "auto.mkv")["times"] == probe(source)["times"]  # one frame per frame, same times
     notices.clear()
-    upscale(source, tmp_path / "off.mkv", Options(weights, chunk_frames=6, deinterlace="off", strength=0.0),
+    upscale(source, tmp_path / "off.mkv", options_without_network(weights, chunk_frames=6, deinterlace="off"),
             notice=notices.append)  # fmt: skip
     assert any("treated as progressive" in n for n in notices)
     assert not np.array_equal(read_frames(tmp_path / "auto.mkv"), read_frames(tmp_path / "off.mkv"))
@@ -533,8 +528,8 @@ def test_timestamps_survive_segments_exactly(tmp_path, weights):
     pts = [0, 3003, 6006, 9009, 15015, 18018, 21021, 27027, 30030, 33033, 36036, 42042]
     source = encode_video(tmp_path / "vfr.mp4", moving_scene(12, 48, 64), pts=pts, time_base=Fraction(1, 90000))
     for name in ("out.mp4", "out.mov"):  # (Matroska keeps milliseconds: tested in test_upscale)
-        upscale(source, tmp_path / name, Options(weights, chunk_frames=2, chunk_overlap=0, segment_frames=2,
-                                                  strength=0.0))  # fmt: skip
+        upscale(source, tmp_path / name, options_without_network(weights, chunk_frames=2, chunk_overlap=0,
+                                                                  segment_frames=2))  # fmt: skip
         assert probe(tmp_path / name)["times"] == probe(source)["times"], name
 
 
@@ -668,7 +663,7 @@ def test_the_same_command_twice_writes_the_same_bytes_in_every_container(tmp_pat
     for run in ("first", "second"):
         output = tmp_path / run / name
         output.parent.mkdir()
-        assert run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, "--strength", "0").returncode == 0
+        assert run_vsrpp("upscale", clip, output, "--weights", weights, *SEGMENTED, *NO_NETWORK).returncode == 0
         runs.append({p.name: p.read_bytes() for p in output.iterdir()} if output.is_dir() else output.read_bytes())
     assert runs[0] == runs[1]
 

@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 from faults import one_line
-from harness import run_vsrpp
+from harness import NO_NETWORK, run_vsrpp
 from media import encode_video, read_frames, real_clip, spliced_footage
 
 import vsrpp_cli
@@ -140,7 +140,7 @@ def test_cuts_in_real_footage_are_found_and_a_flash_a_dissolve_and_a_pan_are_not
     passed = list(marking_cuts(decoded, lambda image: image, seen))
     assert sorted(seen) == cuts and len(passed) == len(decoded)
     weights = official_checkpoint(8, 1, True, seed=3)[0]
-    found = run_vsrpp("upscale", path, tmp_path / "out.mp4", "--weights", weights, "--strength", "0", "--json",
+    found = run_vsrpp("upscale", path, tmp_path / "out.mp4", "--weights", weights, *NO_NETWORK, "--json",
                       *WINDOWS)  # fmt: skip
     assert json.loads(found.stdout)["cuts"] == cuts
 

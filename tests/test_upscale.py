@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from harness import run_vsrpp
+from harness import NO_NETWORK, options_without_network, run_vsrpp
 from media import decode_rgb, encode_video, moving_scene, probe, with_subtitles
 from reference import random_official_checkpoint
 
@@ -65,21 +65,11 @@ def vsrpp(*args: str):
     return run_vsrpp(*args)
 
 
-# Where a test is about the file around the frames (times, audio, subtitles, containers, what a
-# damaged input loses), the network is left out, as test_corpus.py leaves it: `--strength 0` gives
-# the source enlarged as the network's skip connection does, every other step of the run the same.
-NO_NETWORK = ["--strength", "0"]
-
-
-def around_the_frames(weights: Path, **options) -> Options:
-    return Options(weights, strength=0.0, **options)
-
-
 # ----------------------------------------------------------------------------- nothing lost
 @pytest.mark.parametrize("extension", [".mp4", ".mkv", ".mov"])
 def test_every_frame_timestamp_and_audio_kept(tmp_path, weights, vfr_video, extension):
     output = tmp_path / f"out{extension}"
-    summary = upscale(vfr_video, output, around_the_frames(weights, chunk_frames=5, chunk_overlap=2))
+    summary = upscale(vfr_video, output, options_without_network(weights, chunk_frames=5, chunk_overlap=2))
     before, after = probe(vfr_video), probe(output)
     assert summary.frames == 12
     assert after["times"] == before["times"]  # variable frame rate kept, to the tick
@@ -92,7 +82,7 @@ def test_every_frame_timestamp_and_audio_kept(tmp_path, weights, vfr_video, exte
 
 def test_webm_transcodes_audio_it_cannot_hold(tmp_path, weights, vfr_video):
     notices = []
-    upscale(vfr_video, tmp_path / "out.webm", around_the_frames(weights, chunk_frames=12), notice=notices.append)
+    upscale(vfr_video, tmp_path / "out.webm", options_without_network(weights, chunk_frames=12), notice=notices.append)
     after = probe(tmp_path / "out.webm")
     assert after["times"] == probe(vfr_video)["times"]
     assert after["audio"] == [("opus", 6, 48000)]
@@ -102,14 +92,14 @@ def test_webm_transcodes_audio_it_cannot_hold(tmp_path, weights, vfr_video):
 def test_subtitles_are_copied_or_left_out_with_a_notice(tmp_path, weights):
     video = encode_video(tmp_path / "video.mp4", moving_scene(6, 32, 48))
     source = with_subtitles(video, [(0, 100, "Hello"), (120, 200, "World")], tmp_path / "subtitled.mkv")
-    upscale(source, tmp_path / "out.mkv", around_the_frames(weights, chunk_frames=6))
+    upscale(source, tmp_path / "out.mkv", options_without_network(weights, chunk_frames=6))
     with av.open(str(tmp_path / "out.mkv")) as container:
         assert [s.type for s in container.streams] == ["video", "subtitle"]
         cues = [(p.pts, bytes(p)) for p in container.demux(container.streams.subtitles[0]) if p.size]
     assert cues == [(0, b"Hello"), (120, b"World")]
 
     notices: list[str] = []
-    upscale(source, tmp_path / "out.mp4", around_the_frames(weights, chunk_frames=6), notice=notices.append)
+    upscale(source, tmp_path / "out.mp4", options_without_network(weights, chunk_frames=6), notice=notices.append)
     with av.open(str(tmp_path / "out.mp4")) as container:
         assert [s.type for s in container.streams] == ["video"]
     assert any("subtitle stream 1" in n and "left out" in n for n in notices), notices
@@ -118,9 +108,9 @@ def test_subtitles_are_copied_or_left_out_with_a_notice(tmp_path, weights):
 def test_ten_bit_in_ten_bit_out(tmp_path, weights):
     scene = moving_scene(6, 32, 48).astype(np.uint16) * 257
     source = encode_video(tmp_path / "deep.mkv", scene, pix_fmt="yuv420p10le")
-    upscale(source, tmp_path / "out.mkv", around_the_frames(weights, chunk_frames=6))
+    upscale(source, tmp_path / "out.mkv", options_without_network(weights, chunk_frames=6))
     assert probe(tmp_path / "out.mkv")["pix_fmt"] == "yuv420p10le"
-    upscale(source, tmp_path / "frames", around_the_frames(weights, chunk_frames=6))
+    upscale(source, tmp_path / "frames", options_without_network(weights, chunk_frames=6))
     with av.open(str(tmp_path / "frames" / "00000000.png")) as png:
         assert png.streams.video[0].codec_context.pix_fmt == "rgb48be"  # 16-bit PNG
 
